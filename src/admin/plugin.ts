@@ -1,0 +1,62 @@
+/**
+ * The admin listener: /metrics for Prometheus, and /admin/* behind the admin bearer token.
+ * Bound to loopback by default; config validation demands a token on any other address.
+ */
+import { timingSafeEqual } from "node:crypto";
+import type { FastifyInstance } from "fastify";
+import type { GatewayConfig } from "../config/index.js";
+import { errors, GatewayError } from "../errors.js";
+import type { Metrics } from "../metrics/metrics.js";
+import type { Upstreams } from "../upstream/pool.js";
+
+export interface AdminDeps {
+  config: GatewayConfig;
+  metrics: Metrics;
+  upstreams: Upstreams;
+}
+
+export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
+  const token = deps.config.admin.token;
+
+  app.get("/metrics", async (_request, reply) => {
+    const text = await deps.metrics.registry.metrics();
+    return reply.type(deps.metrics.registry.contentType).send(text);
+  });
+
+  app.register(async (scope) => {
+    scope.addHook("onRequest", async (request) => {
+      if (!token) throw errors.adminForbidden("The admin API is off: set admin.token to use it.");
+      const presented = /^Bearer\s+(\S+)$/i.exec(request.headers.authorization ?? "")?.[1] ?? "";
+      if (!constantTimeEqual(presented, token)) throw errors.invalidApiKey();
+    });
+    scope.get("/admin/status", async () => ({
+      pools: [...deps.upstreams.pools.values()].map((pool) => ({
+        name: pool.name,
+        models: pool.config.models,
+        balancer: pool.config.balancer,
+        backends: pool.backends.map((b) => ({
+          name: b.name,
+          url: b.origin + b.basePath,
+          weight: b.weight,
+          backup: b.backup,
+          inFlight: b.inFlight,
+          maxConcurrency: Number.isFinite(b.maxConcurrency) ? b.maxConcurrency : null,
+        })),
+      })),
+    }));
+  });
+
+  app.setNotFoundHandler(async (request) => {
+    throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
+  });
+  app.setErrorHandler(async (err, _request, reply) => {
+    const gw = err instanceof GatewayError ? err : errors.internal();
+    return reply.code(gw.statusCode).headers(gw.headers()).send(gw.body());
+  });
+}
+
+function constantTimeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}

@@ -1,0 +1,250 @@
+/**
+ * buildGateway(config): the client-facing Fastify app with the stages of the request path in
+ * order, and the admin app beside it. Nothing listens until listen() is called.
+ */
+import { randomUUID } from "node:crypto";
+import { type IncomingMessage, STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from "fastify";
+import pino, { type Logger } from "pino";
+import { registerAdmin } from "./admin/plugin.js";
+import { ApiKeys } from "./auth/api-keys.js";
+import type { GatewayConfig } from "./config/index.js";
+import { newContext, type RequestContext } from "./context.js";
+import { errors, GatewayError } from "./errors.js";
+import { Metrics } from "./metrics/metrics.js";
+import { registerProxy } from "./proxy/plugin.js";
+import { Upstreams } from "./upstream/pool.js";
+
+export interface GatewayOptions {
+  /** A pino logger to use; by default one is made from config.log. */
+  logger?: Logger;
+  /** Register Node process metrics (off in tests that build many gateways). */
+  processMetrics?: boolean;
+}
+
+export interface Gateway {
+  app: FastifyInstance;
+  admin: FastifyInstance | undefined;
+  metrics: Metrics;
+  upstreams: Upstreams;
+  config: GatewayConfig;
+  /** Listens on config.listen (and config.admin); returns the bound URLs. */
+  listen(): Promise<{ url: string; adminUrl: string | undefined }>;
+  close(): Promise<void>;
+  readonly closing: boolean;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function createLogger(log: GatewayConfig["log"]): Logger {
+  return pino({
+    level: log.level,
+    base: { service: "floodgate" },
+    redact: {
+      paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
+      censor: "[redacted]",
+    },
+  });
+}
+
+export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
+  const logger = options.logger ?? createLogger(config.log);
+  const upstreams = new Upstreams(config.pools);
+  const metrics = new Metrics(upstreams, { processMetrics: options.processMetrics ?? true });
+  const apiKeys = new ApiKeys(config);
+  let closing = false;
+
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    // The access line is ours (one per request, aborted ones included): Fastify's are off.
+    logController: quietLogs(),
+    bodyLimit: config.server.bodyLimit,
+    requestTimeout: config.server.requestTimeout,
+    keepAliveTimeout: config.server.keepAliveTimeout,
+    http: { maxHeaderSize: config.server.maxHeaderSize, headersTimeout: config.server.headersTimeout },
+    trustProxy: config.server.trustProxy.length > 0 ? config.server.trustProxy : false,
+    requestIdHeader: false,
+    genReqId: (req: IncomingMessage) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    return503OnClosing: true,
+    clientErrorHandler: writeClientError,
+  });
+
+  // Filled per request in onRequest; a shared object here would leak between requests.
+  app.decorateRequest("gw", null as unknown as RequestContext);
+  app.decorateRequest("rawBody", undefined);
+
+  // The OpenAI routes take JSON only: anything else is a 415, not a string body.
+  app.removeContentTypeParser("text/plain");
+  // The body is kept as received so it can be forwarded without re-serialising it.
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (request, body, done) => {
+    const raw = body as Buffer;
+    request.rawBody = raw;
+    try {
+      done(null, JSON.parse(raw.toString("utf8")));
+    } catch (err) {
+      done(errors.invalidJson(err instanceof Error ? err.message : "unparsable"), undefined);
+    }
+  });
+
+  app.addHook("onRequest", async (request, reply) => {
+    request.gw = newContext();
+    reply.header("x-request-id", request.id);
+    reply.raw.once("close", () => onClosed(request, reply));
+    if (closing) throw errors.shuttingDown();
+    if (apiKeys.enabled && request.routeOptions.config.public !== true) {
+      request.gw.tenant = apiKeys.authenticate(request.headers);
+    }
+  });
+
+  app.get("/healthz", { config: { public: true } }, async () => ({ status: "ok" }));
+  app.get("/readyz", { config: { public: true } }, async (_request, reply) => {
+    const backends = [...upstreams.pools.values()].reduce((n, p) => n + p.backends.length, 0);
+    if (closing || backends === 0) {
+      return reply.code(503).send({ status: closing ? "shutting down" : "no backends" });
+    }
+    return { status: "ready", pools: upstreams.pools.size, backends };
+  });
+
+  registerProxy(app, { config, upstreams, metrics, authEnabled: apiKeys.enabled });
+
+  app.setNotFoundHandler(async (request) => {
+    throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
+  });
+  app.setErrorHandler(async (err: FastifyError | GatewayError, request, reply) => {
+    const gw = toGatewayError(err, request);
+    request.gw ??= newContext();
+    request.gw.error = gw;
+    if (gw.statusCode >= 500) request.log.error({ err, code: gw.code }, "request failed");
+    return reply.code(gw.statusCode).headers(gw.headers()).send(gw.body());
+  });
+
+  function onClosed(request: FastifyRequest, reply: FastifyReply): void {
+    const ctx = request.gw;
+    const finished = reply.raw.writableFinished;
+    if (!finished) ctx.onClientClose?.();
+    const status = finished ? reply.statusCode : 499;
+    const seconds = (performance.now() - ctx.startedAt) / 1000;
+    const route = request.routeOptions.url ?? "unmatched";
+    metrics.observeRequest(
+      {
+        route,
+        model: ctx.pool ? (ctx.model ?? "") : ctx.model ? "unknown" : "",
+        pool: ctx.pool ?? "",
+        statusClass: `${Math.floor(status / 100)}xx`,
+      },
+      seconds,
+    );
+    if (!config.log.accessLog) return;
+    const exchange = ctx.exchange;
+    request.log.info(
+      {
+        tenant: ctx.tenant?.id,
+        method: request.method,
+        route,
+        model: ctx.model,
+        pool: ctx.pool,
+        backend: exchange?.backendName ?? undefined,
+        stream: ctx.stream || undefined,
+        status,
+        error: ctx.error?.code,
+        durationMs: Math.round(seconds * 1e4) / 10,
+        firstByteMs: exchange?.firstByteAt
+          ? Math.round((exchange.firstByteAt - ctx.startedAt) * 10) / 10
+          : undefined,
+        bytesIn: request.rawBody?.length,
+        bytesOut: exchange?.bytesOut,
+      },
+      "request",
+    );
+  }
+
+  const admin = config.admin.enabled ? buildAdmin() : undefined;
+  function buildAdmin(): FastifyInstance {
+    const adminApp = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: quietLogs() });
+    registerAdmin(adminApp, { config, metrics, upstreams });
+    return adminApp;
+  }
+
+  return {
+    app,
+    admin,
+    metrics,
+    upstreams,
+    config,
+    get closing() {
+      return closing;
+    },
+    async listen() {
+      const url = await app.listen({ host: config.listen.host, port: config.listen.port });
+      const adminUrl = admin
+        ? await admin.listen({ host: config.admin.host, port: config.admin.port })
+        : undefined;
+      return { url, adminUrl };
+    },
+    async close() {
+      closing = true;
+      // server.close() drops the connections idle at that moment only; a keep-alive connection
+      // whose request finishes later would hold shutdown until keepAliveTimeout.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+      try {
+        await Promise.all([app.close(), admin?.close()]);
+      } finally {
+        clearInterval(sweep);
+      }
+      await upstreams.close();
+    },
+  };
+}
+
+function quietLogs(): LogController {
+  return new LogController({ disableRequestLogging: true, requestIdLogLabel: "requestId" });
+}
+
+/** Fastify's own errors (body parsing, limits) in the catalogue's terms. */
+function toGatewayError(err: FastifyError | GatewayError, request: FastifyRequest): GatewayError {
+  if (err instanceof GatewayError) return err;
+  switch (err.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return errors.bodyTooLarge(Number(/\d+/.exec(err.message)?.[0] ?? 0));
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return errors.unsupportedMediaType(request.headers["content-type"] ?? "(none)");
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return errors.invalidJson("the body is empty");
+  }
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
+    return errors.invalidRequest(err.message);
+  }
+  return errors.internal();
+}
+
+/** Errors Node's HTTP parser raises before Fastify sees a request: still the OpenAI shape. */
+function writeClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  let gw: GatewayError;
+  if (err.code === "HPE_HEADER_OVERFLOW") gw = errors.headersTooLarge();
+  else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") {
+    gw = new GatewayError(
+      408,
+      "invalid_request_error",
+      "request_timeout",
+      "The request was not received in time.",
+    );
+  } else gw = errors.invalidRequest("The request could not be parsed as HTTP.");
+  const body = JSON.stringify(gw.body());
+  socket.end(
+    `HTTP/1.1 ${gw.statusCode} ${STATUS_CODES[gw.statusCode] ?? "Bad Request"}\r\n` +
+      `Connection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}

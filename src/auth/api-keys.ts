@@ -1,0 +1,50 @@
+/**
+ * API key → tenant. Keys are held only as sha256 digests, so the config may list digests and a
+ * heap dump or log line never holds a usable key.
+ */
+import { createHash } from "node:crypto";
+import type { IncomingHttpHeaders } from "node:http";
+import type { GatewayConfig, TenantConfig } from "../config/index.js";
+import { sha256Hex } from "../config/index.js";
+import { errors } from "../errors.js";
+
+export interface Tenant extends TenantConfig {
+  id: string;
+}
+
+export class ApiKeys {
+  private readonly byDigest = new Map<string, Tenant>();
+
+  constructor(config: GatewayConfig) {
+    for (const entry of config.auth?.keys ?? []) {
+      const settings = config.tenants[entry.tenant];
+      if (!settings) continue; // rejected by config validation; unreachable with a checked config
+      const digest = entry.sha256 ?? sha256Hex(entry.key ?? "");
+      this.byDigest.set(digest, { id: entry.tenant, ...settings });
+    }
+  }
+
+  get enabled(): boolean {
+    return this.byDigest.size > 0;
+  }
+
+  /** The tenant a request's key belongs to; throws the 401 to send otherwise. */
+  authenticate(headers: IncomingHttpHeaders): Tenant {
+    const key = presentedKey(headers);
+    if (key === undefined) throw errors.missingApiKey();
+    const tenant = this.byDigest.get(createHash("sha256").update(key).digest("hex"));
+    if (!tenant) throw errors.invalidApiKey();
+    return tenant;
+  }
+}
+
+/** `Authorization: Bearer <key>` as the OpenAI SDKs send it, or `x-api-key`. */
+export function presentedKey(headers: IncomingHttpHeaders): string | undefined {
+  const auth = headers.authorization;
+  if (auth !== undefined) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    return match?.[1];
+  }
+  const alt = headers["x-api-key"];
+  return typeof alt === "string" && alt.length > 0 ? alt : undefined;
+}

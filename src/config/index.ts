@@ -1,0 +1,13 @@
+export { ConfigError, type ConfigIssue, formatIssues, formatPath } from "./issues.js";
+export { loadConfigFile, parseConfig } from "./load.js";
+export type {
+  BackendConfig,
+  Engine,
+  GatewayConfig,
+  PoolConfig,
+  RouteConfig,
+  TenantConfig,
+  TimeoutsConfig,
+} from "./schema.js";
+export { backendName, sha256Hex } from "./semantics.js";
+export { formatDuration, parseDuration, parseSize } from "./units.js";

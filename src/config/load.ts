@@ -1,0 +1,187 @@
+/**
+ * YAML text → validated, defaulted, decoded GatewayConfig. Every problem is collected (not just
+ * the first) and reported by YAML path and line, with what was expected.
+ */
+import { readFileSync } from "node:fs";
+import { TransformDecode } from "@sinclair/typebox/value";
+import { Ajv, type ErrorObject } from "ajv";
+import { isMap, isScalar, LineCounter, type Node, parseDocument } from "yaml";
+import { extractReferences, interpolateEnv } from "./env.js";
+import { ConfigError, type ConfigIssue } from "./issues.js";
+import { ConfigSchema, type GatewayConfig } from "./schema.js";
+import { checkSemantics } from "./semantics.js";
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, verbose: true, strict: true, coerceTypes: true });
+ajv.addKeyword("x-hint");
+const validate = ajv.compile(ConfigSchema);
+
+export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new ConfigError(file, [{ path: [], message: `cannot read the file: ${reason}` }]);
+  }
+  return parseConfig(text, file, env);
+}
+
+export function parseConfig(
+  text: string,
+  source = "config",
+  env: NodeJS.ProcessEnv = process.env,
+): GatewayConfig {
+  const lineCounter = new LineCounter();
+  const extracted = extractReferences(text);
+  const doc = parseDocument(extracted.text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    // Later syntax errors are mostly echoes of the first: three are enough to fix the file.
+    throw new ConfigError(
+      source,
+      doc.errors.slice(0, 3).map((e) => {
+        const pos = lineCounter.linePos(e.pos[0]);
+        return { path: [], message: `YAML: ${e.message.split("\n")[0]}`, line: pos.line, column: pos.col };
+      }),
+    );
+  }
+  const issues: ConfigIssue[] = [];
+  const raw = interpolateEnv(doc.toJS() ?? {}, extracted.refs, env, issues);
+  if (!validate(raw)) {
+    // A missing variable already explains why its value fails the schema: say it once.
+    const envPaths = new Set(issues.map((i) => i.path.join("\u0000")));
+    issues.push(...ajvIssues(validate.errors ?? []).filter((i) => !envPaths.has(i.path.join("\u0000"))));
+  }
+  if (issues.length === 0) {
+    // Ajv has just validated `raw` against this very schema: decoding only applies the transforms.
+    const decoded = TransformDecode(ConfigSchema, [], raw) as GatewayConfig;
+    issues.push(...checkSemantics(decoded));
+    if (issues.length === 0) return decoded;
+  }
+  for (const issue of issues) locate(issue, doc.contents, lineCounter);
+  issues.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
+  throw new ConfigError(source, issues);
+}
+
+function pointerToPath(pointer: string): (string | number)[] {
+  if (pointer === "") return [];
+  return pointer
+    .slice(1)
+    .split("/")
+    .map((part) => part.replace(/~1/g, "/").replace(/~0/g, "~"))
+    .map((part) => (/^\d+$/.test(part) ? Number(part) : part));
+}
+
+function ajvIssues(errors: ErrorObject[]): ConfigIssue[] {
+  const seen = new Set<string>();
+  const out: ConfigIssue[] = [];
+  for (const e of errors) {
+    const issue = describe(e);
+    const key = `${issue.path.join("\u0000")}|${issue.message}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(issue);
+  }
+  return out;
+}
+
+function describe(e: ErrorObject): ConfigIssue {
+  const path = pointerToPath(e.instancePath);
+  const schema = (e.parentSchema ?? {}) as Record<string, unknown>;
+  const hint = typeof schema["x-hint"] === "string" ? schema["x-hint"] : undefined;
+  switch (e.keyword) {
+    case "additionalProperties": {
+      const field = String((e.params as { additionalProperty: string }).additionalProperty);
+      const known = Object.keys((schema.properties as Record<string, unknown> | undefined) ?? {});
+      if (schema.patternProperties) {
+        return {
+          path: [...path, field],
+          message: `"${field}" is not a valid name`,
+          hint: "names use letters, digits, '.', '_' or '-', at most 64",
+        };
+      }
+      const guess = closest(field, known);
+      return {
+        path: [...path, field],
+        message: "unknown field",
+        hint: guess ? `did you mean "${guess}"?` : `allowed here: ${known.join(", ")}`,
+      };
+    }
+    case "required": {
+      const field = String((e.params as { missingProperty: string }).missingProperty);
+      return { path: [...path, field], message: "is required" };
+    }
+    case "enum": {
+      const allowed = (e.params as { allowedValues: unknown[] }).allowedValues;
+      return { path, message: `must be one of: ${allowed.join(", ")}; got ${JSON.stringify(e.data)}` };
+    }
+    case "pattern":
+      return {
+        path,
+        message: `${JSON.stringify(e.data)} is not valid`,
+        hint: hint ? `expected ${hint}` : `expected to match ${String(schema.pattern)}`,
+      };
+    case "type":
+      return { path, message: `${e.message ?? "has the wrong type"}, got ${JSON.stringify(e.data)}` };
+    default:
+      return { path, message: `${e.message ?? "is not valid"}${hint ? `, expected ${hint}` : ""}` };
+  }
+}
+
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance) {
+      best = c;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      cur[j] = Math.min((prev[j] ?? 0) + 1, (cur[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + cost);
+    }
+    prev = cur;
+  }
+  return prev[b.length] ?? 0;
+}
+
+/** Find the deepest YAML node that exists along the issue's path, for a line number. */
+function locate(issue: ConfigIssue, root: unknown, lineCounter: LineCounter): void {
+  if (issue.line !== undefined) return;
+  let node: unknown = root;
+  let offset: number | undefined = rangeStart(node);
+  for (const part of issue.path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(part));
+      if (!pair) break;
+      offset = rangeStart(pair.key) ?? offset;
+      node = pair.value;
+      if (pair.value !== null && isScalar(pair.value)) offset = rangeStart(pair.value) ?? offset;
+    } else if (node !== null && typeof node === "object" && "items" in node && Array.isArray(node.items)) {
+      const item: unknown = node.items[Number(part)];
+      if (item === undefined) break;
+      node = item;
+      offset = rangeStart(item) ?? offset;
+    } else {
+      break;
+    }
+  }
+  if (offset !== undefined) {
+    const pos = lineCounter.linePos(offset);
+    issue.line = pos.line;
+    issue.column = pos.col;
+  }
+}
+
+function rangeStart(node: unknown): number | undefined {
+  const range = (node as Node | null | undefined)?.range;
+  return range ? range[0] : undefined;
+}

@@ -1,0 +1,199 @@
+/**
+ * The config schema: one TypeBox definition gives Ajv its JSON Schema (validation, defaults,
+ * `additionalProperties: false` everywhere) and TypeScript its types. Durations and sizes are
+ * strings in YAML and numbers (ms, bytes) in the decoded config, through TypeBox transforms.
+ */
+import { type StaticDecode, type TSchema, Type } from "@sinclair/typebox";
+import { DURATION_PATTERN, parseDuration, parseSize, SIZE_PATTERN } from "./units.js";
+
+const DURATION_HINT = "a duration such as 250ms, 5s, 10m or 1h";
+const SIZE_HINT = "a size such as 512kb or 8mb";
+const NAME_HINT = "letters, digits, '.', '_' or '-'";
+
+function Duration(defaultValue: string, description: string) {
+  return Type.Transform(
+    Type.String({ pattern: DURATION_PATTERN, default: defaultValue, description, "x-hint": DURATION_HINT }),
+  )
+    .Decode(parseDuration)
+    .Encode((ms: number) => `${ms}ms`);
+}
+
+function Size(defaultValue: string, description: string) {
+  return Type.Transform(
+    Type.String({ pattern: SIZE_PATTERN, default: defaultValue, description, "x-hint": SIZE_HINT }),
+  )
+    .Decode(parseSize)
+    .Encode((bytes: number) => `${bytes}b`);
+}
+
+/** A string from a fixed list, typed as the union of its values. */
+function OneOf<const T extends readonly string[]>(values: T, defaultValue: T[number]) {
+  return Type.Unsafe<T[number]>({ type: "string", enum: [...values], default: defaultValue });
+}
+
+/** An object whose every field has a default, so the whole block may be left out. */
+function Section<T extends Parameters<typeof Type.Object>[0]>(properties: T, description: string) {
+  return Type.Object(properties, { additionalProperties: false, default: {}, description });
+}
+
+const Name = Type.String({ pattern: "^[A-Za-z0-9_.-]{1,64}$", "x-hint": NAME_HINT });
+
+export const Engines = ["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"] as const;
+export const Balancers = ["least_request", "round_robin", "random"] as const;
+export const Priorities = ["interactive", "batch", "background"] as const;
+export const LogLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const Listen = Section(
+  {
+    host: Type.String({ default: "0.0.0.0", description: "address to bind" }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+  },
+  "where clients connect",
+);
+
+const Server = Section(
+  {
+    bodyLimit: Size("4mb", "largest request body accepted (413 beyond)"),
+    maxHeaderSize: Size("16kb", "largest request head accepted (431 beyond)"),
+    requestTimeout: Duration("30s", "time a client has to send its whole request"),
+    headersTimeout: Duration("10s", "time a client has to send its request head"),
+    keepAliveTimeout: Duration("75s", "idle time before a client connection is closed"),
+    shutdownGrace: Duration("30s", "how long in-flight requests may run after SIGTERM"),
+    trustProxy: Type.Array(Type.String(), {
+      default: [],
+      description: "addresses or CIDRs of proxies whose X-Forwarded-For is believed",
+    }),
+  },
+  "the client-facing HTTP server",
+);
+
+const Admin = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    host: Type.String({ default: "127.0.0.1" }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 9090 }),
+    token: Type.Optional(
+      Type.String({
+        minLength: 16,
+        description: "bearer token for /admin/*",
+        "x-hint": "16 characters or more",
+      }),
+    ),
+  },
+  "the admin listener: /metrics and /admin/*",
+);
+
+const Store = Section(
+  {
+    type: OneOf(["memory", "redis"], "memory"),
+    url: Type.Optional(Type.String({ pattern: "^rediss?://", "x-hint": "a redis:// or rediss:// URL" })),
+    nodes: Type.Optional(
+      Type.Array(Type.String({ pattern: "^rediss?://" }), {
+        minItems: 1,
+        description: "Redis Cluster seed nodes",
+      }),
+    ),
+    keyPrefix: Type.String({ default: "floodgate:" }),
+  },
+  "where state shared between replicas lives",
+);
+
+const Log = Section(
+  {
+    level: OneOf(LogLevels, "info"),
+    accessLog: Type.Boolean({ default: true, description: "one line per request" }),
+  },
+  "logging",
+);
+
+const ApiKey = Type.Object(
+  {
+    key: Type.Optional(Type.String({ minLength: 8, description: "the key itself, from ${ENV}" })),
+    sha256: Type.Optional(Type.String({ pattern: "^[0-9a-f]{64}$", "x-hint": "64 lowercase hex digits" })),
+    tenant: Name,
+  },
+  { additionalProperties: false },
+);
+
+const Auth = Type.Object(
+  { keys: Type.Array(ApiKey, { minItems: 1 }) },
+  { additionalProperties: false, description: "API keys; leave out for an open gateway" },
+);
+
+const Tenant = Type.Object(
+  {
+    priority: OneOf(Priorities, "interactive"),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const Timeouts = Section(
+  {
+    connect: Duration("2s", "TCP (and TLS) connect to a backend"),
+    firstByte: Duration("60s", "request sent to response headers"),
+    idle: Duration("30s", "longest silence between two chunks of a response"),
+    total: Duration("10m", "whole exchange, streams included"),
+  },
+  "backend timeouts",
+);
+
+const Backend = Type.Object(
+  {
+    url: Type.String({ pattern: "^https?://", "x-hint": "an http:// or https:// URL" }),
+    name: Type.Optional(Name),
+    weight: Type.Number({ minimum: 0.01, maximum: 1000, default: 1 }),
+    maxConcurrency: Type.Optional(Type.Integer({ minimum: 1, description: "batch slots: requests at once" })),
+    maxConnections: Type.Integer({ minimum: 1, default: 128, description: "connection pool cap" }),
+    engine: OneOf(Engines, "openai"),
+    backup: Type.Boolean({ default: false, description: "used only when no primary can serve" }),
+    headers: Type.Record(Type.String(), Type.String(), {
+      default: {},
+      description: "added to every request to this backend",
+    }),
+  },
+  { additionalProperties: false },
+);
+
+const Pool = Type.Object(
+  {
+    models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
+    balancer: OneOf(Balancers, "least_request"),
+    backends: Type.Array(Backend, { minItems: 1 }),
+    timeouts: Timeouts,
+  },
+  { additionalProperties: false },
+);
+
+const Route = Type.Object(
+  {
+    prefix: Type.String({ pattern: "^/[A-Za-z0-9_.~/-]*$", "x-hint": "a path such as /tokenize" }),
+    pool: Name,
+    stripPrefix: Type.Boolean({ default: false }),
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    listen: Listen,
+    server: Server,
+    admin: Admin,
+    store: Store,
+    log: Log,
+    auth: Type.Optional(Auth),
+    tenants: Type.Record(Name, Tenant, { default: {}, additionalProperties: false }),
+    pools: Type.Record(Name, Pool, { minProperties: 1, additionalProperties: false }),
+    routes: Type.Array(Route, { default: [], description: "path prefixes passed through to a pool" }),
+  },
+  { additionalProperties: false },
+);
+
+export type GatewayConfig = StaticDecode<typeof ConfigSchema>;
+export type PoolConfig = GatewayConfig["pools"][string];
+export type BackendConfig = PoolConfig["backends"][number];
+export type TenantConfig = GatewayConfig["tenants"][string];
+export type TimeoutsConfig = PoolConfig["timeouts"];
+export type RouteConfig = GatewayConfig["routes"][number];
+export type Engine = (typeof Engines)[number];
+
+export type { TSchema };

@@ -1,0 +1,125 @@
+/** Checks that a schema cannot express: references between sections, uniqueness, URL shapes. */
+import { createHash } from "node:crypto";
+import type { ConfigIssue } from "./issues.js";
+import type { GatewayConfig } from "./schema.js";
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+
+export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const modelOwner = new Map<string, string>();
+
+  for (const [poolName, pool] of Object.entries(config.pools)) {
+    pool.models.forEach((model, i) => {
+      const owner = modelOwner.get(model);
+      if (owner !== undefined) {
+        issues.push({
+          path: ["pools", poolName, "models", i],
+          message: `model "${model}" is already served by pool "${owner}"`,
+          hint: "a model name selects exactly one pool",
+        });
+      } else {
+        modelOwner.set(model, poolName);
+      }
+    });
+    const names = new Set<string>();
+    pool.backends.forEach((backend, i) => {
+      const path = ["pools", poolName, "backends", i];
+      let url: URL;
+      try {
+        url = new URL(backend.url);
+      } catch {
+        issues.push({ path: [...path, "url"], message: `"${backend.url}" is not a URL` });
+        return;
+      }
+      if (url.search || url.hash || url.username || url.password) {
+        issues.push({
+          path: [...path, "url"],
+          message: "must not carry a query, fragment or credentials",
+          hint: "put credentials in headers: { authorization: 'Bearer ${KEY}' }",
+        });
+      }
+      const name = backendName(backend.url, backend.name);
+      if (names.has(name)) {
+        issues.push({ path, message: `two backends named "${name}"`, hint: "give each a distinct name:" });
+      }
+      names.add(name);
+    });
+    if (pool.backends.every((b) => b.backup)) {
+      issues.push({
+        path: ["pools", poolName, "backends"],
+        message: "every backend is a backup",
+        hint: "at least one backend must have backup: false",
+      });
+    }
+  }
+
+  const prefixes = new Set<string>();
+  config.routes.forEach((route, i) => {
+    if (!(route.pool in config.pools)) {
+      issues.push({
+        path: ["routes", i, "pool"],
+        message: `no pool named "${route.pool}"`,
+        hint: poolsHint(config),
+      });
+    }
+    if (prefixes.has(route.prefix))
+      issues.push({ path: ["routes", i, "prefix"], message: "prefix listed twice" });
+    prefixes.add(route.prefix);
+  });
+
+  const hashes = new Set<string>();
+  config.auth?.keys.forEach((entry, i) => {
+    const path = ["auth", "keys", i];
+    if ((entry.key === undefined) === (entry.sha256 === undefined)) {
+      issues.push({
+        path,
+        message: "needs exactly one of key or sha256",
+        hint: "key: ${TEAM_KEY} or sha256: <hex>",
+      });
+      return;
+    }
+    const hash = entry.sha256 ?? sha256Hex(entry.key ?? "");
+    if (hashes.has(hash)) issues.push({ path, message: "the same key is listed twice" });
+    hashes.add(hash);
+    if (!(entry.tenant in config.tenants)) {
+      issues.push({
+        path: [...path, "tenant"],
+        message: `no tenant named "${entry.tenant}"`,
+        hint: `add it under tenants: { ${entry.tenant}: {} }`,
+      });
+    }
+  });
+
+  if (config.store.type === "redis" && !config.store.url && !config.store.nodes) {
+    issues.push({
+      path: ["store"],
+      message: "a redis store needs url or nodes",
+      hint: "url: redis://127.0.0.1:6379",
+    });
+  }
+  if (config.admin.enabled && !config.admin.token && !LOOPBACK.has(config.admin.host)) {
+    issues.push({
+      path: ["admin", "token"],
+      message: `is required when the admin listener binds ${config.admin.host}`,
+      hint: "set token: ${FLOODGATE_ADMIN_TOKEN}, or bind admin.host to 127.0.0.1",
+    });
+  }
+  return issues;
+}
+
+function poolsHint(config: GatewayConfig): string {
+  return `pools defined: ${Object.keys(config.pools).join(", ")}`;
+}
+
+export function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** A backend's name in logs and metric labels: its configured name, else host:port. */
+export function backendName(url: string, name?: string): string {
+  if (name) return name;
+  const u = new URL(url);
+  const port = u.port || (u.protocol === "https:" ? "443" : "80");
+  return `${u.hostname}:${port}`;
+}

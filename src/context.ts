@@ -1,0 +1,42 @@
+/** What the stages learn about a request, for the stages after them and for the access log. */
+import type { Tenant } from "./auth/api-keys.js";
+import type { GatewayError } from "./errors.js";
+import type { Exchange } from "./proxy/exchange.js";
+
+export interface RequestContext {
+  /** performance.now() when the request arrived. */
+  startedAt: number;
+  tenant: Tenant | undefined;
+  model: string | undefined;
+  pool: string | undefined;
+  stream: boolean;
+  exchange: Exchange | undefined;
+  /** The error sent to the client (or ending its stream), for the log. */
+  error: GatewayError | undefined;
+  /** Run when the client connection closes before the response finished. */
+  onClientClose: (() => void) | undefined;
+}
+
+export function newContext(): RequestContext {
+  return {
+    startedAt: performance.now(),
+    tenant: undefined,
+    model: undefined,
+    pool: undefined,
+    stream: false,
+    exchange: undefined,
+    error: undefined,
+    onClientClose: undefined,
+  };
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    gw: RequestContext;
+    rawBody: Buffer | undefined;
+  }
+  interface FastifyContextConfig {
+    /** Routes that need no API key: health probes. */
+    public?: boolean;
+  }
+}

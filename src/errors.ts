@@ -1,0 +1,154 @@
+/**
+ * The one catalogue of errors floodgate produces. Every error leaves as OpenAI's shape,
+ * `{"error":{"message","type","code","param"}}`, and those a client should retry carry
+ * `retry-after` (seconds), `retry-after-ms` and `x-should-retry`, which the official OpenAI
+ * SDKs read to pace their retries.
+ */
+
+export type ErrorType =
+  | "invalid_request_error"
+  | "authentication_error"
+  | "permission_error"
+  | "not_found_error"
+  | "rate_limit_exceeded"
+  | "server_error";
+
+export interface OpenAIErrorBody {
+  error: { message: string; type: ErrorType; code: string; param: string | null };
+}
+
+export class GatewayError extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly type: ErrorType,
+    readonly code: string,
+    message: string,
+    /** When set, the client is told to come back after this long. */
+    readonly retryAfterMs?: number,
+    readonly param: string | null = null,
+  ) {
+    super(message);
+    this.name = "GatewayError";
+  }
+
+  get shouldRetry(): boolean {
+    return this.retryAfterMs !== undefined;
+  }
+
+  body(): OpenAIErrorBody {
+    return { error: { message: this.message, type: this.type, code: this.code, param: this.param } };
+  }
+
+  headers(): Record<string, string> {
+    if (this.retryAfterMs === undefined) return { "x-should-retry": "false" };
+    return {
+      "retry-after": String(Math.max(1, Math.ceil(this.retryAfterMs / 1000))),
+      "retry-after-ms": String(Math.max(0, Math.round(this.retryAfterMs))),
+      "x-should-retry": "true",
+    };
+  }
+}
+
+/** Retry hint for transient upstream faults: soon, but not in a tight loop. */
+const UPSTREAM_RETRY_MS = 1000;
+
+export const errors = {
+  invalidJson: (detail: string) =>
+    new GatewayError(
+      400,
+      "invalid_request_error",
+      "invalid_json",
+      `The request body is not valid JSON: ${detail}`,
+    ),
+  invalidRequest: (message: string, param: string | null = null) =>
+    new GatewayError(400, "invalid_request_error", "invalid_request", message, undefined, param),
+  unsupportedMediaType: (type: string) =>
+    new GatewayError(
+      415,
+      "invalid_request_error",
+      "unsupported_media_type",
+      `Content-Type ${type} is not supported here: send application/json.`,
+    ),
+  bodyTooLarge: (limit: number) =>
+    new GatewayError(
+      413,
+      "invalid_request_error",
+      "request_too_large",
+      `The request body exceeds ${limit} bytes.`,
+    ),
+  headersTooLarge: () =>
+    new GatewayError(
+      431,
+      "invalid_request_error",
+      "request_header_fields_too_large",
+      "The request headers are too large.",
+    ),
+  missingApiKey: () =>
+    new GatewayError(
+      401,
+      "authentication_error",
+      "missing_api_key",
+      "No API key provided. Send it as 'Authorization: Bearer <key>'.",
+    ),
+  invalidApiKey: () =>
+    new GatewayError(401, "authentication_error", "invalid_api_key", "The API key provided is not valid."),
+  adminForbidden: (why: string) => new GatewayError(403, "permission_error", "admin_forbidden", why),
+  modelNotFound: (model: string) =>
+    new GatewayError(
+      404,
+      "invalid_request_error",
+      "model_not_found",
+      `The model '${model}' does not exist or you do not have access to it.`,
+      undefined,
+      "model",
+    ),
+  routeNotFound: (method: string, path: string) =>
+    new GatewayError(404, "not_found_error", "unknown_url", `Unknown request URL: ${method} ${path}.`),
+  noBackendAvailable: (pool: string, retryAfterMs: number) =>
+    new GatewayError(
+      503,
+      "server_error",
+      "no_backend_available",
+      `No backend of pool '${pool}' can take the request now; retry later.`,
+      retryAfterMs,
+    ),
+  shuttingDown: () =>
+    new GatewayError(
+      503,
+      "server_error",
+      "shutting_down",
+      "The gateway is shutting down; retry.",
+      UPSTREAM_RETRY_MS,
+    ),
+  upstreamUnavailable: () =>
+    new GatewayError(
+      502,
+      "server_error",
+      "upstream_unavailable",
+      "The backend could not be reached or closed the connection.",
+      UPSTREAM_RETRY_MS,
+    ),
+  upstreamBadResponse: () =>
+    new GatewayError(
+      502,
+      "server_error",
+      "upstream_bad_response",
+      "The backend sent an invalid response.",
+      UPSTREAM_RETRY_MS,
+    ),
+  upstreamTimeout: (phase: "connect" | "first_byte" | "idle" | "total") =>
+    new GatewayError(
+      504,
+      "server_error",
+      `upstream_${phase}_timeout`,
+      `The backend did not answer in time (${phase.replace("_", " ")} timeout).`,
+      UPSTREAM_RETRY_MS,
+    ),
+  internal: () =>
+    new GatewayError(500, "server_error", "internal_error", "The gateway failed to handle the request."),
+};
+
+/** The SSE event that ends a stream which broke after it started: never a silent truncation. */
+export function sseErrorEvent(err: GatewayError): string {
+  return `event: error\ndata: ${JSON.stringify(err.body())}\n\n`;
+}

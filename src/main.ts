@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+/**
+ * floodgate [--config FILE]   run the gateway (default config/gateway.yaml)
+ * floodgate check FILE        validate a config and print what it would run
+ * floodgate sim [flags]       run one simulated GPU inference backend
+ * floodgate demo              three simulated backends behind a gateway on :8080
+ */
+import { parseArgs } from "node:util";
+import { buildGateway, createLogger } from "./app.js";
+import { ConfigError, formatDuration, type GatewayConfig, loadConfigFile } from "./config/index.js";
+import { runDemo } from "./demo.js";
+import { shutdownOnSignal } from "./lifecycle.js";
+import { runSimCli } from "./sim/cli.js";
+
+const USAGE = `usage:
+  floodgate [--config FILE]   run the gateway (default: config/gateway.yaml)
+  floodgate check FILE        validate a config and print what it would run
+  floodgate sim [flags]       run a simulated GPU backend (floodgate sim --help)
+  floodgate demo              three simulated backends behind a gateway on :8080`;
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config. */
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "sim":
+      await runSimCli(rest);
+      return;
+    case "demo":
+      await runDemo(rest);
+      return;
+    case "check":
+      check(rest);
+      return;
+    case "-h":
+    case "--help":
+    case "help":
+      console.log(USAGE);
+      return;
+    default:
+      await serve(argv);
+  }
+}
+
+function check(args: string[]): void {
+  const file = args[0];
+  if (!file) fail(`floodgate check needs a config file\n${USAGE}`);
+  const config = loadOrExit(file);
+  console.log(`${file}: valid`);
+  console.log(describe(config));
+}
+
+async function serve(args: string[]): Promise<void> {
+  let values: { config?: string };
+  try {
+    ({ values } = parseArgs({ args, options: { config: { type: "string", short: "c" } }, strict: true }));
+  } catch (err) {
+    fail(`${err instanceof Error ? err.message : String(err)}\n${USAGE}`);
+  }
+  const file = values.config ?? "config/gateway.yaml";
+  const config = loadOrExit(file);
+  const gateway = buildGateway(config);
+  const { url, adminUrl } = await gateway.listen();
+  gateway.app.log.info({ url, adminUrl, config: file }, "floodgate listening");
+  shutdownOnSignal(gateway);
+}
+
+function loadOrExit(file: string): GatewayConfig {
+  try {
+    return loadConfigFile(file);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+function fail(message: string): never {
+  console.error(message);
+  process.exit(2);
+}
+
+export function describe(config: GatewayConfig): string {
+  const lines = [
+    `listen  ${config.listen.host}:${config.listen.port}`,
+    config.admin.enabled
+      ? `admin   ${config.admin.host}:${config.admin.port} (${config.admin.token ? "token set" : "no token: /admin/* off"})`
+      : "admin   off",
+    `store   ${config.store.type}`,
+    `auth    ${config.auth ? `${config.auth.keys.length} keys, ${Object.keys(config.tenants).length} tenants` : "open (no keys)"}`,
+  ];
+  for (const [name, pool] of Object.entries(config.pools)) {
+    const t = pool.timeouts;
+    lines.push(
+      `pool ${name}: models ${pool.models.join(", ")}; ${pool.balancer}; timeouts connect ${formatDuration(t.connect)}, first byte ${formatDuration(t.firstByte)}, idle ${formatDuration(t.idle)}, total ${formatDuration(t.total)}`,
+    );
+    for (const b of pool.backends) {
+      const cap = b.maxConcurrency === undefined ? "" : `, max ${b.maxConcurrency} in flight`;
+      lines.push(`  ${b.url} (${b.engine}, weight ${b.weight}${cap}${b.backup ? ", backup" : ""})`);
+    }
+  }
+  for (const r of config.routes)
+    lines.push(`route ${r.prefix}/* -> pool ${r.pool}${r.stripPrefix ? " (prefix stripped)" : ""}`);
+  return lines.join("\n");
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const logger = createLogger({ level: "info", accessLog: false });
+  logger.fatal({ err }, "floodgate failed to start");
+  process.exit(1);
+});

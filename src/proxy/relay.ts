@@ -1,0 +1,72 @@
+/**
+ * Relays a backend's response body to the client chunk by chunk as it arrives (no buffering,
+ * with backpressure). When the backend fails mid-body (socket closed, idle gap, total timeout):
+ * - an event stream gets an SSE `error` event and a clean end, which OpenAI SDKs raise as an
+ *   error, instead of a silently truncated stream;
+ * - any other body is destroyed, so the client's connection is cut and it sees the failure.
+ * When the client leaves, the upstream request is aborted at once so the GPU stops generating.
+ */
+import { Readable } from "node:stream";
+import { type GatewayError, sseErrorEvent } from "../errors.js";
+import type { Exchange } from "./exchange.js";
+import { toGatewayError } from "./upstream-errors.js";
+
+export class ResponseRelay extends Readable {
+  /** Set when the backend failed before its body ended. */
+  failure: GatewayError | undefined;
+  private settled = false;
+
+  constructor(
+    private readonly source: Readable,
+    private readonly exchange: Exchange,
+    private readonly sse: boolean,
+    private readonly onDone: (relay: ResponseRelay) => void,
+  ) {
+    super();
+    source.on("data", (chunk: Buffer) => {
+      exchange.bytesOut += chunk.length;
+      if (!this.push(chunk)) source.pause();
+    });
+    source.once("end", () => {
+      this.push(null);
+      this.settle();
+    });
+    source.once("error", (err: Error) => this.fail(err));
+  }
+
+  override _read(): void {
+    this.source.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    if (!this.source.destroyed) {
+      this.exchange.abort("client");
+      this.source.destroy();
+    }
+    this.settle();
+    callback(err);
+  }
+
+  private fail(err: Error): void {
+    if (this.exchange.abortReason === "client" || this.destroyed) {
+      this.settle();
+      return;
+    }
+    this.failure = toGatewayError(err, this.exchange.abortReason);
+    if (this.sse) {
+      this.push(sseErrorEvent(this.failure));
+      this.push(null);
+      this.settle();
+    } else {
+      this.settle();
+      this.destroy(this.failure);
+    }
+  }
+
+  private settle(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.exchange.settle();
+    this.onDone(this);
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * Counters of one simulated server, read by tests through SimServer.stats() and GET /sim/stats,
+ * and by the /metrics renderer.
+ */
+
+export interface SimCounters {
+  /** Inference requests received (chat, completions, embeddings), whatever became of them. */
+  received: number;
+  /** Answered in full. */
+  completed: number;
+  /** The client went away before the answer was complete. */
+  aborted: number;
+  /** Answered 503 server_busy because the waiting queue was full. */
+  rejectedBusy: number;
+  /** Answered with an injected error status (errorRate). */
+  errorsInjected: number;
+  /** Connections destroyed mid-body by dropMidStreamAfterTokens. */
+  droppedMidStream: number;
+  /** Requests held open by the hang fault. */
+  hung: number;
+  /** Connections reset on accept by resetConnections. */
+  connectionsReset: number;
+  promptTokens: number;
+  completionTokens: number;
+  finishedStop: number;
+  finishedLength: number;
+  /** Epoch ms of the last client abort; null before the first. */
+  lastAbortAt: number | null;
+}
+
+export interface SimStats extends SimCounters {
+  /** Sequences holding a batch slot (prefilling or decoding). */
+  running: number;
+  /** Sequences queued for a slot. */
+  waiting: number;
+  /** Fraction 0..1 of the KV cache in use. */
+  kvCacheUsage: number;
+}
+
+export function createCounters(): SimCounters {
+  return {
+    received: 0,
+    completed: 0,
+    aborted: 0,
+    rejectedBusy: 0,
+    errorsInjected: 0,
+    droppedMidStream: 0,
+    hung: 0,
+    connectionsReset: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+    finishedStop: 0,
+    finishedLength: 0,
+    lastAbortAt: null,
+  };
+}

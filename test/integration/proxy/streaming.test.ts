@@ -1,0 +1,238 @@
+import type { AddressInfo } from "node:net";
+import { createServer as createTcpServer, type Socket, type Server as TcpServer } from "node:net";
+import { request } from "undici";
+import { afterEach, describe, expect, it } from "vitest";
+import { poolYaml, type RunningGateway, startGateway } from "../../helpers/gateway.js";
+import { postStream } from "../../helpers/sse.js";
+import { chunkEvent, completion, jsonResponse, sleep, startUpstream } from "../../helpers/upstream.js";
+
+const chat = (extra: Record<string, unknown> = {}) => ({
+  model: "test-model",
+  messages: [{ role: "user", content: "hi" }],
+  ...extra,
+});
+
+let cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.reverse()) await c();
+  cleanups = [];
+});
+
+async function setup(handler: Parameters<typeof startUpstream>[0], timeouts?: string) {
+  const upstream = await startUpstream(handler);
+  const gw = await startGateway(poolYaml([upstream.url], { timeouts }));
+  cleanups.push(
+    () => upstream.close(),
+    () => gw.close(),
+  );
+  return { upstream, gw };
+}
+
+/** A stream of `n` events spaced `gapMs` apart, then [DONE]. */
+function slowStream(n: number, gapMs: number) {
+  return async (_req: unknown, res: import("node:http").ServerResponse) => {
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    for (let i = 0; i < n && !res.destroyed; i++) {
+      res.write(chunkEvent(i, `t${i}`));
+      await sleep(gapMs);
+    }
+    if (!res.destroyed) res.end("data: [DONE]\n\n");
+  };
+}
+
+describe("streaming", () => {
+  it("relays each SSE event as the backend sends it, not at the end", async () => {
+    const { gw } = await setup(slowStream(5, 60));
+    const { status, events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+    expect(status).toBe(200);
+    expect(events.map((e) => e.data).at(-1)).toBe("[DONE]");
+    expect(events).toHaveLength(6);
+    // Buffered relaying would deliver everything together; spaced arrivals show no buffering.
+    const gaps = events.slice(1, 5).map((e, i) => e.at - (events[i]?.at ?? 0));
+    for (const gap of gaps) expect(gap).toBeGreaterThan(30);
+  });
+
+  it("aborts the upstream request within 100 ms when the client leaves mid-stream", async () => {
+    const { gw, upstream } = await setup(slowStream(100, 20));
+    const controller = new AbortController();
+    let abortedAt = 0;
+    await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }), {
+      signal: controller.signal,
+      onEvent: (e) => {
+        if (e.data.includes("t3")) {
+          abortedAt = Date.now();
+          controller.abort();
+        }
+      },
+    }).catch(() => undefined);
+    await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
+    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(100);
+  });
+
+  it("aborts the upstream request within 100 ms when the client leaves before the response starts", async () => {
+    const { gw, upstream } = await setup(() => {}); // never answers
+    const controller = new AbortController();
+    const pending = request(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(chat()),
+      signal: controller.signal,
+    }).catch(() => undefined);
+    await waitFor(() => upstream.received.length === 1);
+    const abortedAt = Date.now();
+    controller.abort();
+    await pending;
+    await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
+    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(100);
+    await waitFor(() => gw.gateway.upstreams.pools.get("main")?.backends[0]?.inFlight === 0);
+  });
+
+  it("ends a stream whose backend dies mid-way with an SSE error event", async () => {
+    const { gw } = await setup(async (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(chunkEvent(0, "a"));
+      await sleep(20);
+      res.write(chunkEvent(1, "b"));
+      await sleep(20);
+      res.socket?.destroy();
+    });
+    const { status, events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+    expect(status).toBe(200);
+    expect(events.slice(0, 2).map((e) => e.event)).toEqual([undefined, undefined]);
+    const last = events.at(-1);
+    expect(last?.event).toBe("error");
+    expect(JSON.parse(last?.data ?? "{}")).toMatchObject({
+      error: { type: "server_error", code: "upstream_unavailable" },
+    });
+  });
+
+  it("answers 502, not a cut-off body, when a non-streamed response dies mid-body", async () => {
+    const { gw } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "1000" });
+      res.write('{"id":"chatcmpl-1","choi');
+      setTimeout(() => res.socket?.destroy(), 10);
+    });
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(chat()),
+    });
+    expect(res.statusCode).toBe(502);
+    expect(await res.body.json()).toMatchObject({
+      error: { type: "server_error", code: "upstream_unavailable" },
+    });
+  });
+});
+
+describe("timeouts", () => {
+  it("connect: 504 upstream_connect_timeout when the TLS handshake never completes", async () => {
+    // A TCP listener that accepts and stays silent: the TLS connect phase cannot finish.
+    const sockets: Socket[] = [];
+    const silent: TcpServer = createTcpServer((s) => sockets.push(s));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as AddressInfo).port;
+    const gw = await startGateway(
+      poolYaml([`https://127.0.0.1:${port}`], { timeouts: "{ connect: 150ms, firstByte: 5s }" }),
+    );
+    cleanups.push(
+      () => gw.close(),
+      () =>
+        new Promise<void>((r) => {
+          for (const s of sockets) s.destroy();
+          silent.close(() => r());
+        }),
+    );
+    const started = Date.now();
+    const res = await post(gw, chat());
+    expect(res.status).toBe(504);
+    expect(res.body).toMatchObject({ error: { code: "upstream_connect_timeout", type: "server_error" } });
+    expect(res.headers["x-should-retry"]).toBe("true");
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it("first byte: 504 upstream_first_byte_timeout when the backend never answers", async () => {
+    const { gw, upstream } = await setup(() => {}, "{ firstByte: 150ms }");
+    const res = await post(gw, chat());
+    expect(res.status).toBe(504);
+    expect(res.body).toMatchObject({ error: { code: "upstream_first_byte_timeout" } });
+    expect(res.headers["retry-after-ms"]).toBeDefined();
+    await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
+  });
+
+  it("idle: a stream that goes silent gets an SSE error event", async () => {
+    const { gw } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(chunkEvent(0, "a")); // then silence
+    }, "{ idle: 150ms }");
+    const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+    expect(events).toHaveLength(2);
+    expect(events[1]?.event).toBe("error");
+    expect(JSON.parse(events[1]?.data ?? "{}").error.code).toBe("upstream_idle_timeout");
+  });
+
+  it("total: a stream still running at the total timeout gets an SSE error event", async () => {
+    const { gw, upstream } = await setup(slowStream(1000, 20), "{ total: 300ms }");
+    const started = performance.now();
+    const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+    expect(performance.now() - started).toBeLessThan(1500);
+    expect(events.length).toBeGreaterThan(3);
+    expect(events.at(-1)?.event).toBe("error");
+    expect(JSON.parse(events.at(-1)?.data ?? "{}").error.code).toBe("upstream_total_timeout");
+    await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
+  });
+
+  it("total: 504 upstream_total_timeout before the response started", async () => {
+    const { gw } = await setup(() => {}, "{ firstByte: 10s, total: 200ms }");
+    const res = await post(gw, chat());
+    expect(res.status).toBe(504);
+    expect(res.body).toMatchObject({ error: { code: "upstream_total_timeout" } });
+  });
+
+  it("a stream that streams longer than firstByte is fine", async () => {
+    const { gw } = await setup(slowStream(10, 40), "{ firstByte: 100ms, idle: 200ms }");
+    const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+    expect(events.at(-1)?.data).toBe("[DONE]");
+    expect(events.some((e) => e.event === "error")).toBe(false);
+  });
+});
+
+describe("non-streamed", () => {
+  it("passes the backend's JSON answer and status through", async () => {
+    const { gw, upstream } = await setup((_req, res) => jsonResponse(res, 200, completion));
+    const res = await post(gw, chat());
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual(completion);
+    expect(JSON.parse(upstream.received[0]?.body ?? "")).toEqual(chat());
+    expect(upstream.received[0]?.url).toBe("/v1/chat/completions");
+  });
+
+  it("passes a backend error through with its status", async () => {
+    const busy = { error: { message: "busy", type: "server_error", code: "server_busy" } };
+    const { gw } = await setup((_req, res) => jsonResponse(res, 503, busy, { "retry-after": "2" }));
+    const res = await post(gw, chat());
+    expect(res.status).toBe(503);
+    expect(res.body).toEqual(busy);
+    expect(res.headers["retry-after"]).toBe("2");
+  });
+});
+
+async function post(gw: RunningGateway, body: unknown, headers: Record<string, string> = {}) {
+  const res = await request(`${gw.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    body: (await res.body.json()) as Record<string, unknown>,
+  };
+}
+
+async function waitFor(predicate: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await sleep(5);
+  }
+}

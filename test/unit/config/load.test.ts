@@ -1,0 +1,143 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, parseConfig, parseDuration, parseSize } from "../../../src/config/index.js";
+
+const MINIMAL = "pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }] } }";
+
+function issuesOf(yaml: string, env: NodeJS.ProcessEnv = {}) {
+  try {
+    parseConfig(yaml, "gateway.yaml", env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error("config was accepted");
+}
+
+describe("parseConfig", () => {
+  it("fills every default from a minimal config", () => {
+    const c = parseConfig(MINIMAL, "x", {});
+    expect(c.listen).toEqual({ host: "0.0.0.0", port: 8080 });
+    expect(c.server.requestTimeout).toBe(30_000);
+    expect(c.server.bodyLimit).toBe(4 * 1024 * 1024);
+    expect(c.pools.x?.timeouts).toEqual({ connect: 2000, firstByte: 60_000, idle: 30_000, total: 600_000 });
+    expect(c.pools.x?.backends[0]).toMatchObject({ weight: 1, engine: "openai", backup: false, headers: {} });
+    expect(c.store.type).toBe("memory");
+    expect(c.routes).toEqual([]);
+  });
+
+  it("interpolates ${VAR} and ${VAR:-default}, unquoted inside flow maps too", () => {
+    const c = parseConfig(
+      `${MINIMAL}
+auth: { keys: [ { key: \${TEAM_KEY}, tenant: a }, { key: "\${OTHER:-fallback-key}", tenant: a } ] }
+tenants: { a: {} }
+listen: { port: \${PORT} }
+`,
+      "x",
+      { TEAM_KEY: "sk-0123456789", PORT: "9999" },
+    );
+    expect(c.auth?.keys[0]?.key).toBe("sk-0123456789");
+    expect(c.auth?.keys[1]?.key).toBe("fallback-key");
+    expect(c.listen.port).toBe(9999);
+  });
+
+  it("never lets a variable's value inject YAML", () => {
+    const c = parseConfig(`${MINIMAL}\nadmin: { token: "\${T}" }\n`, "x", {
+      T: "abc\nlisten: { port: 1 }0123456789",
+    });
+    expect(c.admin.token).toContain("listen:");
+    expect(c.listen.port).toBe(8080);
+  });
+
+  it("names a missing variable and where it is used", () => {
+    const err = issuesOf(`${MINIMAL}\nadmin:\n  token: \${ADMIN_TOKEN}\n`);
+    expect(err.issues).toHaveLength(1);
+    expect(err.message).toContain(
+      "gateway.yaml:3:10  admin.token: environment variable ADMIN_TOKEN is not set",
+    );
+  });
+
+  it("lists every error with its YAML path, line and the fix", () => {
+    const err = issuesOf(`
+listn: { port: 8081 }
+server: { requestTimeout: 30 }
+log: { level: loud }
+pools:
+  "bad name!": { models: [m], backends: [{ url: http://a:1 }] }
+  y:
+    models: [m2]
+    balancer: fastest
+    backends:
+      - { url: "ftp://a", wieght: 3 }
+`);
+    const lines = err.message.split("\n");
+    expect(lines[0]).toBe("invalid config, 7 errors:");
+    expect(err.message).toContain('gateway.yaml:2:1  listn: unknown field (did you mean "listen"?)');
+    expect(err.message).toContain(
+      'server.requestTimeout: "30" is not valid (expected a duration such as 250ms, 5s, 10m or 1h)',
+    );
+    expect(err.message).toContain(
+      'log.level: must be one of: fatal, error, warn, info, debug, trace, silent; got "loud"',
+    );
+    expect(err.message).toContain('pools.bad name!: "bad name!" is not a valid name');
+    expect(err.message).toContain(
+      'pools.y.balancer: must be one of: least_request, round_robin, random; got "fastest"',
+    );
+    expect(err.message).toContain(
+      'gateway.yaml:11:16  pools.y.backends[0].url: "ftp://a" is not valid (expected an http:// or https:// URL)',
+    );
+    expect(err.message).toContain('pools.y.backends[0].wieght: unknown field (did you mean "weight"?)');
+  });
+
+  it("reports a missing required field and an empty pools map", () => {
+    expect(issuesOf("listen: { port: 1 }").message).toContain("pools: is required");
+    expect(issuesOf("pools: { x: { models: [m] } }").message).toContain("pools.x.backends: is required");
+  });
+
+  it("checks references and uniqueness across sections", () => {
+    const err = issuesOf(`
+pools:
+  a: { models: [m], backends: [{ url: http://h:1 }, { url: http://h:1 }] }
+  b: { models: [m], backends: [{ url: http://h:2, backup: true }] }
+routes: [{ prefix: /x, pool: nope }]
+auth: { keys: [{ key: sk-0123456789, tenant: ghost }, { tenant: ghost }] }
+store: { type: redis }
+admin: { host: 0.0.0.0 }
+`);
+    const m = err.message;
+    expect(m).toContain('pools.a.backends[1]: two backends named "h:1"');
+    expect(m).toContain('pools.b.models[0]: model "m" is already served by pool "a"');
+    expect(m).toContain("pools.b.backends: every backend is a backup");
+    expect(m).toContain('routes[0].pool: no pool named "nope"');
+    expect(m).toContain('auth.keys[0].tenant: no tenant named "ghost"');
+    expect(m).toContain("auth.keys[1]: needs exactly one of key or sha256");
+    expect(m).toContain("store: a redis store needs url or nodes");
+    expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
+  });
+
+  it("reports YAML syntax errors with their line", () => {
+    const err = issuesOf("pools:\n  x: [unclosed\n");
+    expect(err.issues[0]?.message).toMatch(/^YAML: /);
+    expect(err.issues[0]?.line).toBeGreaterThan(0);
+  });
+});
+
+describe("units", () => {
+  it.each([
+    ["250ms", 250],
+    ["5s", 5000],
+    ["1.5s", 1500],
+    ["10m", 600_000],
+    ["1h", 3_600_000],
+  ])("duration %s = %d ms", (text, ms) => expect(parseDuration(text)).toBe(ms));
+
+  it.each([
+    ["512kb", 524_288],
+    ["8mb", 8_388_608],
+    ["8MB", 8_388_608],
+    ["10b", 10],
+  ])("size %s = %d bytes", (text, n) => expect(parseSize(text)).toBe(n));
+
+  it.each(["30", "5 s", "-1s", "1d", ""])("rejects duration %j", (text) =>
+    expect(() => parseDuration(text)).toThrow(),
+  );
+});

@@ -1,0 +1,132 @@
+/**
+ * The official `openai` client against floodgate in front of the simulator: what real users
+ * run. Includes the proof that the SDK's retries are paced by our retry-after-ms.
+ */
+import OpenAI from "openai";
+import { afterEach, describe, expect, it } from "vitest";
+import { type SimServer, startSim } from "../../../src/sim/index.js";
+import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+
+let sims: SimServer[] = [];
+let gateways: RunningGateway[] = [];
+afterEach(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+  gateways = [];
+});
+
+async function setup(maxConcurrency?: number, simOptions: Parameters<typeof startSim>[0] = {}) {
+  const sim = await startSim({
+    models: ["sim-model"],
+    decodeStepMs: 2,
+    decodeMsPerSeq: 0,
+    prefillMsPerToken: 0,
+    ...simOptions,
+  });
+  sims.push(sim);
+  const cap = maxConcurrency === undefined ? "" : `, maxConcurrency: ${maxConcurrency}`;
+  const gw = await startGateway(
+    `pools: { sims: { models: [sim-model], backends: [{ url: "${sim.url}"${cap} }] } }`,
+  );
+  gateways.push(gw);
+  const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  return { sim, gw, client };
+}
+
+describe("the openai npm client through floodgate", () => {
+  it("non-streamed chat completion with usage", async () => {
+    const { client } = await setup();
+    const res = await client.chat.completions.create({
+      model: "sim-model",
+      messages: [{ role: "user", content: "Say something." }],
+      max_tokens: 12,
+    });
+    expect(res.object).toBe("chat.completion");
+    expect(res.choices[0]?.message.content?.length).toBeGreaterThan(0);
+    expect(res.usage?.completion_tokens).toBe(12);
+  });
+
+  it("streamed chat completion, every chunk in order, with include_usage", async () => {
+    const { client } = await setup();
+    const stream = await client.chat.completions.create({
+      model: "sim-model",
+      messages: [{ role: "user", content: "Count." }],
+      max_tokens: 10,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let finish: string | null | undefined;
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      usage = chunk.usage ?? usage;
+    }
+    expect(text.length).toBeGreaterThan(0);
+    expect(finish).toBe("length");
+    expect(usage?.completion_tokens).toBe(10);
+  });
+
+  it("embeddings and the model list", async () => {
+    const { client } = await setup();
+    const emb = await client.embeddings.create({ model: "sim-model", input: "hello world" });
+    expect(emb.data[0]?.embedding.length).toBeGreaterThan(0);
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(["sim-model"]);
+  });
+
+  it("an unknown model raises NotFoundError with the OpenAI code", async () => {
+    const { client } = await setup();
+    await expect(
+      client.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }),
+    ).rejects.toMatchObject({ status: 404, code: "model_not_found" });
+  });
+
+  it("a backend dying mid-stream raises an error in the SDK instead of a short answer", async () => {
+    const { client, sim } = await setup(undefined, { decodeStepMs: 5 });
+    await sim.setFaults({ dropMidStreamAfterTokens: 3 });
+    const stream = await client.chat.completions.create({
+      model: "sim-model",
+      messages: [{ role: "user", content: "x" }],
+      max_tokens: 50,
+      stream: true,
+    });
+    const consume = async () => {
+      for await (const _chunk of stream) {
+        // read until the error event
+      }
+    };
+    await expect(consume()).rejects.toThrow(/backend/i);
+  });
+
+  it("its retries wait as long as our retry-after-ms says on a 503 from the gateway", async () => {
+    // One slot; a long generation holds it, so the SDK's first attempt gets 503 no_backend_available
+    // (retry-after-ms 1000). The slot frees after ~600 ms; the SDK's own default first backoff is
+    // 0.375–0.5 s, so a retry at ≥ 1 s shows it followed our header.
+    const { gw, client } = await setup(1, { decodeStepMs: 20 });
+    const holder = client.chat.completions.create({
+      model: "sim-model",
+      messages: [{ role: "user", content: "x" }],
+      max_tokens: 30,
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    const retrying = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "unused", maxRetries: 2 });
+    const started = performance.now();
+    const res = await retrying.chat.completions.create({
+      model: "sim-model",
+      messages: [{ role: "user", content: "y" }],
+      max_tokens: 2,
+    });
+    const waited = performance.now() - started;
+    expect(res.choices[0]?.finish_reason).toBe("length");
+    expect(waited).toBeGreaterThanOrEqual(990);
+    expect(waited).toBeLessThan(2500);
+    await holder;
+    // Exactly one refused attempt, then success: the retry came from the SDK, paced by us.
+    const metrics = await gw.gateway.metrics.registry.getSingleMetricAsString("floodgate_requests_total");
+    expect(metrics).toContain('status_class="5xx"} 1');
+    expect(metrics).toContain('status_class="2xx"} 2');
+  });
+});

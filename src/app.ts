@@ -21,13 +21,16 @@ import { newContext, type RequestContext } from "./context.js";
 import { errors, GatewayError } from "./errors.js";
 import { Metrics } from "./metrics/metrics.js";
 import { registerProxy } from "./proxy/plugin.js";
-import { Upstreams } from "./upstream/pool.js";
+import type { DnsResolverLike } from "./upstream/discovery.js";
+import { type UpstreamEvents, Upstreams } from "./upstream/pool.js";
 
 export interface GatewayOptions {
   /** A pino logger to use; by default one is made from config.log. */
   logger?: Logger;
   /** Register Node process metrics (off in tests that build many gateways). */
   processMetrics?: boolean;
+  /** DNS resolver for backend discovery (tests point it at their own DNS server). */
+  resolver?: DnsResolverLike;
 }
 
 export interface Gateway {
@@ -57,8 +60,12 @@ export function createLogger(log: GatewayConfig["log"]): Logger {
 
 export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(config.log);
-  const upstreams = new Upstreams(config.pools);
-  const metrics = new Metrics(upstreams, { processMetrics: options.processMetrics ?? true });
+  const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
+  const upstreams = new Upstreams(config, {
+    events: combineEvents(metrics.upstreamEvents(), upstreamLogEvents(logger)),
+    resolver: options.resolver,
+  });
+  metrics.watch(upstreams);
   const apiKeys = new ApiKeys(config);
   let closing = false;
 
@@ -110,7 +117,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   app.get("/healthz", { config: { public: true } }, async () => ({ status: "ok" }));
   app.get("/readyz", { config: { public: true } }, async (_request, reply) => {
-    const backends = [...upstreams.pools.values()].reduce((n, p) => n + p.backends.length, 0);
+    const backends = upstreams.backendCount();
     if (closing || backends === 0) {
       return reply.code(503).send({ status: closing ? "shutting down" : "no backends" });
     }
@@ -187,6 +194,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       return closing;
     },
     async listen() {
+      await upstreams.start();
       const url = await app.listen({ host: config.listen.host, port: config.listen.port });
       const adminUrl = admin
         ? await admin.listen({ host: config.admin.host, port: config.admin.port })
@@ -206,6 +214,35 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       await upstreams.close();
     },
   };
+}
+
+/** Upstream state changes worth a log line: they explain traffic shifts after the fact. */
+function upstreamLogEvents(logger: Logger): UpstreamEvents {
+  return {
+    ejected: (pool, backend, reason, durationMs) =>
+      logger.warn({ pool, backend, reason, durationMs }, "backend ejected"),
+    healthChanged: (pool, backend, healthy) =>
+      healthy
+        ? logger.info({ pool, backend }, "backend healthy")
+        : logger.warn({ pool, backend }, "backend unhealthy"),
+    backendsChanged: (pool, added, removed) => logger.info({ pool, added, removed }, "backends discovered"),
+    discoveryError: (pool, message, err) => logger.error({ pool, err }, message),
+  };
+}
+
+/** Calls every listener's hook in turn. */
+function combineEvents(...all: UpstreamEvents[]): UpstreamEvents {
+  const keys = new Set(all.flatMap((e) => Object.keys(e) as (keyof UpstreamEvents)[]));
+  const out: Record<string, (...args: never[]) => void> = {};
+  for (const key of keys) {
+    const fns = all.map((e) => e[key]).filter((f): f is NonNullable<typeof f> => f !== undefined) as ((
+      ...args: unknown[]
+    ) => void)[];
+    out[key] = (...args: never[]) => {
+      for (const fn of fns) fn(...args);
+    };
+  }
+  return out as UpstreamEvents;
 }
 
 function quietLogs(): LogController {

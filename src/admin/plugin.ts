@@ -30,19 +30,40 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
       if (!constantTimeEqual(presented, token)) throw errors.invalidApiKey();
     });
     scope.get("/admin/status", async () => ({
-      pools: [...deps.upstreams.pools.values()].map((pool) => ({
-        name: pool.name,
-        models: pool.config.models,
-        balancer: pool.config.balancer,
-        backends: pool.backends.map((b) => ({
-          name: b.name,
-          url: b.origin + b.basePath,
-          weight: b.weight,
-          backup: b.backup,
-          inFlight: b.inFlight,
-          maxConcurrency: Number.isFinite(b.maxConcurrency) ? b.maxConcurrency : null,
-        })),
-      })),
+      pools: [...deps.upstreams.pools.values()].map((pool) => {
+        const now = pool.now();
+        return {
+          name: pool.name,
+          models: pool.config.models,
+          balancer: pool.config.balancer,
+          panic: pool.balancer.panic(pool.backends, now),
+          retries: { inFlight: pool.budget.retries, limit: pool.budget.limit },
+          backends: pool.backends.map((b) => {
+            const signal = pool.lastSignal(b);
+            return {
+              name: b.name,
+              url: b.origin + b.basePath,
+              engine: b.engine,
+              weight: b.weight,
+              backup: b.backup,
+              healthy: b.healthy,
+              ejectedForMs: b.ejectedUntil > now ? Math.round(b.ejectedUntil - now) : 0,
+              ejections: b.ejections,
+              drained: b.drained,
+              inFlight: b.inFlight,
+              maxConcurrency: Number.isFinite(b.maxConcurrency) ? b.maxConcurrency : null,
+              engineLoad: signal
+                ? {
+                    waiting: signal.waiting,
+                    running: signal.running,
+                    kvCacheUsage: signal.kvCacheUsage ?? null,
+                    ageMs: Math.round(now - signal.at),
+                  }
+                : null,
+            };
+          }),
+        };
+      }),
     }));
   });
 

@@ -4,8 +4,12 @@ export type {
   BackendConfig,
   Engine,
   GatewayConfig,
+  HealthCheckConfig,
+  OutlierDetectionConfig,
   PoolConfig,
+  RetryConfig,
   RouteConfig,
+  SlowStartConfig,
   TenantConfig,
   TimeoutsConfig,
 } from "./schema.js";

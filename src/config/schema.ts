@@ -150,16 +150,103 @@ const Backend = Type.Object(
       default: {},
       description: "added to every request to this backend",
     }),
+    discovery: OneOf(["none", "dns", "srv"], "none"),
   },
   { additionalProperties: false },
+);
+
+const HealthCheck = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    path: Type.Optional(Type.String({ pattern: "^/", "x-hint": "a path such as /health" })),
+    interval: Duration("5s", "time between two probes of one backend (±10% jitter)"),
+    timeout: Duration("1s", "a probe slower than this failed"),
+    unhealthyThreshold: Type.Integer({
+      minimum: 1,
+      default: 3,
+      description: "failed probes in a row to mark unhealthy",
+    }),
+    healthyThreshold: Type.Integer({
+      minimum: 1,
+      default: 2,
+      description: "passed probes in a row to mark healthy",
+    }),
+    checkModels: Type.Boolean({ default: true, description: "also require the pool's model in /v1/models" }),
+  },
+  "active health checks",
+);
+
+const OutlierDetection = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    consecutive5xx: Type.Integer({ minimum: 1, default: 5 }),
+    consecutiveGatewayFailure: Type.Integer({ minimum: 1, default: 5, description: "resets and timeouts" }),
+    consecutiveConnectFailure: Type.Integer({
+      minimum: 1,
+      default: 1,
+      description: "refused or timed-out connects",
+    }),
+    baseEjectionTime: Duration("30s", "ejection lasts this × the number of times ejected"),
+    maxEjectionTime: Duration("5m", "cap on one ejection"),
+    maxEjectionPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50 }),
+  },
+  "passive outlier detection",
+);
+
+const SlowStart = Section(
+  {
+    window: Duration("30s", "ramp time of a (re)joining backend; 0s turns it off"),
+    aggression: Type.Number({ exclusiveMinimum: 0, default: 1 }),
+    minWeightPercent: Type.Number({ minimum: 0, maximum: 100, default: 10 }),
+  },
+  "slow start",
+);
+
+const LoadSignals = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    interval: Duration("2s", "time between two scrapes of a backend's /metrics"),
+    timeout: Duration("1s", "a scrape slower than this failed"),
+    staleAfter: Duration("10s", "a reading older than this is unknown"),
+  },
+  "engine load signals",
+);
+
+const Retry = Section(
+  {
+    attempts: Type.Integer({
+      minimum: 0,
+      maximum: 10,
+      default: 2,
+      description: "retries after the first try",
+    }),
+    budgetPercent: Type.Number({ minimum: 0, maximum: 100, default: 20 }),
+    minRetryConcurrency: Type.Integer({ minimum: 0, default: 3 }),
+    backoffBase: Duration("25ms", "full-jitter exponential backoff base"),
+    backoffMax: Duration("250ms", "cap on one backoff"),
+    streamCommit: OneOf(["first_event", "headers"], "first_event"),
+  },
+  "retries",
 );
 
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
     balancer: OneOf(Balancers, "least_request"),
+    activeRequestBias: Type.Number({
+      minimum: 0,
+      default: 1,
+      description: "least_request: (inFlight+1)^bias",
+    }),
+    panicThreshold: Type.Number({ minimum: 0, maximum: 100, default: 50 }),
     backends: Type.Array(Backend, { minItems: 1 }),
     timeouts: Timeouts,
+    healthCheck: HealthCheck,
+    outlierDetection: OutlierDetection,
+    slowStart: SlowStart,
+    loadSignals: LoadSignals,
+    retry: Retry,
+    dnsRefresh: Duration("10s", "how often discovered backends are re-resolved"),
   },
   { additionalProperties: false },
 );
@@ -184,6 +271,16 @@ export const ConfigSchema = Type.Object(
     tenants: Type.Record(Name, Tenant, { default: {}, additionalProperties: false }),
     pools: Type.Record(Name, Pool, { minProperties: 1, additionalProperties: false }),
     routes: Type.Array(Route, { default: [], description: "path prefixes passed through to a pool" }),
+    dns: Section(
+      {
+        servers: Type.Array(Type.String(), {
+          default: [],
+          description: "resolvers for discovery; default: the system's",
+        }),
+        timeout: Duration("2s", "one DNS query"),
+      },
+      "DNS used by backend discovery",
+    ),
   },
   { additionalProperties: false },
 );
@@ -195,5 +292,9 @@ export type TenantConfig = GatewayConfig["tenants"][string];
 export type TimeoutsConfig = PoolConfig["timeouts"];
 export type RouteConfig = GatewayConfig["routes"][number];
 export type Engine = (typeof Engines)[number];
+export type HealthCheckConfig = PoolConfig["healthCheck"];
+export type OutlierDetectionConfig = PoolConfig["outlierDetection"];
+export type SlowStartConfig = PoolConfig["slowStart"];
+export type RetryConfig = PoolConfig["retry"];
 
 export type { TSchema };

@@ -1,10 +1,13 @@
 /**
  * The metric catalogue. One prom-client Registry per app instance, so tests can run several
- * gateways in one process. Label values are bounded: route templates, configured model and pool
- * names (an unknown model is "unknown"), status classes. API keys never appear.
+ * gateways in one process. Label values are bounded: route templates, configured model, pool
+ * and backend names (an unknown model is "unknown"), status classes, fixed reasons. API keys
+ * never appear.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { Upstreams } from "../upstream/pool.js";
+import type { Backend } from "../upstream/backend.js";
+import type { LoadSignal } from "../upstream/load-signals.js";
+import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
@@ -15,77 +18,165 @@ export interface RequestLabels {
   statusClass: string;
 }
 
+/** prom-client hashes label values on every call; hot-path metrics keep their bound children. */
+class Children<T> {
+  private readonly map = new Map<string, T>();
+  constructor(private readonly make: (values: string[]) => T) {}
+  get(...values: string[]): T {
+    const key = values.join("\u0000");
+    let child = this.map.get(key);
+    if (child === undefined) {
+      child = this.make(values);
+      this.map.set(key, child);
+    }
+    return child;
+  }
+}
+
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<"route" | "model" | "pool" | "status_class">;
-  private readonly duration: Histogram<"route" | "model" | "pool" | "status_class">;
-  private readonly firstByte: Histogram<"pool" | "backend">;
-  /** Bound children by label tuple: prom-client hashes labels on every call otherwise. */
-  private readonly children = new Map<
-    string,
-    { count: Counter.Internal; seconds: Histogram.Internal<string> }
-  >();
-  private readonly firstByteChildren = new Map<string, Histogram.Internal<string>>();
+  private readonly requests: Children<Counter.Internal>;
+  private readonly duration: Children<Histogram.Internal<string>>;
+  private readonly firstByte: Children<Histogram.Internal<string>>;
+  private readonly selections: Children<Counter.Internal>;
+  private readonly attempts: Children<Counter.Internal>;
+  private readonly retries: Children<Counter.Internal>;
+  private readonly budgetExhausted: Children<Counter.Internal>;
+  private readonly ejections: Children<Counter.Internal>;
+  private upstreams: Upstreams | undefined;
 
-  constructor(upstreams: Upstreams, options: { processMetrics?: boolean } = {}) {
+  constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
     if (options.processMetrics ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: "floodgate_" });
-    this.requests = new Counter({
-      name: "floodgate_requests_total",
-      help: "Client requests answered, by route, model, pool and status class.",
-      labelNames: ["route", "model", "pool", "status_class"],
-      registers,
-    });
-    this.duration = new Histogram({
-      name: "floodgate_request_duration_seconds",
-      help: "Time from request received to response finished, streams included.",
-      labelNames: ["route", "model", "pool", "status_class"],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.firstByte = new Histogram({
-      name: "floodgate_upstream_first_byte_seconds",
-      help: "Time from sending a request upstream to the backend's response headers.",
-      labelNames: ["pool", "backend"],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      new Counter({ name, help, labelNames, registers });
+    const histogram = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      new Histogram({ name, help, labelNames, buckets: LATENCY_BUCKETS, registers });
+
+    const requests = counter(
+      "floodgate_requests_total",
+      "Client requests answered, by route, model, pool and status class.",
+      ["route", "model", "pool", "status_class"],
+    );
+    this.requests = new Children((v) => requests.labels(...v));
+    const duration = histogram(
+      "floodgate_request_duration_seconds",
+      "Time from request received to response finished, streams included.",
+      ["route", "model", "pool", "status_class"],
+    );
+    this.duration = new Children((v) => duration.labels(...v));
+    const firstByte = histogram(
+      "floodgate_upstream_first_byte_seconds",
+      "Time from sending a request upstream to the backend's response headers.",
+      ["pool", "backend"],
+    );
+    this.firstByte = new Children((v) => firstByte.labels(...v));
+    const selections = counter(
+      "floodgate_backend_selections_total",
+      "Times the balancer picked each backend.",
+      ["pool", "backend"],
+    );
+    this.selections = new Children((v) => selections.labels(...v));
+    const attempts = counter(
+      "floodgate_upstream_attempts_total",
+      "Attempts sent upstream, by outcome (success, http_4xx, http_5xx, gateway_failure, connect_failure).",
+      ["pool", "backend", "outcome"],
+    );
+    this.attempts = new Children((v) => attempts.labels(...v));
+    const retries = counter("floodgate_upstream_retries_total", "Retries on another backend, by reason.", [
+      "pool",
+      "reason",
+    ]);
+    this.retries = new Children((v) => retries.labels(...v));
+    const budget = counter(
+      "floodgate_retry_budget_exhausted_total",
+      "Retries not made because the pool's retry budget was spent.",
+      ["pool"],
+    );
+    this.budgetExhausted = new Children((v) => budget.labels(...v));
+    const ejections = counter("floodgate_outlier_ejections_total", "Backends ejected by outlier detection.", [
+      "pool",
+      "backend",
+      "reason",
+    ]);
+    this.ejections = new Children((v) => ejections.labels(...v));
+
+    const perBackend = this.backendGauge.bind(this);
+    perBackend(
+      "floodgate_backend_in_flight",
+      "Requests in flight to each backend from this replica.",
+      (b) => b.inFlight,
+    );
+    perBackend("floodgate_backend_healthy", "1 when active health checks pass (or are off), else 0.", (b) =>
+      b.healthy ? 1 : 0,
+    );
+    perBackend("floodgate_backend_ejected", "1 while outlier detection keeps the backend out.", (b, now) =>
+      b.ejectedUntil > now ? 1 : 0,
+    );
+    perBackend(
+      "floodgate_backend_engine_waiting",
+      "Requests queued in the engine, as last read from it.",
+      (_b, _n, s) => s?.waiting,
+    );
+    perBackend(
+      "floodgate_backend_engine_running",
+      "Requests running in the engine, as last read from it.",
+      (_b, _n, s) => s?.running,
+    );
+    perBackend(
+      "floodgate_backend_engine_kv_cache_usage_ratio",
+      "Engine KV-cache usage (0..1), as last read.",
+      (_b, _n, s) => s?.kvCacheUsage,
+    );
+  }
+
+  private backendGauge(
+    name: string,
+    help: string,
+    read: (b: Backend, now: number, signal: LoadSignal | undefined) => number | undefined,
+  ): void {
+    const metrics = this;
     new Gauge({
-      name: "floodgate_backend_in_flight",
-      help: "Requests in flight to each backend from this replica.",
+      name,
+      help,
       labelNames: ["pool", "backend"],
-      registers,
+      registers: [this.registry],
       collect() {
-        for (const pool of upstreams.pools.values()) {
-          for (const b of pool.backends) this.set({ pool: pool.name, backend: b.name }, b.inFlight);
+        this.reset();
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          const now = pool.now();
+          for (const b of pool.backends) {
+            const value = read(b, now, pool.lastSignal(b));
+            if (value !== undefined) this.set({ pool: pool.name, backend: b.name }, value);
+          }
         }
       },
     });
   }
 
+  /** Backend gauges read these pools at scrape time. */
+  watch(upstreams: Upstreams): void {
+    this.upstreams = upstreams;
+  }
+
+  /** Counters fed by the pools as things happen. */
+  upstreamEvents(): UpstreamEvents {
+    return {
+      selected: (pool, backend) => this.selections.get(pool, backend).inc(),
+      attempted: (pool, backend, outcome) => this.attempts.get(pool, backend, outcome).inc(),
+      retried: (pool, reason) => this.retries.get(pool, reason).inc(),
+      retryBudgetExhausted: (pool) => this.budgetExhausted.get(pool).inc(),
+      ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
+    };
+  }
+
   observeRequest(labels: RequestLabels, seconds: number): void {
-    const key = `${labels.route}\u0000${labels.model}\u0000${labels.pool}\u0000${labels.statusClass}`;
-    let child = this.children.get(key);
-    if (!child) {
-      const values = [labels.route, labels.model, labels.pool, labels.statusClass];
-      child = {
-        count: this.requests.labels(...values),
-        seconds: this.duration.labels(...values),
-      };
-      this.children.set(key, child);
-    }
-    child.count.inc();
-    child.seconds.observe(seconds);
+    this.requests.get(labels.route, labels.model, labels.pool, labels.statusClass).inc();
+    this.duration.get(labels.route, labels.model, labels.pool, labels.statusClass).observe(seconds);
   }
 
   observeFirstByte(pool: string, backend: string, seconds: number): void {
-    const key = `${pool}\u0000${backend}`;
-    let child = this.firstByteChildren.get(key);
-    if (!child) {
-      child = this.firstByte.labels(pool, backend);
-      this.firstByteChildren.set(key, child);
-    }
-    child.observe(seconds);
+    this.firstByte.get(pool, backend).observe(seconds);
   }
 }

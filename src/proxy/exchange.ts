@@ -1,6 +1,7 @@
 /**
- * One client request's life upstream: the abort signal that stops the backend's work when the
- * client leaves or the total timeout passes, and the one-time release of the backend slot.
+ * One client request's life upstream, across retries: the abort signal that stops the backend's
+ * work when the client leaves or the total timeout passes, the backend slot of the current
+ * attempt, and what runs once when it is all over.
  */
 import type { Backend } from "../upstream/backend.js";
 
@@ -10,12 +11,18 @@ export class Exchange {
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private backend: Backend | undefined;
+  private readonly finalizers: (() => void)[] = [];
+  private readonly deadline: number;
   abortReason: AbortReason | undefined;
-  /** ms since the process's monotonic origin when the upstream answered with headers. */
+  /** The backend of the last attempt, kept for the access log. */
+  backendName: string | undefined;
+  /** performance.now() when the answering backend's headers arrived. */
   firstByteAt: number | undefined;
   bytesOut = 0;
+  attempts = 0;
 
   constructor(totalTimeoutMs: number) {
+    this.deadline = performance.now() + totalTimeoutMs;
     this.timer = setTimeout(() => this.abort("total"), totalTimeoutMs);
   }
 
@@ -23,31 +30,45 @@ export class Exchange {
     return this.controller.signal;
   }
 
+  get settled(): boolean {
+    return this.timer === undefined;
+  }
+
+  remainingMs(): number {
+    return this.deadline - performance.now();
+  }
+
   abort(reason: AbortReason): void {
-    if (this.abortReason !== undefined || this.timer === undefined) return;
+    if (this.abortReason !== undefined || this.settled) return;
     this.abortReason = reason;
     this.controller.abort(new Error(`aborted: ${reason}`));
   }
 
-  /** The backend chosen, kept after settle() for the access log. */
-  backendName: string | undefined;
-
-  /** Holds a slot on the backend until settle(). */
+  /** Takes a slot on the backend for the next attempt, giving back the previous one. */
   occupy(backend: Backend): void {
+    this.release();
     this.backend = backend;
     this.backendName = backend.name;
+    this.attempts++;
     backend.inFlight++;
+  }
+
+  /** The current attempt is over: its backend slot is free. */
+  release(): void {
+    this.backend?.release();
+    this.backend = undefined;
+  }
+
+  onSettle(fn: () => void): void {
+    this.finalizers.push(fn);
   }
 
   /** Idempotent: the response finished, failed, or the client left. */
   settle(): void {
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
-    if (this.backend) {
-      this.backend.inFlight--;
-      this.backend = undefined;
-    }
+    if (this.settled) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.release();
+    for (const fn of this.finalizers) fn();
   }
 }

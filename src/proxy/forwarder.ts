@@ -1,19 +1,36 @@
 /**
- * Sends one client request to one backend and shapes the answer for the client. Knows nothing
- * of Fastify: the plugin hands it the parts of the request and sends what it returns.
+ * Sends one client request upstream, retrying on another backend while no byte has reached the
+ * client, and shapes the answer for the client. Knows nothing of Fastify: the plugin hands it
+ * the parts of the request and sends what it returns.
+ *
+ * Retried (before the response is committed): refused/reset/timed-out connects and requests,
+ * and 502, 503, 504 and 429 answered by the backend (an overloaded inference server's "busy"),
+ * with full-jitter backoff, inside the total timeout. A backend's Retry-After keeps new work
+ * away from it until then. Never retried: anything after the first byte went to the client, and
+ * bodies that cannot be replayed (streamed uploads).
+ *
+ * The retry budget applies to retries after overload signals (a status above, a timeout). A
+ * refused connect or a connection reset before any answer is exempt: no backend did the work,
+ * it says "this backend is gone", not "the fleet is busy", and a dying backend fails 1/N of the
+ * pool's in-flight requests at once, more than a 20% budget covers. Those retries are bounded
+ * by `attempts`, and outlier detection ejects the backend at its first refused connect.
  *
  * Non-streamed answers on the OpenAI routes are read whole before anything is sent (they are
  * small, and the backend sends them at the end of generation anyway): a backend failing
- * mid-body then gives the client a proper 502/504 instead of a cut-off body, and later stages
- * (usage settlement, cache store, retries) see the complete answer. Event streams and
- * pass-through routes are relayed as they arrive.
+ * mid-body is then retried or answered with a proper 502/504, never a cut-off body. Event
+ * streams are committed at the backend's first event (configurable: at its headers), so a
+ * backend that fails before its first token is retried too; after that they are relayed as
+ * they arrive, as are pass-through bodies.
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
 import { errors, type GatewayError } from "../errors.js";
 import type { Backend } from "../upstream/backend.js";
+import type { AttemptOutcome } from "../upstream/outlier-detector.js";
 import type { UpstreamPool } from "../upstream/pool.js";
+import { backoffMs } from "../upstream/retry-budget.js";
 import type { Exchange } from "./exchange.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { ResponseRelay } from "./relay.js";
@@ -29,10 +46,8 @@ export interface ForwardInput {
   requestId: string;
   clientIp: string;
   stripAuthorization: boolean;
-  /** Relay the response as it arrives (pass-through routes); else read it whole unless SSE. */
+  /** Relay any response as it arrives (pass-through routes); else read it whole unless SSE. */
   streamAny: boolean;
-  /** Called when the client connection closes early, to abort the upstream exchange. */
-  onClientClose: (abort: () => void) => void;
 }
 
 export type ForwardResult =
@@ -43,7 +58,35 @@ export interface ForwardHooks {
   /** The backend answered with headers after this many seconds. */
   onFirstByte?(pool: UpstreamPool, backend: Backend, seconds: number): void;
   /** A relayed stream ended; `failure` is set when it ended with an error event. */
-  onStreamEnd?(failure: GatewayError | undefined, bytes: number): void;
+  onStreamEnd?(failure: GatewayError | undefined): void;
+}
+
+const RETRY_STATUSES = new Set([429, 502, 503, 504]);
+const CONNECT_ERRORS = new Set([
+  "ECONNREFUSED",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+/** Failures that mean "the backend is gone", not "the backend is busy": exempt from the budget. */
+const GONE_ERRORS = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "UND_ERR_SOCKET",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+
+/** Why an attempt failed in a way another backend might not. */
+interface RetryableFailure {
+  reason: string;
+  /** The backend is gone rather than busy: the retry needs no budget. */
+  gone?: boolean;
+  /** What the client gets if no retry follows. */
+  answer: { error: GatewayError } | { result: ForwardResult };
 }
 
 export async function forward(
@@ -51,24 +94,81 @@ export async function forward(
   exchange: Exchange,
   hooks: ForwardHooks,
 ): Promise<ForwardResult> {
-  const backend = input.pool.pick();
-  if (!backend) {
-    exchange.settle();
-    throw errors.noBackendAvailable(input.pool.name, 1000);
-  }
-  exchange.occupy(backend);
-  input.onClientClose(() => {
-    exchange.abort("client");
-    exchange.settle();
+  const { pool } = input;
+  const policy = pool.config.retry;
+  const replayable = input.body === null || Buffer.isBuffer(input.body);
+  const tried = new Set<Backend>();
+  let retriesHeld = 0;
+  pool.budget.active++;
+  exchange.onSettle(() => {
+    pool.budget.active--;
+    for (; retriesHeld > 0; retriesHeld--) pool.budget.endRetry();
   });
 
-  const contentLength = Buffer.isBuffer(input.body) ? input.body.length : undefined;
+  for (let retry = 0; ; retry++) {
+    const backend = pool.pick(tried);
+    if (!backend) {
+      exchange.settle();
+      throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
+    }
+    tried.add(backend);
+    exchange.occupy(backend);
+    const outcome = await attempt(input, backend, exchange, hooks);
+    if (!("reason" in outcome)) return outcome;
+
+    const answer = outcome.answer;
+    const canRetry =
+      replayable &&
+      retry < policy.attempts &&
+      exchange.abortReason === undefined &&
+      (outcome.gone === true || takeBudget());
+    if (!canRetry) {
+      if ("error" in answer) {
+        exchange.settle();
+        throw answer.error;
+      }
+      exchange.settle();
+      return answer.result;
+    }
+    pool.noteRetry(outcome.reason);
+    const delay = backoffMs(retry, policy.backoffBase, policy.backoffMax);
+    if (delay >= exchange.remainingMs()) {
+      exchange.settle();
+      if ("error" in answer) throw answer.error;
+      return answer.result;
+    }
+    exchange.release();
+    await sleep(delay, undefined, { signal: exchange.signal }).catch(() => undefined);
+    if (exchange.abortReason !== undefined) {
+      exchange.settle();
+      throw exchange.abortReason === "total" ? errors.upstreamTimeout("total") : errors.upstreamUnavailable();
+    }
+  }
+
+  function takeBudget(): boolean {
+    if (!pool.budget.tryStartRetry()) {
+      pool.noteBudgetExhausted();
+      return false;
+    }
+    retriesHeld++;
+    return true;
+  }
+}
+
+/** One try on one backend: a result to send, or a failure another backend might not have. */
+async function attempt(
+  input: ForwardInput,
+  backend: Backend,
+  exchange: Exchange,
+  hooks: ForwardHooks,
+): Promise<ForwardResult | RetryableFailure> {
+  const { pool } = input;
   const headers = upstreamRequestHeaders(input.headers, {
     requestId: input.requestId,
     clientIp: input.clientIp,
     stripAuthorization: input.stripAuthorization,
     extra: backend.extraHeaders,
-    contentLength,
+    contentLength: Buffer.isBuffer(input.body) ? input.body.length : undefined,
   });
   const sentAt = performance.now();
   let response: Dispatcher.ResponseData;
@@ -81,18 +181,34 @@ export async function forward(
       signal: exchange.signal,
     });
   } catch (err) {
-    exchange.settle();
-    throw toGatewayError(err, exchange.abortReason);
+    return failed(err);
   }
   exchange.firstByteAt = performance.now();
-  hooks.onFirstByte?.(input.pool, backend, (exchange.firstByteAt - sentAt) / 1000);
+  hooks.onFirstByte?.(pool, backend, (exchange.firstByteAt - sentAt) / 1000);
 
   const status = response.statusCode;
+  if (RETRY_STATUSES.has(status)) {
+    const wait = retryAfterMs(response.headers);
+    if (wait !== undefined) pool.noteRetryAfter(backend, wait);
+  }
+  pool.record(backend, status >= 500 ? "http_5xx" : status >= 400 ? "http_4xx" : "success");
+
   const sse = isEventStream(response.headers);
-  if (input.streamAny || sse) {
-    const relay = new ResponseRelay(response.body, exchange, sse, (r) =>
-      hooks.onStreamEnd?.(r.failure, exchange.bytesOut),
-    );
+  if (status < 300 && (input.streamAny || sse)) {
+    let head: Buffer | null = null;
+    if (sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny) {
+      try {
+        head = await firstChunk(response.body);
+      } catch (err) {
+        return failed(err);
+      }
+      // Headers and then nothing: a stream that never started is the backend's failure.
+      if (head === null) return failed(errors.upstreamBadResponse());
+    }
+    const relay = new ResponseRelay(response.body, exchange, sse, head, (r) => {
+      if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
+      hooks.onStreamEnd?.(r.failure);
+    });
     // A pass-through body keeps its length: a cut-off copy is then detectable by the client.
     return {
       kind: "stream",
@@ -101,19 +217,80 @@ export async function forward(
       body: relay,
     };
   }
+
   let body: Buffer;
   try {
     body = Buffer.from(await response.body.arrayBuffer());
   } catch (err) {
-    throw toGatewayError(err, exchange.abortReason);
-  } finally {
-    exchange.settle();
+    return failed(err);
   }
   exchange.bytesOut = body.length;
-  return { kind: "buffered", status, headers: downstreamResponseHeaders(response.headers, false), body };
+  const result: ForwardResult = {
+    kind: "buffered",
+    status,
+    headers: downstreamResponseHeaders(response.headers, false),
+    body,
+  };
+  if (RETRY_STATUSES.has(status)) return { reason: `status_${status}`, answer: { result } };
+  exchange.settle();
+  return result;
+
+  function failed(err: unknown): RetryableFailure {
+    const error = toGatewayError(err, exchange.abortReason);
+    if (exchange.abortReason !== undefined) {
+      // The client left or the total timeout passed: nothing to retry, and not the backend's fault.
+      return { reason: "aborted", answer: { error } };
+    }
+    const kind: AttemptOutcome = CONNECT_ERRORS.has(errorCode(err)) ? "connect_failure" : "gateway_failure";
+    pool.record(backend, kind);
+    return { reason: kind, gone: GONE_ERRORS.has(errorCode(err)), answer: { error } };
+  }
+}
+
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : "";
+}
+
+/** Retry-After in seconds or as an HTTP date, or OpenAI-style retry-after-ms. */
+export function retryAfterMs(headers: Record<string, string | string[] | undefined>): number | undefined {
+  const ms = headers["retry-after-ms"];
+  if (typeof ms === "string" && Number.isFinite(Number(ms)) && Number(ms) >= 0) return Number(ms);
+  const value = headers["retry-after"];
+  if (typeof value !== "string") return undefined;
+  if (/^\d+(\.\d+)?$/.test(value.trim())) return Number(value) * 1000;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
 }
 
 function isEventStream(headers: Record<string, string | string[] | undefined>): boolean {
   const type = headers["content-type"];
   return typeof type === "string" && type.startsWith("text/event-stream");
+}
+
+/** The first chunk of a body, leaving the rest unread (paused) for the relay. */
+function firstChunk(body: Readable): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const cleanup = () => {
+      body.off("data", onData);
+      body.off("end", onEnd);
+      body.off("error", onError);
+    };
+    const onData = (chunk: Buffer) => {
+      cleanup();
+      body.pause();
+      resolve(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(null);
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    body.on("data", onData);
+    body.once("end", onEnd);
+    body.once("error", onError);
+  });
 }

@@ -68,6 +68,10 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   ): Promise<ForwardResult> {
     const exchange = new Exchange(pool.config.timeouts.total);
     request.gw.exchange = exchange;
+    request.gw.onClientClose = () => {
+      exchange.abort("client");
+      exchange.settle();
+    };
     return forward(
       {
         pool,
@@ -79,9 +83,6 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         clientIp: request.ip,
         stripAuthorization: deps.authEnabled,
         streamAny,
-        onClientClose: (abort) => {
-          request.gw.onClientClose = abort;
-        },
       },
       exchange,
       {

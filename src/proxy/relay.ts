@@ -14,22 +14,28 @@ import { toGatewayError } from "./upstream-errors.js";
 export class ResponseRelay extends Readable {
   /** Set when the backend failed before its body ended. */
   failure: GatewayError | undefined;
-  private settled = false;
+  private done = false;
 
   constructor(
     private readonly source: Readable,
     private readonly exchange: Exchange,
     private readonly sse: boolean,
+    /** Bytes already read from the source (the stream commit point's first event). */
+    head: Buffer | null,
     private readonly onDone: (relay: ResponseRelay) => void,
   ) {
     super();
+    if (head) {
+      exchange.bytesOut += head.length;
+      this.push(head);
+    }
     source.on("data", (chunk: Buffer) => {
       exchange.bytesOut += chunk.length;
       if (!this.push(chunk)) source.pause();
     });
     source.once("end", () => {
       this.push(null);
-      this.settle();
+      this.finish();
     });
     source.once("error", (err: Error) => this.fail(err));
   }
@@ -43,29 +49,29 @@ export class ResponseRelay extends Readable {
       this.exchange.abort("client");
       this.source.destroy();
     }
-    this.settle();
+    this.finish();
     callback(err);
   }
 
   private fail(err: Error): void {
     if (this.exchange.abortReason === "client" || this.destroyed) {
-      this.settle();
+      this.finish();
       return;
     }
     this.failure = toGatewayError(err, this.exchange.abortReason);
     if (this.sse) {
       this.push(sseErrorEvent(this.failure));
       this.push(null);
-      this.settle();
+      this.finish();
     } else {
-      this.settle();
+      this.finish();
       this.destroy(this.failure);
     }
   }
 
-  private settle(): void {
-    if (this.settled) return;
-    this.settled = true;
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
     this.exchange.settle();
     this.onDone(this);
   }

@@ -1,8 +1,38 @@
-/** One inference server: its connection pool, its identity, and the load floodgate puts on it. */
+/** One inference server: its connection pool, its identity, its health, and the load on it. */
 import { Pool } from "undici";
 import { type BackendConfig, backendName, type TimeoutsConfig } from "../config/index.js";
 
-export class Backend {
+/** What the balancer reads of a backend; a plain object in unit tests. */
+export interface BalancerBackend {
+  readonly name: string;
+  readonly weight: number;
+  readonly maxConcurrency: number;
+  readonly backup: boolean;
+  inFlight: number;
+  /** Not taking new requests (removed by discovery, or drained by an operator). */
+  drained: boolean;
+  /** Active health checks' verdict; true when they are off. */
+  healthy: boolean;
+  /** Monotonic ms until which outlier detection keeps it out; 0 when not ejected. */
+  ejectedUntil: number;
+  /** Monotonic ms before which it asked (Retry-After) not to be sent new work. */
+  notBefore: number;
+  /** Monotonic ms its slow-start ramp starts at; -Infinity for no ramp. */
+  rampFrom: number;
+  /** Engine load penalty ≥ 1 (1 = idle), from load signals. */
+  loadPenalty(now: number): number;
+  /** Smooth weighted round-robin state. */
+  rrCurrent: number;
+}
+
+export interface BackendOptions {
+  /** Set for backends found by DNS: TLS must still name the host, not the address. */
+  servername?: string;
+  /** Name override (discovered backends get hostname/address:port). */
+  name?: string;
+}
+
+export class Backend implements BalancerBackend {
   readonly name: string;
   readonly origin: string;
   /** Path prefix of the backend URL (`https://host/openai` → `/openai`), without a trailing slash. */
@@ -15,12 +45,32 @@ export class Backend {
   readonly extraHeaders: ReadonlyArray<readonly [string, string]>;
   readonly dispatcher: Pool;
   inFlight = 0;
+  drained = false;
+  healthy = true;
+  ejectedUntil = 0;
+  notBefore = 0;
+  rampFrom = Number.NEGATIVE_INFINITY;
+  rrCurrent = 0;
+  /** Outlier detection's counters and history. */
+  consecutive5xx = 0;
+  consecutiveGatewayFailures = 0;
+  consecutiveConnectFailures = 0;
+  ejections = 0;
+  /** Replaced by the pool when load signals are scraped. */
+  loadPenalty: (now: number) => number = () => 1;
+  /** Called when a drained backend's last request settles. */
+  onIdle: (() => void) | undefined;
 
-  constructor(config: BackendConfig, timeouts: TimeoutsConfig) {
-    const url = new URL(config.url);
-    this.name = backendName(config.url, config.name);
-    this.origin = url.origin;
-    this.basePath = url.pathname.replace(/\/+$/, "");
+  constructor(
+    readonly config: BackendConfig,
+    url: string,
+    timeouts: TimeoutsConfig,
+    options: BackendOptions = {},
+  ) {
+    const parsed = new URL(url);
+    this.name = options.name ?? backendName(url, config.name);
+    this.origin = parsed.origin;
+    this.basePath = parsed.pathname.replace(/\/+$/, "");
     this.weight = config.weight;
     this.maxConcurrency = config.maxConcurrency ?? Number.POSITIVE_INFINITY;
     this.backup = config.backup;
@@ -28,7 +78,10 @@ export class Backend {
     this.extraHeaders = Object.entries(config.headers).map(([k, v]) => [k.toLowerCase(), v] as const);
     this.dispatcher = new Pool(this.origin, {
       connections: config.maxConnections,
-      connect: { timeout: timeouts.connect },
+      connect: {
+        timeout: timeouts.connect,
+        ...(options.servername ? { servername: options.servername } : {}),
+      },
       headersTimeout: timeouts.firstByte,
       bodyTimeout: timeouts.idle,
       // Inference servers close idle connections after some seconds; stay under common values.
@@ -40,6 +93,11 @@ export class Backend {
 
   get full(): boolean {
     return this.inFlight >= this.maxConcurrency;
+  }
+
+  release(): void {
+    this.inFlight--;
+    if (this.drained && this.inFlight === 0) this.onIdle?.();
   }
 
   close(): Promise<void> {

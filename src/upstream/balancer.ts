@@ -1,66 +1,143 @@
 /**
- * Backend choice within a pool.
- * - least_request with equal weights: power of two random choices on in-flight count
+ * Backend choice within a pool, in Envoy's terms.
+ *
+ * Eligible: not drained, below its maxConcurrency. Of those, the healthy (active checks pass,
+ * not ejected) primaries are used; backups only when no primary is healthy. Panic: when fewer
+ * than panicThreshold % of the pool's backends are healthy, health is ignored and load spread
+ * over all primaries, instead of crushing the few survivors (Envoy's panic threshold). A backend
+ * that answered Retry-After is skipped until then while another can serve.
+ *
+ * Within that set, with the cost of a backend
+ *     cost = (inFlight + 1)^bias × loadPenalty / (weight × slowStartFactor)
+ * - least_request, equal effective weights: power of two random choices, the lower cost wins
  *   (Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing"; Envoy's default);
- * - least_request with unequal weights: the highest weight / (inFlight + 1)^bias, bias 1
- *   (Envoy's weighted least request);
- * - round_robin and random over the eligible backends.
- * Backups are considered only when no primary is eligible.
+ * - least_request, unequal weights: weighted random with probability ∝ 1 / cost, which is
+ *   Envoy's weight / (active + 1)^bias with engine load folded in, and gives 3:1 traffic for
+ *   weights 3:1 at equal load;
+ * - round_robin: smooth weighted round robin (nginx's) on weight × slowStartFactor;
+ * - random: weighted random on weight × slowStartFactor.
  */
-import type { Backend } from "./backend.js";
+import type { SlowStartConfig } from "../config/index.js";
+import type { BalancerBackend } from "./backend.js";
+import { rampFactor } from "./slow-start.js";
 
 export type BalancerKind = "least_request" | "round_robin" | "random";
 
-export interface Balancer {
-  pick(backends: readonly Backend[]): Backend | undefined;
+export interface BalancerSettings {
+  kind: BalancerKind;
+  activeRequestBias: number;
+  panicThreshold: number;
+  slowStart: SlowStartConfig;
 }
 
-export function eligible(backend: Backend): boolean {
-  return !backend.full;
+export interface PickOptions {
+  now: number;
+  /** Backends already tried for this request: used again only when nothing else can serve. */
+  exclude?: ReadonlySet<BalancerBackend>;
 }
 
-export function createBalancer(kind: BalancerKind, random: () => number = Math.random): Balancer {
-  switch (kind) {
-    case "round_robin": {
-      let next = 0;
-      return { pick: (backends) => pickTiered(backends, (list) => list[next++ % list.length]) };
+export function isHealthy(b: BalancerBackend, now: number): boolean {
+  return b.healthy && b.ejectedUntil <= now;
+}
+
+export function canTake(b: BalancerBackend): boolean {
+  return !b.drained && b.inFlight < b.maxConcurrency;
+}
+
+export class Balancer {
+  constructor(
+    readonly settings: BalancerSettings,
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  /** True when the pool is in panic: too few healthy backends to trust health. */
+  panic(backends: readonly BalancerBackend[], now: number): boolean {
+    let live = 0;
+    let healthy = 0;
+    for (const b of backends) {
+      if (b.drained) continue;
+      live++;
+      if (isHealthy(b, now)) healthy++;
     }
-    case "random":
-      return { pick: (backends) => pickTiered(backends, (list) => list[Math.floor(random() * list.length)]) };
-    case "least_request":
-      return { pick: (backends) => pickTiered(backends, (list) => leastRequest(list, random)) };
+    return live > 0 && healthy * 100 < this.settings.panicThreshold * live;
   }
-}
 
-function pickTiered(
-  backends: readonly Backend[],
-  choose: (list: readonly Backend[]) => Backend | undefined,
-): Backend | undefined {
-  const primaries = backends.filter((b) => !b.backup && eligible(b));
-  if (primaries.length > 0) return choose(primaries);
-  const backups = backends.filter((b) => b.backup && eligible(b));
-  return backups.length > 0 ? choose(backups) : undefined;
-}
+  pick<T extends BalancerBackend>(backends: readonly T[], options: PickOptions): T | undefined {
+    const { now, exclude } = options;
+    let usable = backends.filter((b) => canTake(b) && !exclude?.has(b));
+    if (usable.length === 0 && exclude && exclude.size > 0) usable = backends.filter(canTake);
+    if (usable.length === 0) return undefined;
 
-function leastRequest(list: readonly Backend[], random: () => number): Backend | undefined {
-  if (list.length <= 1) return list[0];
-  const first = list[0];
-  const equalWeights = first !== undefined && list.every((b) => b.weight === first.weight);
-  if (equalWeights) {
-    const a = list[Math.floor(random() * list.length)];
-    let b = list[Math.floor(random() * (list.length - 1))];
-    if (b === a) b = list[list.length - 1];
+    let tier: T[];
+    if (this.panic(backends, now)) {
+      const primaries = usable.filter((b) => !b.backup);
+      tier = primaries.length > 0 ? primaries : usable;
+    } else {
+      tier = usable.filter((b) => !b.backup && isHealthy(b, now));
+      if (tier.length === 0) tier = usable.filter((b) => b.backup && isHealthy(b, now));
+      if (tier.length === 0) return undefined;
+    }
+    const ready = tier.filter((b) => b.notBefore <= now);
+    if (ready.length > 0) tier = ready;
+    return tier.length === 1 ? tier[0] : this.choose(tier, now);
+  }
+
+  private effectiveWeight(b: BalancerBackend, now: number): number {
+    return b.weight * rampFactor(this.settings.slowStart, b.rampFrom, now);
+  }
+
+  private cost(b: BalancerBackend, now: number): number {
+    return (
+      ((b.inFlight + 1) ** this.settings.activeRequestBias * b.loadPenalty(now)) /
+      this.effectiveWeight(b, now)
+    );
+  }
+
+  private choose<T extends BalancerBackend>(tier: T[], now: number): T | undefined {
+    switch (this.settings.kind) {
+      case "round_robin":
+        return this.smoothRoundRobin(tier, now);
+      case "random":
+        return this.weightedRandom(tier, (b) => this.effectiveWeight(b, now));
+      case "least_request": {
+        const w0 = this.effectiveWeight(tier[0] as T, now);
+        if (tier.every((b) => this.effectiveWeight(b, now) === w0)) return this.powerOfTwo(tier, now);
+        return this.weightedRandom(tier, (b) => 1 / this.cost(b, now));
+      }
+    }
+  }
+
+  private powerOfTwo<T extends BalancerBackend>(tier: T[], now: number): T | undefined {
+    const i = Math.floor(this.random() * tier.length);
+    let j = Math.floor(this.random() * (tier.length - 1));
+    if (j >= i) j++;
+    const a = tier[i];
+    const b = tier[j];
     if (!a || !b) return a ?? b;
-    return b.inFlight < a.inFlight ? b : a;
+    return this.cost(b, now) < this.cost(a, now) ? b : a;
   }
-  let best: Backend | undefined;
-  let bestScore = -1;
-  for (const b of list) {
-    const score = b.weight / (b.inFlight + 1);
-    if (score > bestScore) {
-      best = b;
-      bestScore = score;
+
+  private weightedRandom<T extends BalancerBackend>(tier: T[], weightOf: (b: T) => number): T | undefined {
+    let total = 0;
+    for (const b of tier) total += weightOf(b);
+    let r = this.random() * total;
+    for (const b of tier) {
+      r -= weightOf(b);
+      if (r < 0) return b;
     }
+    return tier[tier.length - 1];
   }
-  return best;
+
+  private smoothRoundRobin<T extends BalancerBackend>(tier: T[], now: number): T | undefined {
+    let total = 0;
+    let best: T | undefined;
+    for (const b of tier) {
+      const w = this.effectiveWeight(b, now);
+      b.rrCurrent += w;
+      total += w;
+      if (!best || b.rrCurrent > best.rrCurrent) best = b;
+    }
+    if (best) best.rrCurrent -= total;
+    return best;
+  }
 }

@@ -1,40 +1,278 @@
-/** A named group of interchangeable backends serving the same models. */
-import type { PoolConfig } from "../config/index.js";
+/**
+ * A named group of interchangeable backends serving the same models, and everything that
+ * decides which of them gets the next request: balancer, active health checks, outlier
+ * detection, engine load signals, retry budget, DNS discovery.
+ */
+import type { BackendConfig, GatewayConfig, PoolConfig } from "../config/index.js";
 import { Backend } from "./backend.js";
-import { type Balancer, createBalancer } from "./balancer.js";
+import { Balancer } from "./balancer.js";
+import {
+  createResolver,
+  DnsDiscovery,
+  type DnsResolverLike,
+  type DnsTarget,
+  targetKey,
+} from "./discovery.js";
+import { HealthChecker } from "./health-checker.js";
+import { engineHasMetrics, type LoadSignal, LoadSignalScraper, loadPenalty } from "./load-signals.js";
+import { type AttemptOutcome, type EjectionReason, OutlierDetector } from "./outlier-detector.js";
+import { RetryBudget } from "./retry-budget.js";
+
+/** What the pools tell the rest of the gateway (metrics, logs); every hook is optional. */
+export interface UpstreamEvents {
+  selected?(pool: string, backend: string): void;
+  attempted?(pool: string, backend: string, outcome: AttemptOutcome | "http_4xx"): void;
+  ejected?(pool: string, backend: string, reason: EjectionReason, durationMs: number): void;
+  healthChanged?(pool: string, backend: string, healthy: boolean): void;
+  retried?(pool: string, reason: string): void;
+  retryBudgetExhausted?(pool: string): void;
+  backendsChanged?(pool: string, added: string[], removed: string[]): void;
+  discoveryError?(pool: string, message: string, err: unknown): void;
+}
+
+export interface UpstreamOptions {
+  events?: UpstreamEvents;
+  now?: () => number;
+  random?: () => number;
+  /** DNS resolver for discovery; default: node's, with config.dns.servers. */
+  resolver?: DnsResolverLike;
+}
+
+/** Fallback Retry-After when nothing says when a backend frees up. */
+const DEFAULT_RETRY_AFTER_MS = 1000;
 
 export class UpstreamPool {
-  readonly backends: Backend[];
+  readonly backends: Backend[] = [];
   readonly balancer: Balancer;
+  readonly outlier: OutlierDetector;
+  readonly budget: RetryBudget;
+  private readonly health: HealthChecker | undefined;
+  private readonly scrapers = new Map<Backend, LoadSignalScraper>();
+  private readonly discoveries: DnsDiscovery[] = [];
+  private readonly discovered = new Map<string, Backend>();
+  private readonly events: UpstreamEvents;
+  readonly now: () => number;
+  private started = false;
 
   constructor(
     readonly name: string,
     readonly config: PoolConfig,
+    options: UpstreamOptions = {},
   ) {
-    this.backends = config.backends.map((b) => new Backend(b, config.timeouts));
-    this.balancer = createBalancer(config.balancer);
+    this.events = options.events ?? {};
+    this.now = options.now ?? (() => performance.now());
+    this.balancer = new Balancer(
+      {
+        kind: config.balancer,
+        activeRequestBias: config.activeRequestBias,
+        panicThreshold: config.panicThreshold,
+        slowStart: config.slowStart,
+      },
+      options.random,
+    );
+    this.outlier = new OutlierDetector(
+      config.outlierDetection,
+      () => this.backends,
+      (b, reason, ms) => this.events.ejected?.(name, b.name, reason, ms),
+    );
+    this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
+    if (config.healthCheck.enabled) {
+      this.health = new HealthChecker(config.healthCheck, config.models, this.now, (b, healthy) =>
+        this.events.healthChanged?.(name, b.name, healthy),
+      );
+    }
+    for (const b of config.backends)
+      if (b.discovery === "none") this.add(new Backend(b, b.url, config.timeouts));
   }
 
-  pick(): Backend | undefined {
-    return this.balancer.pick(this.backends);
+  /**
+   * Starts health checks, load scraping and discovery. Awaits the first DNS resolution and the
+   * first health probe of every backend (bounded by the probe timeout), so a backend that is
+   * down when the gateway starts never sees a request.
+   */
+  async start(resolver: DnsResolverLike): Promise<void> {
+    await Promise.all(
+      this.config.backends.filter((b) => b.discovery !== "none").map((b) => this.discover(b, resolver)),
+    );
+    this.started = true;
+    await Promise.all(this.backends.map((b) => this.watch(b)));
+  }
+
+  pick(exclude?: ReadonlySet<Backend>): Backend | undefined {
+    const b = this.balancer.pick(this.backends, { now: this.now(), exclude });
+    if (b) this.events.selected?.(this.name, b.name);
+    return b;
+  }
+
+  record(b: Backend, outcome: AttemptOutcome | "http_4xx"): void {
+    this.events.attempted?.(this.name, b.name, outcome);
+    this.outlier.record(b, outcome === "http_4xx" ? "success" : outcome, this.now());
+  }
+
+  /** The engine's last load reading, stale or not (for metrics and status). */
+  lastSignal(b: Backend): LoadSignal | undefined {
+    return this.scrapers.get(b)?.last;
+  }
+
+  noteRetry(reason: string): void {
+    this.events.retried?.(this.name, reason);
+  }
+
+  noteBudgetExhausted(): void {
+    this.events.retryBudgetExhausted?.(this.name);
+  }
+
+  /** A backend said "busy, come back in ms": new work goes elsewhere until then. */
+  noteRetryAfter(b: Backend, ms: number): void {
+    b.notBefore = Math.max(
+      b.notBefore,
+      this.now() + Math.min(ms, this.config.outlierDetection.maxEjectionTime),
+    );
+  }
+
+  /** When a client refused for lack of a backend should come back. */
+  retryAfterMs(): number {
+    const now = this.now();
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const b of this.backends) {
+      if (b.drained) continue;
+      const until = Math.max(b.ejectedUntil, b.notBefore);
+      if (until > now) soonest = Math.min(soonest, until - now);
+    }
+    return Number.isFinite(soonest) ? Math.max(100, Math.ceil(soonest)) : DEFAULT_RETRY_AFTER_MS;
+  }
+
+  /** Drain: no new requests; in-flight ones finish; then the backend is closed and forgotten. */
+  drain(b: Backend): void {
+    if (b.drained) return;
+    b.drained = true;
+    this.unwatch(b);
+    b.onIdle = () => this.remove(b);
+    if (b.inFlight === 0) this.remove(b);
   }
 
   async close(): Promise<void> {
+    for (const d of this.discoveries) d.stop();
+    this.health?.stop();
+    for (const s of this.scrapers.values()) s.stop();
     await Promise.all(this.backends.map((b) => b.close()));
   }
+
+  private add(b: Backend): void {
+    this.backends.push(b);
+    if (this.started) void this.watch(b);
+  }
+
+  private remove(b: Backend): void {
+    const i = this.backends.indexOf(b);
+    if (i !== -1) this.backends.splice(i, 1);
+    void b.close();
+  }
+
+  private watch(b: Backend): Promise<void> {
+    const firstProbe = this.health?.watch(b) ?? Promise.resolve();
+    const signals = this.config.loadSignals;
+    if (signals.enabled && engineHasMetrics(b.engine) && !this.scrapers.has(b)) {
+      const scraper = new LoadSignalScraper(
+        { name: b.name, origin: b.origin, basePath: b.basePath, engine: b.engine, headers: b.extraHeaders },
+        {
+          intervalMs: signals.interval,
+          timeoutMs: signals.timeout,
+          staleAfterMs: signals.staleAfter,
+          now: this.now,
+        },
+      );
+      b.loadPenalty = (now) => loadPenalty(scraper.current(), now, signals.staleAfter);
+      this.scrapers.set(b, scraper);
+      scraper.start();
+    }
+    return firstProbe;
+  }
+
+  private unwatch(b: Backend): void {
+    this.health?.unwatch(b);
+    this.scrapers.get(b)?.stop();
+    this.scrapers.delete(b);
+  }
+
+  private async discover(config: BackendConfig, resolver: DnsResolverLike): Promise<void> {
+    const url = new URL(config.url);
+    const hostname = url.hostname;
+    const defaultPort = url.protocol === "https:" ? 443 : 80;
+    const discovery = new DnsDiscovery(
+      {
+        hostname,
+        port: Number(url.port || defaultPort),
+        mode: config.discovery === "srv" ? "srv" : "dns",
+        refreshMs: this.config.dnsRefresh,
+      },
+      resolver,
+      (change) => {
+        const added: string[] = [];
+        const removed: string[] = [];
+        for (const t of change.added) {
+          const key = `${hostname}|${targetKey(t)}`;
+          if (this.discovered.has(key)) continue;
+          const b = new Backend(config, targetUrl(url, t), this.config.timeouts, {
+            servername: url.protocol === "https:" ? hostname : undefined,
+            name: `${config.name ?? hostname}/${targetKey(t)}`,
+          });
+          // One that appears while the gateway runs waits for its first probe (a new GPU server
+          // may still be loading), then ramps up; those found at start are probed before listen.
+          if (this.started) {
+            b.rampFrom = this.now();
+            if (this.health) b.healthy = false;
+          }
+          this.discovered.set(key, b);
+          this.add(b);
+          added.push(b.name);
+        }
+        for (const t of change.removed) {
+          const key = `${hostname}|${targetKey(t)}`;
+          const b = this.discovered.get(key);
+          if (!b) continue;
+          this.discovered.delete(key);
+          this.drain(b);
+          removed.push(b.name);
+        }
+        if (added.length + removed.length > 0) this.events.backendsChanged?.(this.name, added, removed);
+      },
+      (message, err) => this.events.discoveryError?.(this.name, message, err),
+    );
+    this.discoveries.push(discovery);
+    try {
+      await discovery.start();
+    } catch (err) {
+      // Keep running: the next refresh may find it; /readyz and the logs tell the operator.
+      this.events.discoveryError?.(this.name, `first resolution of ${hostname} failed`, err);
+    }
+  }
+}
+
+function targetUrl(base: URL, t: DnsTarget): string {
+  const host = t.address.includes(":") ? `[${t.address}]` : t.address;
+  return `${base.protocol}//${host}:${t.port}${base.pathname}`;
 }
 
 /** All pools, and the model → pool index the OpenAI routes use. */
 export class Upstreams {
   readonly pools = new Map<string, UpstreamPool>();
   private readonly byModel = new Map<string, UpstreamPool>();
+  private readonly resolver: DnsResolverLike;
 
-  constructor(pools: Record<string, PoolConfig>) {
-    for (const [name, config] of Object.entries(pools)) {
-      const pool = new UpstreamPool(name, config);
+  constructor(config: Pick<GatewayConfig, "pools" | "dns">, options: UpstreamOptions = {}) {
+    this.resolver =
+      options.resolver ??
+      createResolver(config.dns.servers.length > 0 ? config.dns.servers : undefined, config.dns.timeout);
+    for (const [name, poolConfig] of Object.entries(config.pools)) {
+      const pool = new UpstreamPool(name, poolConfig, options);
       this.pools.set(name, pool);
-      for (const model of config.models) this.byModel.set(model, pool);
+      for (const model of poolConfig.models) this.byModel.set(model, pool);
     }
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.start(this.resolver)));
   }
 
   forModel(model: string): UpstreamPool | undefined {
@@ -43,6 +281,12 @@ export class Upstreams {
 
   models(): { model: string; pool: string }[] {
     return [...this.byModel].map(([model, pool]) => ({ model, pool: pool.name }));
+  }
+
+  backendCount(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.backends.length;
+    return n;
   }
 
   async close(): Promise<void> {

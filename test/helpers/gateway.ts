@@ -1,5 +1,5 @@
 /** Start a real gateway on port 0 from YAML, with silent logs, for integration tests. */
-import { buildGateway, type Gateway } from "../../src/app.js";
+import { buildGateway, type Gateway, type GatewayOptions } from "../../src/app.js";
 import { parseConfig } from "../../src/config/index.js";
 
 export interface RunningGateway {
@@ -10,7 +10,11 @@ export interface RunningGateway {
 }
 
 /** `yaml` holds everything but listen/admin/log, which are set for tests. */
-export async function startGateway(yaml: string, env: NodeJS.ProcessEnv = {}): Promise<RunningGateway> {
+export async function startGateway(
+  yaml: string,
+  env: NodeJS.ProcessEnv = {},
+  options: GatewayOptions = {},
+): Promise<RunningGateway> {
   const config = parseConfig(
     `listen: { host: 127.0.0.1, port: 0 }
 admin: { host: 127.0.0.1, port: 0, token: test-admin-token-0123456789 }
@@ -19,7 +23,11 @@ ${yaml}`,
     "test config",
     env,
   );
-  const gateway = buildGateway(config, { processMetrics: false });
+  // Proxy tests count what their backends receive: probes would add to it. Health tests opt in.
+  if (!yaml.includes("healthCheck")) {
+    for (const pool of Object.values(config.pools)) pool.healthCheck.enabled = false;
+  }
+  const gateway = buildGateway(config, { processMetrics: false, ...options });
   const { url, adminUrl } = await gateway.listen();
   return { gateway, url, adminUrl: adminUrl ?? "", close: () => gateway.close() };
 }

@@ -132,7 +132,10 @@ describe("timeouts", () => {
     await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
     const port = (silent.address() as AddressInfo).port;
     const gw = await startGateway(
-      poolYaml([`https://127.0.0.1:${port}`], { timeouts: "{ connect: 150ms, firstByte: 5s }" }),
+      poolYaml([`https://127.0.0.1:${port}`], {
+        timeouts: "{ connect: 150ms, firstByte: 5s }",
+        extra: "    retry: { attempts: 0 }\n",
+      }),
     );
     cleanups.push(
       () => gw.close(),

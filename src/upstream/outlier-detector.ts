@@ -1,0 +1,99 @@
+/**
+ * Passive outlier detection (Envoy's): a backend whose answers go bad in a row is ejected for
+ *     min(maxEjectionTime, baseEjectionTime × n)     n = the number of times it has been ejected,
+ * never more than maxEjectionPercent of the pool at once (at least one may always be ejected).
+ * Counted in a row: 5xx answers (consecutive5xx), resets and timeouts (consecutiveGatewayFailure),
+ * refused or timed-out connects (consecutiveConnectFailure, 1 by default: a refused connection is
+ * not a fluke, and the dead backend must get no new requests within a second). Any other answer,
+ * 4xx included, ends a run. n decays to 0 once a backend has stayed in for maxEjectionTime.
+ *
+ * Ejection and active health checks are two views of one health: a backend is served only when
+ * both agree (healthy and not ejected). Ejection ends by time alone; if the backend is still
+ * bad, its first failures eject it again, for longer. Active checks readmit only after
+ * healthyThreshold passed probes. Either way it comes back through slow start.
+ */
+import type { OutlierDetectionConfig } from "../config/index.js";
+import type { BalancerBackend } from "./backend.js";
+
+export type AttemptOutcome = "success" | "http_5xx" | "gateway_failure" | "connect_failure";
+export type EjectionReason =
+  | "consecutive_5xx"
+  | "consecutive_gateway_failure"
+  | "consecutive_connect_failure";
+
+export interface OutlierBackend extends BalancerBackend {
+  consecutive5xx: number;
+  consecutiveGatewayFailures: number;
+  consecutiveConnectFailures: number;
+  ejections: number;
+}
+
+export class OutlierDetector {
+  constructor(
+    private readonly config: OutlierDetectionConfig,
+    private readonly backends: () => readonly OutlierBackend[],
+    private readonly onEject: (
+      b: OutlierBackend,
+      reason: EjectionReason,
+      durationMs: number,
+    ) => void = () => {},
+  ) {}
+
+  record(b: OutlierBackend, outcome: AttemptOutcome, now: number): void {
+    switch (outcome) {
+      case "success":
+        b.consecutive5xx = 0;
+        b.consecutiveGatewayFailures = 0;
+        b.consecutiveConnectFailures = 0;
+        return;
+      case "http_5xx":
+        b.consecutiveGatewayFailures = 0;
+        b.consecutiveConnectFailures = 0;
+        if (++b.consecutive5xx >= this.config.consecutive5xx) this.eject(b, "consecutive_5xx", now);
+        return;
+      case "gateway_failure":
+        b.consecutiveConnectFailures = 0;
+        if (++b.consecutiveGatewayFailures >= this.config.consecutiveGatewayFailure) {
+          this.eject(b, "consecutive_gateway_failure", now);
+        }
+        return;
+      case "connect_failure":
+        // A connect failure is also a gateway failure: a backend that alternates refused connects
+        // and resets is still ejected by the gateway-failure run.
+        ++b.consecutiveGatewayFailures;
+        if (++b.consecutiveConnectFailures >= this.config.consecutiveConnectFailure) {
+          this.eject(b, "consecutive_connect_failure", now);
+        } else if (b.consecutiveGatewayFailures >= this.config.consecutiveGatewayFailure) {
+          this.eject(b, "consecutive_gateway_failure", now);
+        }
+        return;
+    }
+  }
+
+  /** How many more backends may be ejected now. */
+  ejectionRoom(now: number): number {
+    let live = 0;
+    let ejected = 0;
+    for (const b of this.backends()) {
+      if (b.drained) continue;
+      live++;
+      if (b.ejectedUntil > now) ejected++;
+    }
+    const cap = Math.max(1, Math.floor((this.config.maxEjectionPercent * live) / 100));
+    return cap - ejected;
+  }
+
+  private eject(b: OutlierBackend, reason: EjectionReason, now: number): void {
+    if (!this.config.enabled || b.ejectedUntil > now) return;
+    b.consecutive5xx = 0;
+    b.consecutiveGatewayFailures = 0;
+    b.consecutiveConnectFailures = 0;
+    if (this.ejectionRoom(now) <= 0) return;
+    if (b.ejections > 0 && now - b.ejectedUntil > this.config.maxEjectionTime) b.ejections = 0;
+    b.ejections++;
+    const duration = Math.min(this.config.maxEjectionTime, this.config.baseEjectionTime * b.ejections);
+    b.ejectedUntil = now + duration;
+    b.rampFrom = b.ejectedUntil;
+    this.onEject(b, reason, duration);
+  }
+}

@@ -1,0 +1,189 @@
+/** Active health checks and DNS discovery, through the gateway, with real servers. */
+import { createServer } from "node:net";
+import { request } from "undici";
+import { afterEach, describe, expect, it } from "vitest";
+import { type SimServer, startSim } from "../../../src/sim/index.js";
+import { startDnsServer, type TestDnsServer } from "../../helpers/dns-server.js";
+import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+
+let sims: SimServer[] = [];
+let gw: RunningGateway | undefined;
+let dns: TestDnsServer | undefined;
+afterEach(async () => {
+  await gw?.close();
+  gw = undefined;
+  await Promise.all(sims.map((s) => s.close()));
+  sims = [];
+  await dns?.close();
+  dns = undefined;
+});
+
+const fast = { prefillMsPerToken: 0, decodeStepMs: 1, decodeMsPerSeq: 0 };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function chat(url: string): Promise<number> {
+  const res = await request(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "m", max_tokens: 1, messages: [{ role: "user", content: "hi" }] }),
+  });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+async function until(predicate: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await sleep(20);
+  }
+}
+
+const received = (s: SimServer) => s.stats().received;
+
+describe("active health checks", () => {
+  it("a backend still loading its model gets no traffic until it is ready, then ramps in", async () => {
+    const ready = await startSim({ models: ["m"], ...fast });
+    const loading = await startSim({ models: ["m"], ...fast, loadTimeMs: 1000 });
+    sims = [ready, loading];
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    backends: [{ url: "${ready.url}", engine: vllm }, { url: "${loading.url}", engine: vllm }]
+    healthCheck: { interval: 100ms, timeout: 200ms, healthyThreshold: 2, unhealthyThreshold: 2 }
+    loadSignals: { enabled: false }
+    slowStart: { window: 0s }
+`);
+    for (let i = 0; i < 20; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(loading)).toBe(0);
+    await until(async () => {
+      await chat(gw?.url ?? "");
+      return received(loading) > 0;
+    });
+    expect(received(ready)).toBeGreaterThanOrEqual(20);
+  });
+
+  it("a backend whose /v1/models lacks the pool's model is never sent traffic", async () => {
+    const right = await startSim({ models: ["m"], ...fast });
+    const wrong = await startSim({ models: ["other-model"], ...fast });
+    sims = [right, wrong];
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    backends: [{ url: "${right.url}", engine: vllm }, { url: "${wrong.url}", engine: vllm }]
+    healthCheck: { interval: 100ms }
+    loadSignals: { enabled: false }
+`);
+    await sleep(150);
+    for (let i = 0; i < 30; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(wrong)).toBe(0);
+    const status = await request(`${gw.adminUrl}/admin/status`, {
+      headers: { authorization: "Bearer test-admin-token-0123456789" },
+    });
+    const body = (await status.body.json()) as { pools: { backends: { healthy: boolean }[] }[] };
+    expect(body.pools[0]?.backends.map((b) => b.healthy)).toEqual([true, false]);
+  });
+
+  it("a backend that fails its checks is taken out, and a fast 503 says when to retry if none is left", async () => {
+    const only = await startSim({ models: ["m"], ...fast });
+    sims = [only];
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    backends: [{ url: "${only.url}", engine: vllm }]
+    healthCheck: { interval: 100ms, unhealthyThreshold: 2, healthyThreshold: 1 }
+    loadSignals: { enabled: false }
+    panicThreshold: 0
+`);
+    expect(await chat(gw.url)).toBe(200);
+    await only.setFaults({ unhealthy: true });
+    await until(async () => (await chat(gw?.url ?? "")) === 503);
+    await only.clearFaults();
+    await until(async () => (await chat(gw?.url ?? "")) === 200);
+  });
+});
+
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, host, () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+describe("DNS discovery", () => {
+  it("A records: addresses added and removed at run time become backends; state of the others is kept", async () => {
+    dns = await startDnsServer();
+    const port = await freePort("127.0.0.2");
+    const a = await startSim({ models: ["m"], ...fast, host: "127.0.0.2", port });
+    const b = await startSim({ models: ["m"], ...fast, host: "127.0.0.3", port });
+    sims = [a, b];
+    dns.set("llm.test", { a: ["127.0.0.2"] });
+    gw = await startGateway(
+      `dns: { servers: ["${dns.address}"], timeout: 500ms }
+pools:
+  p:
+    models: [m]
+    backends: [{ url: "http://llm.test:${port}", discovery: dns, engine: vllm }]
+    dnsRefresh: 100ms
+    slowStart: { window: 0s }
+    loadSignals: { enabled: false }
+`,
+      {},
+    );
+    const pool = gw.gateway.upstreams.pools.get("p");
+    expect(pool?.backends.map((x) => x.name)).toEqual([`llm.test/127.0.0.2:${port}`]);
+    for (let i = 0; i < 5; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(a)).toBe(5);
+    const first = pool?.backends[0];
+    if (first) first.ejections = 7; // state that must survive refreshes
+
+    dns.set("llm.test", { a: ["127.0.0.2", "127.0.0.3"] });
+    await until(() => pool?.backends.length === 2);
+    expect(pool?.backends[0]).toBe(first);
+    expect(first?.ejections).toBe(7);
+    for (let i = 0; i < 20; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(b)).toBeGreaterThan(0);
+
+    dns.set("llm.test", { a: ["127.0.0.3"] });
+    await until(() => pool?.backends.length === 1);
+    const before = received(a);
+    for (let i = 0; i < 10; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(a)).toBe(before);
+
+    // DNS failing keeps the last answer: no pool drained by a hiccup.
+    dns.mode("servfail");
+    await sleep(300);
+    expect(pool?.backends.length).toBe(1);
+    expect(await chat(gw.url)).toBe(200);
+  });
+
+  it("SRV records give each backend its port", async () => {
+    dns = await startDnsServer();
+    const a = await startSim({ models: ["m"], ...fast });
+    const b = await startSim({ models: ["m"], ...fast });
+    sims = [a, b];
+    dns.set("_llm._tcp.svc.test", {
+      srv: [
+        { priority: 10, weight: 1, port: a.port, target: "node1.svc.test" },
+        { priority: 10, weight: 1, port: b.port, target: "node1.svc.test" },
+      ],
+    });
+    dns.set("node1.svc.test", { a: ["127.0.0.1"] });
+    gw = await startGateway(`dns: { servers: ["${dns.address}"] }
+pools:
+  p:
+    models: [m]
+    backends: [{ url: "http://_llm._tcp.svc.test", discovery: srv, engine: vllm }]
+    loadSignals: { enabled: false }
+`);
+    const pool = gw.gateway.upstreams.pools.get("p");
+    expect(pool?.backends.map((x) => x.origin).sort()).toEqual([a.url, b.url].sort());
+    for (let i = 0; i < 20; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(a)).toBeGreaterThan(0);
+    expect(received(b)).toBeGreaterThan(0);
+  });
+});

@@ -65,6 +65,24 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
         };
       }),
     }));
+    for (const [action, drained] of [
+      ["drain", true],
+      ["undrain", false],
+    ] as const) {
+      scope.post<{ Params: { pool: string; backend: string } }>(
+        `/admin/pools/:pool/backends/:backend/${action}`,
+        async (request) => {
+          const pool = deps.upstreams.pools.get(request.params.pool);
+          if (!pool?.setDrained(request.params.backend, drained)) {
+            throw errors.routeNotFound(
+              "POST",
+              `no backend ${request.params.backend} in pool ${request.params.pool}`,
+            );
+          }
+          return { pool: pool.name, backend: request.params.backend, drained };
+        },
+      );
+    }
   });
 
   app.setNotFoundHandler(async (request) => {

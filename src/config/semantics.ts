@@ -39,6 +39,20 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
           hint: "put credentials in headers: { authorization: 'Bearer ${KEY}' }",
         });
       }
+      if (backend.discovery !== "none" && /^[\d.]+$|^\[/.test(url.hostname)) {
+        issues.push({
+          path: [...path, "url"],
+          message: `discovery ${backend.discovery} needs a DNS name, not an address`,
+          hint: "use discovery: none for a fixed address",
+        });
+      }
+      if (backend.discovery === "srv" && url.port) {
+        issues.push({
+          path: [...path, "url"],
+          message: "an SRV name takes its ports from DNS",
+          hint: "write it without a port, e.g. http://_http._tcp.vllm.default.svc",
+        });
+      }
       const name = backendName(backend.url, backend.name);
       if (names.has(name)) {
         issues.push({ path, message: `two backends named "${name}"`, hint: "give each a distinct name:" });

@@ -142,8 +142,20 @@ export class UpstreamPool {
     return Number.isFinite(soonest) ? Math.max(100, Math.ceil(soonest)) : DEFAULT_RETRY_AFTER_MS;
   }
 
-  /** Drain: no new requests; in-flight ones finish; then the backend is closed and forgotten. */
-  drain(b: Backend): void {
+  /**
+   * An operator's drain (reversible): no new requests, in-flight ones finish, the backend stays
+   * known so it can be undrained. Returns false for an unknown backend name.
+   */
+  setDrained(name: string, drained: boolean): boolean {
+    const b = this.backends.find((x) => x.name === name);
+    if (!b) return false;
+    b.drained = drained;
+    if (!drained) b.rampFrom = this.now();
+    return true;
+  }
+
+  /** A backend discovery no longer lists: drained, then closed and forgotten once idle. */
+  private drain(b: Backend): void {
     if (b.drained) return;
     b.drained = true;
     this.unwatch(b);

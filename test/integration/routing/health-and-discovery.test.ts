@@ -103,6 +103,48 @@ describe("active health checks", () => {
   });
 });
 
+describe("operator drain", () => {
+  it("a drained backend gets no new requests and finishes its in-flight ones; undrain brings it back", async () => {
+    const a = await startSim({ models: ["m"], prefillMsPerToken: 0, decodeMsPerSeq: 0, decodeStepMs: 50 });
+    const b = await startSim({ models: ["m"], ...fast });
+    sims = [a, b];
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    balancer: round_robin
+    backends: [{ url: "${a.url}", name: a, engine: vllm }, { url: "${b.url}", name: b, engine: vllm }]
+    healthCheck: { enabled: false }
+    loadSignals: { enabled: false }
+    slowStart: { window: 0s }
+`);
+    const admin = (action: string) =>
+      request(`${gw?.adminUrl}/admin/pools/p/backends/a/${action}`, {
+        method: "POST",
+        headers: { authorization: "Bearer test-admin-token-0123456789" },
+      }).then(async (r) => ({ status: r.statusCode, body: await r.body.json() }));
+    // One long request on a, then drain a while it runs.
+    const slow = (async () => {
+      const first = chat(gw?.url ?? "");
+      const second = chat(gw?.url ?? "");
+      return Promise.all([first, second]);
+    })();
+    await until(() => a.stats().running === 1);
+    expect(await admin("drain")).toEqual({ status: 200, body: { pool: "p", backend: "a", drained: true } });
+    for (let i = 0; i < 10; i++) expect(await chat(gw.url)).toBe(200);
+    expect(a.stats().received).toBe(1);
+    expect(await slow).toEqual([200, 200]); // the in-flight one finished
+    expect((await admin("undrain")).status).toBe(200);
+    for (let i = 0; i < 10; i++) expect(await chat(gw.url)).toBe(200);
+    expect(a.stats().received).toBeGreaterThan(1);
+    const missing = await request(`${gw.adminUrl}/admin/pools/p/backends/nope/drain`, {
+      method: "POST",
+      headers: { authorization: "Bearer test-admin-token-0123456789" },
+    });
+    expect(missing.statusCode).toBe(404);
+    await missing.body.dump();
+  });
+});
+
 async function freePort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();

@@ -114,6 +114,19 @@ admin: { host: 0.0.0.0 }
     expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
   });
 
+  it("checks discovery URLs", () => {
+    const m = issuesOf(`
+pools:
+  a:
+    models: [m]
+    backends:
+      - { url: http://10.0.0.1:8000, discovery: dns }
+      - { url: http://_x._tcp.svc:8000, discovery: srv }
+`).message;
+    expect(m).toContain("pools.a.backends[0].url: discovery dns needs a DNS name, not an address");
+    expect(m).toContain("pools.a.backends[1].url: an SRV name takes its ports from DNS");
+  });
+
   it("reports YAML syntax errors with their line", () => {
     const err = issuesOf("pools:\n  x: [unclosed\n");
     expect(err.issues[0]?.message).toMatch(/^YAML: /);

@@ -164,6 +164,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         pool: ctx.pool,
         backend: exchange?.backendName ?? undefined,
         stream: ctx.stream || undefined,
+        fallback: ctx.fallback,
         status,
         error: ctx.error?.code,
         durationMs: Math.round(seconds * 1e4) / 10,

@@ -10,6 +10,8 @@ export interface RequestContext {
   model: string | undefined;
   pool: string | undefined;
   stream: boolean;
+  /** The fallback pool that served the request, if the model's own pool could not. */
+  fallback: string | undefined;
   exchange: Exchange | undefined;
   /** The error sent to the client (or ending its stream), for the log. */
   error: GatewayError | undefined;
@@ -24,6 +26,7 @@ export function newContext(): RequestContext {
     model: undefined,
     pool: undefined,
     stream: false,
+    fallback: undefined,
     exchange: undefined,
     error: undefined,
     onClientClose: undefined,

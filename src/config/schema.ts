@@ -123,6 +123,7 @@ const Auth = Type.Object(
 const Tenant = Type.Object(
   {
     priority: OneOf(Priorities, "interactive"),
+    fallback: Type.Boolean({ default: true, description: "may be served by a fallback pool" }),
   },
   { additionalProperties: false, default: {} },
 );
@@ -229,6 +230,32 @@ const Retry = Section(
   "retries",
 );
 
+const CircuitBreaker = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    errorThresholdPercentage: Type.Number({ minimum: 0, maximum: 100, default: 50 }),
+    volumeThreshold: Type.Integer({
+      minimum: 1,
+      default: 20,
+      description: "calls in the window before it may open",
+    }),
+    resetTimeout: Duration("10s", "open time before one probe is let through"),
+    rollingWindow: Duration("10s", "window the error rate is measured over"),
+  },
+  "a circuit breaker per backend",
+);
+
+const Fallback = Type.Union([
+  Name,
+  Type.Object(
+    {
+      pool: Name,
+      model: Type.Optional(Type.String({ minLength: 1, description: "model to ask the fallback pool for" })),
+    },
+    { additionalProperties: false },
+  ),
+]);
+
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
@@ -243,6 +270,11 @@ const Pool = Type.Object(
     timeouts: Timeouts,
     healthCheck: HealthCheck,
     outlierDetection: OutlierDetection,
+    circuitBreaker: CircuitBreaker,
+    fallback: Type.Array(Fallback, {
+      default: [],
+      description: "pools to try, in order, when this one cannot serve",
+    }),
     slowStart: SlowStart,
     loadSignals: LoadSignals,
     retry: Retry,
@@ -256,6 +288,7 @@ const Route = Type.Object(
     prefix: Type.String({ pattern: "^/[A-Za-z0-9_.~/-]*$", "x-hint": "a path such as /tokenize" }),
     pool: Name,
     stripPrefix: Type.Boolean({ default: false }),
+    fallback: Type.Boolean({ default: true, description: "may use the pool's fallback chain" }),
   },
   { additionalProperties: false },
 );
@@ -296,5 +329,6 @@ export type HealthCheckConfig = PoolConfig["healthCheck"];
 export type OutlierDetectionConfig = PoolConfig["outlierDetection"];
 export type SlowStartConfig = PoolConfig["slowStart"];
 export type RetryConfig = PoolConfig["retry"];
+export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
 
 export type { TSchema };

@@ -59,6 +59,26 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       }
       names.add(name);
     });
+    pool.fallback.forEach((entry, i) => {
+      const target = typeof entry === "string" ? entry : entry.pool;
+      const path = ["pools", poolName, "fallback", i];
+      const targetPool = config.pools[target];
+      if (target === poolName) {
+        issues.push({ path, message: "a pool cannot fall back to itself" });
+      } else if (!targetPool) {
+        issues.push({ path, message: `no pool named "${target}"`, hint: poolsHint(config) });
+      } else if (
+        typeof entry !== "string" &&
+        entry.model !== undefined &&
+        !targetPool.models.includes(entry.model)
+      ) {
+        issues.push({
+          path: [...path, "model"],
+          message: `pool "${target}" does not serve model "${entry.model}"`,
+          hint: `it serves: ${targetPool.models.join(", ")}`,
+        });
+      }
+    });
     if (pool.backends.every((b) => b.backup)) {
       issues.push({
         path: ["pools", poolName, "backends"],

@@ -43,6 +43,9 @@ export class Metrics {
   private readonly retries: Children<Counter.Internal>;
   private readonly budgetExhausted: Children<Counter.Internal>;
   private readonly ejections: Children<Counter.Internal>;
+  private readonly fallbacks: Children<Counter.Internal>;
+  private readonly breakerTransitions: Children<Counter.Internal>;
+  private readonly breakerRejections: Children<Counter.Internal>;
   private upstreams: Upstreams | undefined;
 
   constructor(options: { processMetrics?: boolean } = {}) {
@@ -102,7 +105,29 @@ export class Metrics {
     ]);
     this.ejections = new Children((v) => ejections.labels(...v));
 
+    const fallbacks = counter(
+      "floodgate_fallbacks_total",
+      "Requests served by a fallback pool, by from and to pool.",
+      ["from", "to"],
+    );
+    this.fallbacks = new Children((v) => fallbacks.labels(...v));
+    const transitions = counter(
+      "floodgate_breaker_transitions_total",
+      "Circuit breaker state changes, by new state.",
+      ["pool", "backend", "state"],
+    );
+    this.breakerTransitions = new Children((v) => transitions.labels(...v));
+    const rejections = counter(
+      "floodgate_breaker_rejections_total",
+      "Requests no backend could take while at least one was kept out by its breaker.",
+      ["pool"],
+    );
+    this.breakerRejections = new Children((v) => rejections.labels(...v));
+
     const perBackend = this.backendGauge.bind(this);
+    perBackend("floodgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", (b) =>
+      b.breaker.state === "closed" ? 0 : b.breaker.state === "half_open" ? 1 : 2,
+    );
     perBackend(
       "floodgate_backend_in_flight",
       "Requests in flight to each backend from this replica.",
@@ -111,8 +136,8 @@ export class Metrics {
     perBackend("floodgate_backend_healthy", "1 when active health checks pass (or are off), else 0.", (b) =>
       b.healthy ? 1 : 0,
     );
-    perBackend("floodgate_backend_ejected", "1 while outlier detection keeps the backend out.", (b, now) =>
-      b.ejectedUntil > now ? 1 : 0,
+    perBackend("floodgate_backend_ejected", "1 while its circuit breaker keeps the backend out.", (b, now) =>
+      b.admits(now) ? 0 : 1,
     );
     perBackend(
       "floodgate_backend_engine_waiting",
@@ -168,12 +193,18 @@ export class Metrics {
       retried: (pool, reason) => this.retries.get(pool, reason).inc(),
       retryBudgetExhausted: (pool) => this.budgetExhausted.get(pool).inc(),
       ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
+      breakerChanged: (pool, backend, state) => this.breakerTransitions.get(pool, backend, state).inc(),
+      breakerRejected: (pool) => this.breakerRejections.get(pool).inc(),
     };
   }
 
   observeRequest(labels: RequestLabels, seconds: number): void {
     this.requests.get(labels.route, labels.model, labels.pool, labels.statusClass).inc();
     this.duration.get(labels.route, labels.model, labels.pool, labels.statusClass).observe(seconds);
+  }
+
+  observeFallback(from: string, to: string): void {
+    this.fallbacks.get(from, to).inc();
   }
 
   observeFirstByte(pool: string, backend: string, seconds: number): void {

@@ -28,6 +28,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
 import { errors, type GatewayError } from "../errors.js";
 import type { Backend } from "../upstream/backend.js";
+import { BreakerOpenError, ClientGone, FailedAnswer } from "../upstream/breaker.js";
 import type { AttemptOutcome } from "../upstream/outlier-detector.js";
 import type { UpstreamPool } from "../upstream/pool.js";
 import { backoffMs } from "../upstream/retry-budget.js";
@@ -173,15 +174,36 @@ async function attempt(
   const sentAt = performance.now();
   let response: Dispatcher.ResponseData;
   try {
-    response = await backend.dispatcher.request({
-      path: backend.basePath + input.path,
-      method: input.method as Dispatcher.HttpMethod,
-      headers,
-      body: input.body,
-      signal: exchange.signal,
+    // The breaker sees connect and first byte only: the call resolves at the response headers.
+    response = await backend.breaker.call(async () => {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await backend.dispatcher.request({
+          path: backend.basePath + input.path,
+          method: input.method as Dispatcher.HttpMethod,
+          headers,
+          body: input.body,
+          signal: exchange.signal,
+        });
+      } catch (err) {
+        throw exchange.abortReason === "client" ? new ClientGone(err) : err;
+      }
+      if (res.statusCode >= 500 || res.statusCode === 429) throw new FailedAnswer(res);
+      return res;
     });
   } catch (err) {
-    return failed(err);
+    if (err instanceof FailedAnswer) {
+      response = (err as FailedAnswer<Dispatcher.ResponseData>).response;
+    } else if (err instanceof BreakerOpenError) {
+      // Lost a race for the half-open probe: another backend, at no cost to the budget.
+      return {
+        reason: "breaker_open",
+        gone: true,
+        answer: { error: errors.noBackendAvailable(pool.name, pool.retryAfterMs()) },
+      };
+    } else {
+      return failed(err instanceof ClientGone ? err.original : err);
+    }
   }
   exchange.firstByteAt = performance.now();
   hooks.onFirstByte?.(pool, backend, (exchange.firstByteAt - sentAt) / 1000);

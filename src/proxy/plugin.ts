@@ -4,7 +4,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { GatewayConfig, RouteConfig } from "../config/index.js";
-import { errors } from "../errors.js";
+import { errors, GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
 import { Exchange } from "./exchange.js";
@@ -48,15 +48,66 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       if (!pool) throw errors.modelNotFound(model);
       ctx.pool = pool.name;
       ctx.stream = (body as { stream?: unknown }).stream === true;
-      const result = await forwardFor(
-        request,
-        pool,
-        route + queryOf(request.url),
-        request.rawBody ?? null,
-        false,
-      );
-      return send(reply, result);
+      const path = route + queryOf(request.url);
+      const chain = ctx.tenant?.fallback === false ? [] : fallbackChain(pool);
+      const json = body as Record<string, unknown>;
+      return serve(request, reply, pool, chain, (target) => ({
+        path,
+        body: target ? withModel(json, target.model) : (request.rawBody ?? null),
+        streamAny: false,
+      }));
     });
+  }
+
+  /**
+   * Forwards to the pool, then down its fallback chain while a pool cannot serve. A pass-through
+   * stream that started, or any answer the client may keep, ends the walk.
+   */
+  async function serve(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    pool: UpstreamPool,
+    chain: { pool: UpstreamPool; model: string }[],
+    build: (target: { pool: UpstreamPool; model: string } | undefined) => {
+      path: string;
+      body: ForwardResult["body"] | null;
+      streamAny: boolean;
+    },
+  ): Promise<FastifyReply> {
+    for (let i = 0; ; i++) {
+      const target = i === 0 ? undefined : chain[i - 1];
+      const targetPool = target?.pool ?? pool;
+      const { path, body, streamAny } = build(target);
+      let result: ForwardResult;
+      try {
+        result = await forwardFor(request, targetPool, path, body, streamAny);
+      } catch (err) {
+        if (i < chain.length && cannotServe(err, request)) continue;
+        throw err;
+      }
+      if (i < chain.length && result.kind === "buffered" && RETRYABLE_STATUS.has(result.status)) continue;
+      if (target) markFallback(reply, pool.name, targetPool.name, request);
+      return send(reply, result);
+    }
+  }
+
+  /** A pool's fallback chain with each target's model: the configured one, else its first. */
+  function fallbackChain(pool: UpstreamPool): { pool: UpstreamPool; model: string }[] {
+    const out: { pool: UpstreamPool; model: string }[] = [];
+    for (const entry of pool.config.fallback) {
+      const name = typeof entry === "string" ? entry : entry.pool;
+      const target = deps.upstreams.pools.get(name);
+      if (!target) continue; // rejected by config validation
+      const model = (typeof entry === "string" ? undefined : entry.model) ?? target.config.models[0] ?? "";
+      out.push({ pool: target, model });
+    }
+    return out;
+  }
+
+  function markFallback(reply: FastifyReply, from: string, to: string, request: FastifyRequest): void {
+    reply.header("x-floodgate-fallback", to);
+    request.gw.fallback = to;
+    deps.metrics.observeFallback(from, to);
   }
 
   async function forwardFor(
@@ -112,11 +163,31 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       const path = passThroughPath(request.url, prefix, route.stripPrefix);
       const hasBody = request.method !== "GET" && request.method !== "HEAD";
       const body = hasBody ? ((request.body as ForwardResult["body"] | undefined) ?? null) : null;
-      return send(reply, await forwardFor(request, pool, path, body, true));
+      // A streamed upload cannot be sent twice: only bodiless requests may fall back.
+      const chain =
+        route.fallback && body === null && request.gw.tenant?.fallback !== false ? fallbackChain(pool) : [];
+      return serve(request, reply, pool, chain, () => ({ path, body, streamAny: true }));
     };
     scope.all(prefix === "" ? "/" : prefix, handler);
     scope.all(`${prefix}/*`, handler);
   }
+}
+
+const RETRYABLE_STATUS = new Set([429, 502, 503, 504]);
+
+/**
+ * The pool could not serve, so the next pool in the chain should try: no backend could take
+ * the request, or every try failed before a byte reached the client. Not when the client left,
+ * and not after the total timeout (a fallback would double the client's wait).
+ */
+function cannotServe(err: unknown, request: FastifyRequest): boolean {
+  if (!(err instanceof GatewayError) || request.gw.exchange?.abortReason !== undefined) return false;
+  return RETRYABLE_STATUS.has(err.statusCode) && err.code !== "upstream_total_timeout";
+}
+
+/** The request body for a fallback pool: the same request, asking for its model. */
+function withModel(body: Record<string, unknown>, model: string): Buffer {
+  return Buffer.from(JSON.stringify({ ...body, model }));
 }
 
 function send(reply: FastifyReply, result: ForwardResult): FastifyReply {

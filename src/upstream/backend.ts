@@ -1,6 +1,7 @@
 /** One inference server: its connection pool, its identity, its health, and the load on it. */
 import { Pool } from "undici";
 import { type BackendConfig, backendName, type TimeoutsConfig } from "../config/index.js";
+import { BackendBreaker, type BreakerSettings, type BreakerState } from "./breaker.js";
 
 /** What the balancer reads of a backend; a plain object in unit tests. */
 export interface BalancerBackend {
@@ -13,8 +14,8 @@ export interface BalancerBackend {
   drained: boolean;
   /** Active health checks' verdict; true when they are off. */
   healthy: boolean;
-  /** Monotonic ms until which outlier detection keeps it out; 0 when not ejected. */
-  ejectedUntil: number;
+  /** Passive health (the circuit breaker) lets a request through now. */
+  admits(now: number): boolean;
   /** Monotonic ms before which it asked (Retry-After) not to be sent new work. */
   notBefore: number;
   /** Monotonic ms its slow-start ramp starts at; -Infinity for no ramp. */
@@ -26,6 +27,7 @@ export interface BalancerBackend {
 }
 
 export interface BackendOptions {
+  onBreakerState?: (b: Backend, state: BreakerState) => void;
   /** Set for backends found by DNS: TLS must still name the host, not the address. */
   servername?: string;
   /** Name override (discovered backends get hostname/address:port). */
@@ -47,11 +49,12 @@ export class Backend implements BalancerBackend {
   inFlight = 0;
   drained = false;
   healthy = true;
-  ejectedUntil = 0;
   notBefore = 0;
   rampFrom = Number.NEGATIVE_INFINITY;
   rrCurrent = 0;
-  /** Outlier detection's counters and history. */
+  readonly breaker: BackendBreaker;
+  /** Outlier detection's counters and history (ejectedUntil: when its last ejection ends). */
+  ejectedUntil = 0;
   consecutive5xx = 0;
   consecutiveGatewayFailures = 0;
   consecutiveConnectFailures = 0;
@@ -65,6 +68,7 @@ export class Backend implements BalancerBackend {
     readonly config: BackendConfig,
     url: string,
     timeouts: TimeoutsConfig,
+    breaker: BreakerSettings,
     options: BackendOptions = {},
   ) {
     const parsed = new URL(url);
@@ -89,6 +93,16 @@ export class Backend implements BalancerBackend {
       keepAliveMaxTimeout: 60_000,
       pipelining: 1,
     });
+    this.breaker = new BackendBreaker(breaker, (state) => options.onBreakerState?.(this, state));
+  }
+
+  admits(_now: number): boolean {
+    return this.breaker.admits;
+  }
+
+  /** Outlier detection's verdict: out for durationMs, then one probe (see breaker.ts). */
+  eject(durationMs: number, next: () => number): void {
+    this.breaker.eject(durationMs, next);
   }
 
   get full(): boolean {
@@ -101,6 +115,7 @@ export class Backend implements BalancerBackend {
   }
 
   close(): Promise<void> {
+    this.breaker.shutdown();
     return this.dispatcher.destroy();
   }
 }

@@ -2,7 +2,8 @@
  * Backend choice within a pool, in Envoy's terms.
  *
  * Eligible: not drained, below its maxConcurrency. Of those, the healthy (active checks pass,
- * not ejected) primaries are used; backups only when no primary is healthy. Panic: when fewer
+ * and the circuit breaker lets a request through: closed, or half-open with its one probe not
+ * yet taken) primaries are used; backups only when no primary is healthy. Panic: when fewer
  * than panicThreshold % of the pool's backends are healthy, health is ignored and load spread
  * over all primaries, instead of crushing the few survivors (Envoy's panic threshold). A backend
  * that answered Retry-After is skipped until then while another can serve.
@@ -37,7 +38,7 @@ export interface PickOptions {
 }
 
 export function isHealthy(b: BalancerBackend, now: number): boolean {
-  return b.healthy && b.ejectedUntil <= now;
+  return b.healthy && b.admits(now);
 }
 
 export function canTake(b: BalancerBackend): boolean {

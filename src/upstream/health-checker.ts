@@ -109,8 +109,8 @@ export class HealthChecker {
 
   private set(b: Backend, healthy: boolean): void {
     b.healthy = healthy;
-    // The ramp starts when traffic can actually return: after any ejection still running.
-    if (healthy) b.rampFrom = Math.max(this.now(), b.ejectedUntil);
+    // Back in: ramp up from now (if its breaker is still open, closing it restarts the ramp).
+    if (healthy) b.rampFrom = this.now();
     this.onChange(b, healthy);
   }
 

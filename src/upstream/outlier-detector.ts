@@ -7,10 +7,12 @@
  * not a fluke, and the dead backend must get no new requests within a second). Any other answer,
  * 4xx included, ends a run. n decays to 0 once a backend has stayed in for maxEjectionTime.
  *
- * Ejection and active health checks are two views of one health: a backend is served only when
- * both agree (healthy and not ejected). Ejection ends by time alone; if the backend is still
- * bad, its first failures eject it again, for longer. Active checks readmit only after
- * healthyThreshold passed probes. Either way it comes back through slow start.
+ * An ejection opens the backend's circuit breaker for that time (see breaker.ts): the breaker is
+ * the one state of passive health, with two ways in (its own error rate, or these consecutive
+ * runs) and one way out (a single half-open probe that succeeds; a failed probe after an
+ * ejection re-opens it for the next, longer ejection time). Active health checks are the other
+ * input: a backend is served only while it is healthy and its breaker lets it through, and it
+ * comes back through slow start.
  */
 import type { OutlierDetectionConfig } from "../config/index.js";
 import type { BalancerBackend } from "./backend.js";
@@ -26,6 +28,9 @@ export interface OutlierBackend extends BalancerBackend {
   consecutiveGatewayFailures: number;
   consecutiveConnectFailures: number;
   ejections: number;
+  /** When the last ejection ends (bookkeeping for decay); 0 if never ejected. */
+  ejectedUntil: number;
+  eject(durationMs: number, next: () => number): void;
 }
 
 export class OutlierDetector {
@@ -37,6 +42,7 @@ export class OutlierDetector {
       reason: EjectionReason,
       durationMs: number,
     ) => void = () => {},
+    private readonly nowOf: () => number = () => performance.now(),
   ) {}
 
   record(b: OutlierBackend, outcome: AttemptOutcome, now: number): void {
@@ -70,30 +76,36 @@ export class OutlierDetector {
     }
   }
 
-  /** How many more backends may be ejected now. */
+  /** How many more backends may be ejected now (any backend its breaker keeps out counts). */
   ejectionRoom(now: number): number {
     let live = 0;
     let ejected = 0;
     for (const b of this.backends()) {
       if (b.drained) continue;
       live++;
-      if (b.ejectedUntil > now) ejected++;
+      if (!b.admits(now)) ejected++;
     }
     const cap = Math.max(1, Math.floor((this.config.maxEjectionPercent * live) / 100));
     return cap - ejected;
   }
 
   private eject(b: OutlierBackend, reason: EjectionReason, now: number): void {
-    if (!this.config.enabled || b.ejectedUntil > now) return;
+    if (!this.config.enabled || !b.admits(now)) return;
     b.consecutive5xx = 0;
     b.consecutiveGatewayFailures = 0;
     b.consecutiveConnectFailures = 0;
     if (this.ejectionRoom(now) <= 0) return;
     if (b.ejections > 0 && now - b.ejectedUntil > this.config.maxEjectionTime) b.ejections = 0;
+    const duration = this.nextDuration(b, now);
+    b.eject(duration, () => this.nextDuration(b, this.nowOf()));
+    this.onEject(b, reason, duration);
+  }
+
+  /** Counts one more ejection and returns its length: base × n, capped. */
+  private nextDuration(b: OutlierBackend, now: number): number {
     b.ejections++;
     const duration = Math.min(this.config.maxEjectionTime, this.config.baseEjectionTime * b.ejections);
     b.ejectedUntil = now + duration;
-    b.rampFrom = b.ejectedUntil;
-    this.onEject(b, reason, duration);
+    return duration;
   }
 }

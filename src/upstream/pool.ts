@@ -4,8 +4,9 @@
  * detection, engine load signals, retry budget, DNS discovery.
  */
 import type { BackendConfig, GatewayConfig, PoolConfig } from "../config/index.js";
-import { Backend } from "./backend.js";
+import { Backend, type BackendOptions } from "./backend.js";
 import { Balancer } from "./balancer.js";
+import type { BreakerState } from "./breaker.js";
 import {
   createResolver,
   DnsDiscovery,
@@ -26,6 +27,9 @@ export interface UpstreamEvents {
   healthChanged?(pool: string, backend: string, healthy: boolean): void;
   retried?(pool: string, reason: string): void;
   retryBudgetExhausted?(pool: string): void;
+  breakerChanged?(pool: string, backend: string, state: BreakerState): void;
+  /** No backend could take a request and at least one was kept out by its breaker. */
+  breakerRejected?(pool: string): void;
   backendsChanged?(pool: string, added: string[], removed: string[]): void;
   discoveryError?(pool: string, message: string, err: unknown): void;
 }
@@ -74,6 +78,7 @@ export class UpstreamPool {
       config.outlierDetection,
       () => this.backends,
       (b, reason, ms) => this.events.ejected?.(name, b.name, reason, ms),
+      this.now,
     );
     this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
     if (config.healthCheck.enabled) {
@@ -81,8 +86,7 @@ export class UpstreamPool {
         this.events.healthChanged?.(name, b.name, healthy),
       );
     }
-    for (const b of config.backends)
-      if (b.discovery === "none") this.add(new Backend(b, b.url, config.timeouts));
+    for (const b of config.backends) if (b.discovery === "none") this.add(this.makeBackend(b, b.url));
   }
 
   /**
@@ -99,8 +103,10 @@ export class UpstreamPool {
   }
 
   pick(exclude?: ReadonlySet<Backend>): Backend | undefined {
-    const b = this.balancer.pick(this.backends, { now: this.now(), exclude });
+    const now = this.now();
+    const b = this.balancer.pick(this.backends, { now, exclude });
     if (b) this.events.selected?.(this.name, b.name);
+    else if (this.backends.some((x) => !x.admits(now))) this.events.breakerRejected?.(this.name);
     return b;
   }
 
@@ -130,14 +136,17 @@ export class UpstreamPool {
     );
   }
 
-  /** When a client refused for lack of a backend should come back. */
+  /**
+   * When a client refused for lack of a backend should come back: the soonest moment a
+   * breaker lets a probe through or a busy backend's Retry-After ends.
+   */
   retryAfterMs(): number {
     const now = this.now();
     let soonest = Number.POSITIVE_INFINITY;
     for (const b of this.backends) {
       if (b.drained) continue;
-      const until = Math.max(b.ejectedUntil, b.notBefore);
-      if (until > now) soonest = Math.min(soonest, until - now);
+      const wait = Math.max(b.breaker.msUntilProbe(), b.notBefore - now);
+      if (wait > 0) soonest = Math.min(soonest, wait);
     }
     return Number.isFinite(soonest) ? Math.max(100, Math.ceil(soonest)) : DEFAULT_RETRY_AFTER_MS;
   }
@@ -168,6 +177,17 @@ export class UpstreamPool {
     this.health?.stop();
     for (const s of this.scrapers.values()) s.stop();
     await Promise.all(this.backends.map((b) => b.close()));
+  }
+
+  private makeBackend(config: BackendConfig, url: string, options: BackendOptions = {}): Backend {
+    return new Backend(config, url, this.config.timeouts, this.config.circuitBreaker, {
+      ...options,
+      onBreakerState: (b, state) => {
+        // Readmitted by a successful probe: it ramps back in from now.
+        if (state === "closed") b.rampFrom = this.now();
+        this.events.breakerChanged?.(this.name, b.name, state);
+      },
+    });
   }
 
   private add(b: Backend): void {
@@ -225,7 +245,7 @@ export class UpstreamPool {
         for (const t of change.added) {
           const key = `${hostname}|${targetKey(t)}`;
           if (this.discovered.has(key)) continue;
-          const b = new Backend(config, targetUrl(url, t), this.config.timeouts, {
+          const b = this.makeBackend(config, targetUrl(url, t), {
             servername: url.protocol === "https:" ? hostname : undefined,
             name: `${config.name ?? hostname}/${targetKey(t)}`,
           });

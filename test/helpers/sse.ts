@@ -40,3 +40,16 @@ export async function postStream(
   }
   return { status: res.statusCode, headers: res.headers, events };
 }
+
+/**
+ * Events sent `spacingMs` apart arrived spread out, not in one lump: the median gap and the
+ * total spread are at least half of what the sender used. A buffering proxy fails both; one
+ * scheduler stall on a busy machine (two events merged) fails neither.
+ */
+export function spreadOf(events: readonly TimedEvent[]): { medianGap: number; spread: number } {
+  const gaps = events.slice(1).map((e, i) => e.at - (events[i]?.at ?? e.at));
+  const sorted = [...gaps].sort((a, b) => a - b);
+  const medianGap = sorted[Math.floor(sorted.length / 2)] ?? 0;
+  const spread = (events.at(-1)?.at ?? 0) - (events[0]?.at ?? 0);
+  return { medianGap, spread };
+}

@@ -123,8 +123,11 @@ describe("errors have the OpenAI shape and the right status", () => {
       headers: JSON_HEADERS,
       body: '{"model":"test-model"}',
     });
-    expect(res.status).toBe(502);
-    expectOpenAIError(res.json(), "upstream_unavailable", "server_error");
+    // The refused connect ejected the only backend: the retry finds none, and the client is
+    // told when the ejection ends rather than given a bare 502.
+    expect(res.status).toBe(503);
+    expectOpenAIError(res.json(), "no_backend_available", "server_error");
+    expect(Number(res.headers["retry-after-ms"])).toBeGreaterThan(25_000);
     expect(res.text).not.toMatch(/ECONNREFUSED|127\.0\.0\.1|stack/);
   });
 });

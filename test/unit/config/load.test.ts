@@ -114,6 +114,18 @@ admin: { host: 0.0.0.0 }
     expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
   });
 
+  it("checks fallback chains", () => {
+    const m = issuesOf(`
+pools:
+  a: { models: [m1], backends: [{ url: http://h:1 }], fallback: [a, nope, { pool: b, model: m9 }] }
+  b: { models: [m2], backends: [{ url: http://h:2 }], fallback: [{ pool: a }] }
+`).message;
+    expect(m).toContain("pools.a.fallback[0]: a pool cannot fall back to itself");
+    expect(m).toContain('pools.a.fallback[1]: no pool named "nope"');
+    expect(m).toContain('pools.a.fallback[2].model: pool "b" does not serve model "m9"');
+    expect(m).not.toContain("pools.b.fallback");
+  });
+
   it("checks discovery URLs", () => {
     const m = issuesOf(`
 pools:

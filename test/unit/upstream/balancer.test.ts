@@ -7,8 +7,12 @@ import { rampFactor } from "../../../src/upstream/slow-start.js";
 
 const NO_RAMP = { window: 0, aggression: 1, minWeightPercent: 10 };
 
-function backend(name: string, over: Partial<BalancerBackend> & { penalty?: number } = {}): BalancerBackend {
-  const { penalty = 1, ...rest } = over;
+/** A backend as the balancer sees it; `ejectedUntil` stands for a breaker open until then. */
+function backend(
+  name: string,
+  over: Partial<BalancerBackend> & { penalty?: number; ejectedUntil?: number } = {},
+): BalancerBackend {
+  const { penalty = 1, ejectedUntil = 0, ...rest } = over;
   return {
     name,
     weight: 1,
@@ -17,7 +21,7 @@ function backend(name: string, over: Partial<BalancerBackend> & { penalty?: numb
     inFlight: 0,
     drained: false,
     healthy: true,
-    ejectedUntil: 0,
+    admits: (now) => now >= ejectedUntil,
     notBefore: 0,
     rampFrom: Number.NEGATIVE_INFINITY,
     rrCurrent: 0,

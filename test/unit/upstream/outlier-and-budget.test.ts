@@ -13,8 +13,10 @@ const CONFIG: OutlierDetectionConfig = {
   maxEjectionPercent: 50,
 };
 
-function backend(name: string): OutlierBackend {
-  return {
+/** The breaker reduced to "out until": eject() is what outlier detection calls on it. */
+function backend(name: string): OutlierBackend & { ejectCalls: number[] } {
+  const b: OutlierBackend & { ejectCalls: number[] } = {
+    ejectCalls: [],
     name,
     weight: 1,
     maxConcurrency: Number.POSITIVE_INFINITY,
@@ -23,6 +25,8 @@ function backend(name: string): OutlierBackend {
     drained: false,
     healthy: true,
     ejectedUntil: 0,
+    admits: (now) => now >= b.ejectedUntil,
+    eject: (ms) => b.ejectCalls.push(ms),
     notBefore: 0,
     rampFrom: Number.NEGATIVE_INFINITY,
     rrCurrent: 0,
@@ -32,6 +36,7 @@ function backend(name: string): OutlierBackend {
     consecutiveConnectFailures: 0,
     ejections: 0,
   };
+  return b;
 }
 
 function setup(n = 4, config = CONFIG) {
@@ -58,7 +63,7 @@ describe("outlier detection", () => {
     }
     expect(durations).toEqual([1000, 2000, 3000, 4000, 5000, 5000, 5000]);
     expect(ejected[0]).toBe("b0:consecutive_5xx:1000");
-    expect(b.rampFrom).toBe(b.ejectedUntil); // it returns through slow start
+    expect((b as ReturnType<typeof backend>).ejectCalls).toEqual(durations); // each opened the breaker
   });
 
   it("a success ends the run; 4xx count as success", () => {

@@ -5,8 +5,8 @@
  * the same text always gets the same vector.
  */
 
+import { tokenize } from "../tokens/tokenizer.js";
 import { createRng, hashString } from "./rng.js";
-import { tokenize } from "./tokenizer.js";
 
 export function embed(text: string, dimensions: number, model: string): Float32Array {
   const modelSeed = hashString(model);

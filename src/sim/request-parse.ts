@@ -3,9 +3,9 @@
  * wording and codes where OpenAI has them, and vLLM's context-length message where it does.
  */
 
+import { countInputTokens, countPromptTokens } from "../tokens/tokenizer.js";
 import type { OpenAIErrorSpec } from "./http-io.js";
 import type { GenerationKind } from "./openai-format.js";
-import { countInputTokens, countPromptTokens } from "./tokenizer.js";
 
 export interface GenerationRequest {
   kind: GenerationKind;

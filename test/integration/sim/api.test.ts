@@ -1,7 +1,7 @@
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
-import { countTokens } from "../../../src/sim/tokenizer.js";
+import { countTokens } from "../../../src/tokens/tokenizer.js";
 import { call, chatBody, chunks, sleep, stream, streamedText } from "./sim-http.js";
 
 describe("sim OpenAI API", () => {

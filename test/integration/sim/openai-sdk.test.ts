@@ -1,7 +1,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
-import { countTokens } from "../../../src/sim/tokenizer.js";
+import { countTokens } from "../../../src/tokens/tokenizer.js";
 
 describe("sim with the official openai client", () => {
   let sim: SimServer;

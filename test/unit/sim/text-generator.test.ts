@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type GenerationInput, generateAll, startGeneration } from "../../../src/sim/text-generator.js";
-import { countTokens } from "../../../src/sim/tokenizer.js";
+import { countTokens } from "../../../src/tokens/tokenizer.js";
 
 const base: GenerationInput = {
   serverSeed: 1,

@@ -9,7 +9,7 @@ import {
   NAME_OVERHEAD_TOKENS,
   REPLY_PRIMING_TOKENS,
   tokenize,
-} from "../../../src/sim/tokenizer.js";
+} from "../../../src/tokens/tokenizer.js";
 
 describe("tokenize", () => {
   it.each([

@@ -21,6 +21,12 @@ import { newContext, type RequestContext } from "./context.js";
 import { errors, GatewayError } from "./errors.js";
 import { Metrics } from "./metrics/metrics.js";
 import { registerProxy } from "./proxy/plugin.js";
+import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
+import { GuardedStore } from "./ratelimit/guarded-store.js";
+import { RequestLimits } from "./ratelimit/request-limits.js";
+import { TokenBudgets } from "./ratelimit/token-budget.js";
+import { createStore, MemoryStore } from "./store/index.js";
+import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
 import { type UpstreamEvents, Upstreams } from "./upstream/pool.js";
 
@@ -31,6 +37,8 @@ export interface GatewayOptions {
   processMetrics?: boolean;
   /** DNS resolver for backend discovery (tests point it at their own DNS server). */
   resolver?: DnsResolverLike;
+  /** This replica's monotonic clock, for what it decides alone (local limits while Redis is down). */
+  now?: () => number;
 }
 
 export interface Gateway {
@@ -39,6 +47,8 @@ export interface Gateway {
   metrics: Metrics;
   upstreams: Upstreams;
   config: GatewayConfig;
+  /** The shared store behind the rate limits, as the limits use it. */
+  store: GuardedStore;
   /** Listens on config.listen (and config.admin); returns the bound URLs. */
   listen(): Promise<{ url: string; adminUrl: string | undefined }>;
   close(): Promise<void>;
@@ -66,6 +76,23 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     resolver: options.resolver,
   });
   metrics.watch(upstreams);
+  const store: Store = createStore(config.store, {
+    onError: (err) => logger.warn({ err: err.message }, "store connection error"),
+  });
+  const local = store.kind === "memory" ? store : new MemoryStore({ now: options.now });
+  const guard = new GuardedStore(
+    store,
+    local,
+    {
+      replicas: config.store.replicas,
+      failures: config.store.breaker.failures,
+      resetTimeout: config.store.breaker.resetTimeout,
+    },
+    metrics.guardEvents(logger),
+    options.now,
+  );
+  const budgets = new TokenBudgets(config, guard, metrics.limitEvents());
+  const concurrency = new ConcurrencyLimits(config, guard, metrics.limitEvents());
   const apiKeys = new ApiKeys(config);
   let closing = false;
 
@@ -111,7 +138,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     reply.raw.once("close", () => onClosed(request, reply));
     if (closing) throw errors.shuttingDown();
     if (apiKeys.enabled && request.routeOptions.config.public !== true) {
-      request.gw.tenant = apiKeys.authenticate(request.headers);
+      const { tenant, keyId } = apiKeys.authenticate(request.headers);
+      request.gw.tenant = tenant;
+      request.gw.keyId = keyId;
     }
   });
 
@@ -124,7 +153,18 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     return { status: "ready", pools: upstreams.pools.size, backends };
   });
 
-  registerProxy(app, { config, upstreams, metrics, authEnabled: apiKeys.enabled });
+  app.register(async (scope) => {
+    const limits = await RequestLimits.register(scope, config, guard, metrics.limitEvents());
+    registerProxy(scope, {
+      config,
+      upstreams,
+      metrics,
+      authEnabled: apiKeys.enabled,
+      limits,
+      budgets,
+      concurrency,
+    });
+  });
 
   app.setNotFoundHandler(async (request) => {
     throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
@@ -141,6 +181,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     const ctx = request.gw;
     const finished = reply.raw.writableFinished;
     if (!finished) ctx.onClientClose?.();
+    for (const cleanup of ctx.cleanups) cleanup();
     const status = finished ? reply.statusCode : 499;
     const seconds = (performance.now() - ctx.startedAt) / 1000;
     const route = request.routeOptions.url ?? "unmatched";
@@ -191,6 +232,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     metrics,
     upstreams,
     config,
+    store: guard,
     get closing() {
       return closing;
     },
@@ -213,6 +255,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         clearInterval(sweep);
       }
       await upstreams.close();
+      await guard.close();
     },
   };
 }

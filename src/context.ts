@@ -7,6 +7,8 @@ export interface RequestContext {
   /** performance.now() when the request arrived. */
   startedAt: number;
   tenant: Tenant | undefined;
+  /** A short digest of the API key: limits can count per key without ever storing one. */
+  keyId: string | undefined;
   model: string | undefined;
   pool: string | undefined;
   stream: boolean;
@@ -17,12 +19,17 @@ export interface RequestContext {
   error: GatewayError | undefined;
   /** Run when the client connection closes before the response finished. */
   onClientClose: (() => void) | undefined;
+  /** Run when a relayed stream ends (token settlement). */
+  onStreamDone: (() => void) | undefined;
+  /** Run once when the client connection closes, however the request ended (lease release). */
+  cleanups: (() => void)[];
 }
 
 export function newContext(): RequestContext {
   return {
     startedAt: performance.now(),
     tenant: undefined,
+    keyId: undefined,
     model: undefined,
     pool: undefined,
     stream: false,
@@ -30,6 +37,8 @@ export function newContext(): RequestContext {
     exchange: undefined,
     error: undefined,
     onClientClose: undefined,
+    onStreamDone: undefined,
+    cleanups: [],
   };
 }
 

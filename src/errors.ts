@@ -102,6 +102,22 @@ export const errors = {
       undefined,
       "model",
     ),
+  rateLimited: (kind: "requests" | "tokens" | "concurrency", detail: string, retryAfterMs: number) =>
+    new GatewayError(
+      429,
+      "rate_limit_exceeded",
+      `${kind}_limit_exceeded`,
+      `Rate limit reached for ${kind}: ${detail}. Retry after ${Math.ceil(retryAfterMs)} ms.`,
+      retryAfterMs,
+    ),
+  /** The request alone needs more tokens than the budget can ever hold: retrying cannot help. */
+  tokensExceedBudget: (needed: number, burst: number) =>
+    new GatewayError(
+      429,
+      "rate_limit_exceeded",
+      "tokens_exceed_budget",
+      `The request may use ${needed} tokens, more than this key's token budget of ${burst}. Lower max_tokens or shorten the prompt.`,
+    ),
   routeNotFound: (method: string, path: string) =>
     new GatewayError(404, "not_found_error", "unknown_url", `Unknown request URL: ${method} ${path}.`),
   noBackendAvailable: (pool: string, retryAfterMs: number) =>

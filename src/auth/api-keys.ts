@@ -28,13 +28,14 @@ export class ApiKeys {
     return this.byDigest.size > 0;
   }
 
-  /** The tenant a request's key belongs to; throws the 401 to send otherwise. */
-  authenticate(headers: IncomingHttpHeaders): Tenant {
+  /** The tenant a request's key belongs to, and the key's id; throws the 401 to send otherwise. */
+  authenticate(headers: IncomingHttpHeaders): { tenant: Tenant; keyId: string } {
     const key = presentedKey(headers);
     if (key === undefined) throw errors.missingApiKey();
-    const tenant = this.byDigest.get(createHash("sha256").update(key).digest("hex"));
+    const digest = createHash("sha256").update(key).digest("hex");
+    const tenant = this.byDigest.get(digest);
     if (!tenant) throw errors.invalidApiKey();
-    return tenant;
+    return { tenant, keyId: digest.slice(0, 16) };
   }
 }
 

@@ -8,9 +8,12 @@ export type {
   HealthCheckConfig,
   OutlierDetectionConfig,
   PoolConfig,
+  RateLimitConfig,
+  RateSpecConfig,
   RetryConfig,
   RouteConfig,
   SlowStartConfig,
+  StoreErrorPolicyConfig,
   TenantConfig,
   TimeoutsConfig,
 } from "./schema.js";

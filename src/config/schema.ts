@@ -10,9 +10,14 @@ const DURATION_HINT = "a duration such as 250ms, 5s, 10m or 1h";
 const SIZE_HINT = "a size such as 512kb or 8mb";
 const NAME_HINT = "letters, digits, '.', '_' or '-'";
 
-function Duration(defaultValue: string, description: string) {
+function Duration(defaultValue: string | undefined, description: string) {
   return Type.Transform(
-    Type.String({ pattern: DURATION_PATTERN, default: defaultValue, description, "x-hint": DURATION_HINT }),
+    Type.String({
+      pattern: DURATION_PATTERN,
+      ...(defaultValue === undefined ? {} : { default: defaultValue }),
+      description,
+      "x-hint": DURATION_HINT,
+    }),
   )
     .Decode(parseDuration)
     .Encode((ms: number) => `${ms}ms`);
@@ -86,14 +91,46 @@ const Admin = Section(
 const Store = Section(
   {
     type: OneOf(["memory", "redis"], "memory"),
-    url: Type.Optional(Type.String({ pattern: "^rediss?://", "x-hint": "a redis:// or rediss:// URL" })),
+    url: Type.Optional(
+      Type.String({
+        pattern: "^rediss?://",
+        "x-hint": "a redis:// or rediss:// URL",
+        description: "one server",
+      }),
+    ),
     nodes: Type.Optional(
       Type.Array(Type.String({ pattern: "^rediss?://" }), {
         minItems: 1,
         description: "Redis Cluster seed nodes",
       }),
     ),
+    sentinels: Type.Optional(
+      Type.Array(Type.String({ pattern: "^[^:/]+:[0-9]+$", "x-hint": "host:port" }), {
+        minItems: 1,
+        description: "Redis Sentinel addresses",
+      }),
+    ),
+    sentinelName: Type.String({ default: "mymaster", description: "the master's name in Sentinel" }),
+    password: Type.Optional(Type.String({ description: "from ${ENV}" })),
     keyPrefix: Type.String({ default: "floodgate:" }),
+    commandTimeout: Duration("50ms", "a command slower than this failed: a dead Redis never hangs a request"),
+    connectTimeout: Duration("1s", "connecting to Redis"),
+    replicas: Type.Integer({
+      minimum: 1,
+      default: 1,
+      description: "gateway replicas sharing the store: local fallback limits are divided by it",
+    }),
+    breaker: Section(
+      {
+        failures: Type.Integer({
+          minimum: 1,
+          default: 3,
+          description: "errors in a row that stop calling Redis",
+        }),
+        resetTimeout: Duration("2s", "then one probe call; success resumes Redis-backed limiting"),
+      },
+      "skip Redis while it is down",
+    ),
   },
   "where state shared between replicas lives",
 );
@@ -120,12 +157,73 @@ const Auth = Type.Object(
   { additionalProperties: false, description: "API keys; leave out for an open gateway" },
 );
 
+const StoreErrorPolicy = OneOf(["open", "closed", "local"], "local");
+
+/** A token bucket: `rate` per `per` on average, `burst` at once (default: rate). */
+const RateSpec = Type.Object(
+  {
+    rate: Type.Number({ exclusiveMinimum: 0 }),
+    // No default here: a rate sits in a union (one limit or a list), where Ajv cannot fill one.
+    per: Duration(undefined, "the period `rate` is counted over, e.g. 1s or 1m"),
+    burst: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: "bucket size; default rate" })),
+  },
+  { additionalProperties: false },
+);
+
+const TenantLimits = Type.Object(
+  {
+    requests: Type.Optional(
+      Type.Union([RateSpec, Type.Array(RateSpec, { minItems: 1 })], {
+        description: "one limit or several (e.g. per second with a burst, and per minute)",
+      }),
+    ),
+    tokens: Type.Optional(RateSpec),
+    concurrency: Type.Optional(
+      Type.Integer({ minimum: 1, description: "requests in flight across replicas" }),
+    ),
+    onStoreError: StoreErrorPolicy,
+  },
+  { additionalProperties: false, default: {} },
+);
+
 const Tenant = Type.Object(
   {
     priority: OneOf(Priorities, "interactive"),
     fallback: Type.Boolean({ default: true, description: "may be served by a fallback pool" }),
+    limits: TenantLimits,
   },
   { additionalProperties: false, default: {} },
+);
+
+const RateLimit = Type.Object(
+  {
+    name: Name,
+    by: OneOf(["ip", "key", "tenant", "model", "global"], "ip"),
+    rate: Type.Number({ exclusiveMinimum: 0 }),
+    per: Duration("1s", "the period `rate` is counted over"),
+    burst: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+    models: Type.Optional(
+      Type.Array(Type.String({ minLength: 1 }), { description: "only requests for these models" }),
+    ),
+    allowList: Type.Array(Type.String(), {
+      default: [],
+      description: "keys (IPs, tenant ids, models) never limited",
+    }),
+    onStoreError: StoreErrorPolicy,
+  },
+  { additionalProperties: false },
+);
+
+const Tokens = Section(
+  {
+    defaultMaxTokens: Type.Integer({
+      minimum: 1,
+      default: 1024,
+      description: "completion tokens reserved when a request sets no max_tokens",
+    }),
+    leaseTtl: Duration("30s", "a concurrency lease lapses this long after its replica stops renewing it"),
+  },
+  "LLM token accounting",
 );
 
 const Timeouts = Section(
@@ -304,6 +402,11 @@ export const ConfigSchema = Type.Object(
     tenants: Type.Record(Name, Tenant, { default: {}, additionalProperties: false }),
     pools: Type.Record(Name, Pool, { minProperties: 1, additionalProperties: false }),
     routes: Type.Array(Route, { default: [], description: "path prefixes passed through to a pool" }),
+    rateLimits: Type.Array(RateLimit, {
+      default: [],
+      description: "request limits by IP, API key, tenant, model",
+    }),
+    tokens: Tokens,
     dns: Section(
       {
         servers: Type.Array(Type.String(), {
@@ -330,5 +433,8 @@ export type OutlierDetectionConfig = PoolConfig["outlierDetection"];
 export type SlowStartConfig = PoolConfig["slowStart"];
 export type RetryConfig = PoolConfig["retry"];
 export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
+export type RateSpecConfig = StaticDecode<typeof RateSpec>;
+export type RateLimitConfig = GatewayConfig["rateLimits"][number];
+export type StoreErrorPolicyConfig = RateLimitConfig["onStoreError"];
 
 export type { TSchema };

@@ -102,6 +102,17 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
     prefixes.add(route.prefix);
   });
 
+  const limitNames = new Set<string>();
+  config.rateLimits.forEach((limit, i) => {
+    if (limitNames.has(limit.name)) {
+      issues.push({
+        path: ["rateLimits", i, "name"],
+        message: `a limit named "${limit.name}" is listed twice`,
+      });
+    }
+    limitNames.add(limit.name);
+  });
+
   const hashes = new Set<string>();
   config.auth?.keys.forEach((entry, i) => {
     const path = ["auth", "keys", i];
@@ -125,10 +136,16 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
     }
   });
 
-  if (config.store.type === "redis" && !config.store.url && !config.store.nodes) {
+  if (
+    config.store.type === "redis" &&
+    !config.store.url &&
+    !config.store.nodes &&
+    !config.store.sentinels &&
+    !config.store.sentinels
+  ) {
     issues.push({
       path: ["store"],
-      message: "a redis store needs url or nodes",
+      message: "a redis store needs url, nodes or sentinels",
       hint: "url: redis://127.0.0.1:6379",
     });
   }

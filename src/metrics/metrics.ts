@@ -4,7 +4,12 @@
  * and backend names (an unknown model is "unknown"), status classes, fixed reasons. API keys
  * never appear.
  */
+
+import type { Logger } from "pino";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { GuardEvents } from "../ratelimit/guarded-store.js";
+import type { LimitEvents } from "../ratelimit/request-limits.js";
+import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { Backend } from "../upstream/backend.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
@@ -46,6 +51,10 @@ export class Metrics {
   private readonly fallbacks: Children<Counter.Internal>;
   private readonly breakerTransitions: Children<Counter.Internal>;
   private readonly breakerRejections: Children<Counter.Internal>;
+  private readonly decisions: Children<Counter.Internal>;
+  private readonly tokens: Children<Counter.Internal>;
+  private readonly storeErrors: Children<Counter.Internal>;
+  private readonly withoutStore: Children<Counter.Internal>;
   private upstreams: Upstreams | undefined;
 
   constructor(options: { processMetrics?: boolean } = {}) {
@@ -124,6 +133,29 @@ export class Metrics {
     );
     this.breakerRejections = new Children((v) => rejections.labels(...v));
 
+    const decisions = counter(
+      "floodgate_ratelimit_decisions_total",
+      "Rate-limit decisions, by limit, tenant and decision (allowed, limited).",
+      ["limit", "tenant", "decision"],
+    );
+    this.decisions = new Children((v) => decisions.labels(...v));
+    const tokens = counter(
+      "floodgate_ratelimit_tokens_total",
+      "LLM tokens by tenant and kind: reserved before, settled to real usage after, refunded, charged beyond.",
+      ["tenant", "kind"],
+    );
+    this.tokens = new Children((v) => tokens.labels(...v));
+    const storeErrors = counter("floodgate_store_errors_total", "Shared store (Redis) calls that failed.", [
+      "operation",
+    ]);
+    this.storeErrors = new Children((v) => storeErrors.labels(...v));
+    const withoutStore = counter(
+      "floodgate_ratelimit_without_store_total",
+      "Limit decisions made without the shared store, by limit and onStoreError policy.",
+      ["limit", "policy"],
+    );
+    this.withoutStore = new Children((v) => withoutStore.labels(...v));
+
     const perBackend = this.backendGauge.bind(this);
     perBackend("floodgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", (b) =>
       b.breaker.state === "closed" ? 0 : b.breaker.state === "half_open" ? 1 : 2,
@@ -195,6 +227,31 @@ export class Metrics {
       ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
       breakerChanged: (pool, backend, state) => this.breakerTransitions.get(pool, backend, state).inc(),
       breakerRejected: (pool) => this.breakerRejections.get(pool).inc(),
+    };
+  }
+
+  /** Rate-limit and token decisions (tenant ids are bounded by config; keys never appear). */
+  limitEvents(): LimitEvents & TokenEvents {
+    return {
+      decided: (limit, tenant, allowed) =>
+        this.decisions.get(limit, tenant, allowed ? "allowed" : "limited").inc(),
+      tokens: (tenant, kind, amount) => this.tokens.get(tenant, kind).inc(amount),
+    };
+  }
+
+  guardEvents(logger: Logger): GuardEvents {
+    let lastLog = 0;
+    return {
+      storeError: (operation) => {
+        this.storeErrors.get(operation).inc();
+        // One line per second at most: a dead Redis must not flood the log.
+        const now = Date.now();
+        if (now - lastLog > 1000) {
+          lastLog = now;
+          logger.warn({ operation }, "shared store unavailable: limits follow their onStoreError policy");
+        }
+      },
+      withoutStore: (limit, policy) => this.withoutStore.get(limit, policy).inc(),
     };
   }
 

@@ -36,6 +36,7 @@ import type { Exchange } from "./exchange.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { ResponseRelay } from "./relay.js";
 import { toGatewayError } from "./upstream-errors.js";
+import type { UsageTap } from "./usage-tap.js";
 
 export interface ForwardInput {
   pool: UpstreamPool;
@@ -49,6 +50,8 @@ export interface ForwardInput {
   stripAuthorization: boolean;
   /** Relay any response as it arrives (pass-through routes); else read it whole unless SSE. */
   streamAny: boolean;
+  /** Reads usage out of an event stream (token budgets). */
+  tap?: UsageTap;
 }
 
 export type ForwardResult =
@@ -227,10 +230,17 @@ async function attempt(
       // Headers and then nothing: a stream that never started is the backend's failure.
       if (head === null) return failed(errors.upstreamBadResponse());
     }
-    const relay = new ResponseRelay(response.body, exchange, sse, head, (r) => {
-      if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
-      hooks.onStreamEnd?.(r.failure);
-    });
+    const relay = new ResponseRelay(
+      response.body,
+      exchange,
+      sse,
+      head,
+      (r) => {
+        if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
+        hooks.onStreamEnd?.(r.failure);
+      },
+      sse ? input.tap : undefined,
+    );
     // A pass-through body keeps its length: a cut-off copy is then detectable by the client.
     return {
       kind: "stream",

@@ -1,14 +1,21 @@
 /**
- * Wires the forwarder into Fastify: the OpenAI routes (model → pool), GET /v1/models, and the
- * configured pass-through prefixes.
+ * Wires the request path into Fastify: the OpenAI routes (model → pool → rate limits → token
+ * reservation → concurrency lease → forward, with the pool's fallback chain → settle),
+ * GET /v1/models, and the configured pass-through prefixes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { GatewayConfig, RouteConfig } from "../config/index.js";
 import { errors, GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { ConcurrencyLimits } from "../ratelimit/concurrency.js";
+import { requestHeaders, tokenHeaders } from "../ratelimit/headers.js";
+import type { RequestLimits } from "../ratelimit/request-limits.js";
+import type { Reservation, TokenBudgets } from "../ratelimit/token-budget.js";
+import { estimateTokens, usageTotal } from "../tokens/estimate.js";
 import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
 import { Exchange } from "./exchange.js";
 import { type ForwardHooks, type ForwardResult, forward } from "./forwarder.js";
+import { UsageTap } from "./usage-tap.js";
 
 export const OPENAI_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] as const;
 
@@ -17,7 +24,25 @@ export interface ProxyDeps {
   upstreams: Upstreams;
   metrics: Metrics;
   authEnabled: boolean;
+  limits: RequestLimits;
+  budgets: TokenBudgets;
+  concurrency: ConcurrencyLimits;
 }
+
+interface FallbackTarget {
+  pool: UpstreamPool;
+  model: string;
+}
+
+/** What one try at a pool sends. */
+interface Outbound {
+  path: string;
+  body: ForwardResult["body"] | null;
+  streamAny: boolean;
+  tap?: UsageTap;
+}
+
+type Json = Record<string, unknown>;
 
 export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   const hooks: ForwardHooks = {
@@ -38,7 +63,8 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       if (body === null || typeof body !== "object" || Array.isArray(body)) {
         throw errors.invalidRequest("The request body must be a JSON object.");
       }
-      const model = (body as { model?: unknown }).model;
+      const json = body as Json;
+      const model = json.model;
       if (typeof model !== "string" || model === "") {
         throw errors.invalidRequest("You must provide a model parameter.", "model");
       }
@@ -47,53 +73,136 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       const pool = deps.upstreams.forModel(model);
       if (!pool) throw errors.modelNotFound(model);
       ctx.pool = pool.name;
-      ctx.stream = (body as { stream?: unknown }).stream === true;
+      ctx.stream = json.stream === true;
+
+      await checkRequestLimits(request, reply);
+      const reservation = await reserveTokens(request, reply, route, json);
+      await takeConcurrencySlot(request, reservation);
+
+      // A reservation settles to real usage: a stream must carry it, asked for on the client's
+      // behalf when it did not ask (and then removed from what it receives).
+      let upstreamJson = json;
+      let tap: UsageTap | undefined;
+      if (reservation && ctx.stream) {
+        const options = isJson(json.stream_options) ? json.stream_options : {};
+        const asked = options.include_usage === true;
+        if (!asked) upstreamJson = { ...json, stream_options: { ...options, include_usage: true } };
+        tap = new UsageTap(!asked);
+      }
       const path = route + queryOf(request.url);
       const chain = ctx.tenant?.fallback === false ? [] : fallbackChain(pool);
-      const json = body as Record<string, unknown>;
-      return serve(request, reply, pool, chain, (target) => ({
-        path,
-        body: target ? withModel(json, target.model) : (request.rawBody ?? null),
-        streamAny: false,
-      }));
+      let result: ForwardResult;
+      try {
+        result = await serve(request, reply, pool, chain, (target) => ({
+          path,
+          body: target
+            ? withModel(upstreamJson, target.model)
+            : upstreamJson === json
+              ? (request.rawBody ?? null)
+              : Buffer.from(JSON.stringify(upstreamJson)),
+          streamAny: false,
+          tap,
+        }));
+      } catch (err) {
+        await reservation?.settle(0);
+        throw err;
+      }
+      if (reservation) settleWhenDone(request, reservation, result, tap);
+      return send(reply, result);
     });
   }
 
+  async function checkRequestLimits(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (!deps.limits.enabled) return;
+    const state = await deps.limits.check(request);
+    if (state) reply.headers(requestHeaders(state));
+  }
+
+  async function reserveTokens(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    route: string,
+    json: Json,
+  ): Promise<Reservation | undefined> {
+    const tenant = request.gw.tenant;
+    if (!tenant || !deps.budgets.has(tenant)) return undefined;
+    const estimate = estimateTokens(route, json, deps.config.tokens.defaultMaxTokens);
+    const reservation = await deps.budgets.reserve(tenant, estimate.total);
+    if (reservation) reply.headers(tokenHeaders(reservation.state));
+    return reservation;
+  }
+
+  async function takeConcurrencySlot(
+    request: FastifyRequest,
+    reservation: Reservation | undefined,
+  ): Promise<void> {
+    const tenant = request.gw.tenant;
+    if (!tenant || !deps.concurrency.has(tenant)) return;
+    try {
+      const lease = await deps.concurrency.acquire(tenant);
+      if (lease) request.gw.cleanups.push(() => lease.release());
+    } catch (err) {
+      await reservation?.settle(0);
+      throw err;
+    }
+  }
+
+  /** Buffered answers settle now, streams when they end; a failed answer used nothing. */
+  function settleWhenDone(
+    request: FastifyRequest,
+    reservation: Reservation,
+    result: ForwardResult,
+    tap?: UsageTap,
+  ): void {
+    if (result.kind === "stream") {
+      request.gw.onStreamDone = () => void reservation.settle(tap?.total);
+      // The client may leave before the stream ends: the reservation then stands.
+      request.gw.cleanups.push(() => void reservation.settle(tap?.total));
+      return;
+    }
+    if (result.status >= 300) {
+      void reservation.settle(0);
+      return;
+    }
+    let used: number | undefined;
+    try {
+      used = usageTotal((JSON.parse(result.body.toString("utf8")) as { usage?: unknown }).usage);
+    } catch {
+      used = undefined;
+    }
+    void reservation.settle(used);
+  }
+
   /**
-   * Forwards to the pool, then down its fallback chain while a pool cannot serve. A pass-through
-   * stream that started, or any answer the client may keep, ends the walk.
+   * Forwards to the pool, then down its fallback chain while a pool cannot serve. An answer the
+   * client may keep (or a stream that started) ends the walk.
    */
   async function serve(
     request: FastifyRequest,
     reply: FastifyReply,
     pool: UpstreamPool,
-    chain: { pool: UpstreamPool; model: string }[],
-    build: (target: { pool: UpstreamPool; model: string } | undefined) => {
-      path: string;
-      body: ForwardResult["body"] | null;
-      streamAny: boolean;
-    },
-  ): Promise<FastifyReply> {
+    chain: FallbackTarget[],
+    build: (target: FallbackTarget | undefined) => Outbound,
+  ): Promise<ForwardResult> {
     for (let i = 0; ; i++) {
       const target = i === 0 ? undefined : chain[i - 1];
       const targetPool = target?.pool ?? pool;
-      const { path, body, streamAny } = build(target);
       let result: ForwardResult;
       try {
-        result = await forwardFor(request, targetPool, path, body, streamAny);
+        result = await forwardFor(request, targetPool, build(target));
       } catch (err) {
         if (i < chain.length && cannotServe(err, request)) continue;
         throw err;
       }
       if (i < chain.length && result.kind === "buffered" && RETRYABLE_STATUS.has(result.status)) continue;
       if (target) markFallback(reply, pool.name, targetPool.name, request);
-      return send(reply, result);
+      return result;
     }
   }
 
   /** A pool's fallback chain with each target's model: the configured one, else its first. */
-  function fallbackChain(pool: UpstreamPool): { pool: UpstreamPool; model: string }[] {
-    const out: { pool: UpstreamPool; model: string }[] = [];
+  function fallbackChain(pool: UpstreamPool): FallbackTarget[] {
+    const out: FallbackTarget[] = [];
     for (const entry of pool.config.fallback) {
       const name = typeof entry === "string" ? entry : entry.pool;
       const target = deps.upstreams.pools.get(name);
@@ -113,9 +222,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   async function forwardFor(
     request: FastifyRequest,
     pool: UpstreamPool,
-    path: string,
-    body: ForwardResult["body"] | null,
-    streamAny: boolean,
+    out: Outbound,
   ): Promise<ForwardResult> {
     const exchange = new Exchange(pool.config.timeouts.total);
     request.gw.exchange = exchange;
@@ -127,19 +234,21 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       {
         pool,
         method: request.method,
-        path,
+        path: out.path,
         headers: request.headers,
-        body,
+        body: out.body,
         requestId: request.id,
         clientIp: request.ip,
         stripAuthorization: deps.authEnabled,
-        streamAny,
+        streamAny: out.streamAny,
+        tap: out.tap,
       },
       exchange,
       {
         ...hooks,
         onStreamEnd: (failure) => {
           request.gw.error = failure;
+          request.gw.onStreamDone?.();
         },
       },
     );
@@ -161,12 +270,13 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     const handler = async (request: FastifyRequest, reply: FastifyReply) => {
       request.gw.pool = pool.name;
       const path = passThroughPath(request.url, prefix, route.stripPrefix);
+      await checkRequestLimits(request, reply);
       const hasBody = request.method !== "GET" && request.method !== "HEAD";
       const body = hasBody ? ((request.body as ForwardResult["body"] | undefined) ?? null) : null;
       // A streamed upload cannot be sent twice: only bodiless requests may fall back.
       const chain =
         route.fallback && body === null && request.gw.tenant?.fallback !== false ? fallbackChain(pool) : [];
-      return serve(request, reply, pool, chain, () => ({ path, body, streamAny: true }));
+      return send(reply, await serve(request, reply, pool, chain, () => ({ path, body, streamAny: true })));
     };
     scope.all(prefix === "" ? "/" : prefix, handler);
     scope.all(`${prefix}/*`, handler);
@@ -185,8 +295,12 @@ function cannotServe(err: unknown, request: FastifyRequest): boolean {
   return RETRYABLE_STATUS.has(err.statusCode) && err.code !== "upstream_total_timeout";
 }
 
+function isJson(value: unknown): value is Json {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
 /** The request body for a fallback pool: the same request, asking for its model. */
-function withModel(body: Record<string, unknown>, model: string): Buffer {
+function withModel(body: Json, model: string): Buffer {
   return Buffer.from(JSON.stringify({ ...body, model }));
 }
 

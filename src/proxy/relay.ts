@@ -10,6 +10,7 @@ import { Readable } from "node:stream";
 import { type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
 import { toGatewayError } from "./upstream-errors.js";
+import type { UsageTap } from "./usage-tap.js";
 
 export class ResponseRelay extends Readable {
   /** Set when the backend failed before its body ended. */
@@ -23,21 +24,28 @@ export class ResponseRelay extends Readable {
     /** Bytes already read from the source (the stream commit point's first event). */
     head: Buffer | null,
     private readonly onDone: (relay: ResponseRelay) => void,
+    /** Reads usage from the events (and may drop the usage-only one) as they pass. */
+    private readonly tap?: UsageTap,
   ) {
     super();
-    if (head) {
-      exchange.bytesOut += head.length;
-      this.push(head);
-    }
+    if (head) this.forward(head);
     source.on("data", (chunk: Buffer) => {
-      exchange.bytesOut += chunk.length;
-      if (!this.push(chunk)) source.pause();
+      if (!this.forward(chunk)) source.pause();
     });
     source.once("end", () => {
+      const rest = this.tap?.flush();
+      if (rest && rest.length > 0) this.forward(rest);
       this.push(null);
       this.finish();
     });
     source.once("error", (err: Error) => this.fail(err));
+  }
+
+  private forward(chunk: Buffer): boolean {
+    const out = this.tap ? this.tap.process(chunk) : chunk;
+    if (out.length === 0) return true;
+    this.exchange.bytesOut += out.length;
+    return this.push(out);
   }
 
   override _read(): void {

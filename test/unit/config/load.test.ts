@@ -110,7 +110,7 @@ admin: { host: 0.0.0.0 }
     expect(m).toContain('routes[0].pool: no pool named "nope"');
     expect(m).toContain('auth.keys[0].tenant: no tenant named "ghost"');
     expect(m).toContain("auth.keys[1]: needs exactly one of key or sha256");
-    expect(m).toContain("store: a redis store needs url or nodes");
+    expect(m).toContain("store: a redis store needs url, nodes or sentinels");
     expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
   });
 

@@ -1,0 +1,58 @@
+/**
+ * Reads `usage` out of an OpenAI event stream as it passes, and removes the usage-only chunk
+ * (`"choices":[]` with `usage`) when the gateway asked the backend for it on the client's behalf
+ * (stream_options.include_usage) and the client did not. Complete events go on the moment
+ * their blank line arrives, so nothing waits longer than the backend makes it.
+ */
+import { StringDecoder } from "node:string_decoder";
+import { usageTotal } from "../tokens/estimate.js";
+
+const EVENT_END = /\r?\n\r?\n/;
+
+export class UsageTap {
+  /** usage.total_tokens from the stream, once seen. */
+  total: number | undefined;
+  private readonly decoder = new StringDecoder("utf8");
+  private pending = "";
+
+  constructor(private readonly strip: boolean) {}
+
+  process(chunk: Buffer): Buffer {
+    this.pending += this.decoder.write(chunk);
+    let out = "";
+    for (let m = EVENT_END.exec(this.pending); m !== null; m = EVENT_END.exec(this.pending)) {
+      const end = m.index + m[0].length;
+      const event = this.pending.slice(0, end);
+      this.pending = this.pending.slice(end);
+      if (this.keep(event)) out += event;
+    }
+    return Buffer.from(out);
+  }
+
+  /** Whatever was left without an end (the stream ended mid-event). */
+  flush(): Buffer {
+    const rest = this.pending + this.decoder.end();
+    this.pending = "";
+    return Buffer.from(rest);
+  }
+
+  private keep(event: string): boolean {
+    if (!event.includes('"usage"')) return true;
+    const data = event
+      .split(/\r?\n/)
+      .filter((line) => line.startsWith("data:"))
+      .map((line) => line.slice(5).trimStart())
+      .join("\n");
+    let parsed: { usage?: unknown; choices?: unknown[] };
+    try {
+      parsed = JSON.parse(data) as { usage?: unknown; choices?: unknown[] };
+    } catch {
+      return true;
+    }
+    const total = usageTotal(parsed.usage);
+    if (total === undefined) return true;
+    this.total = total;
+    const usageOnly = Array.isArray(parsed.choices) && parsed.choices.length === 0;
+    return !(this.strip && usageOnly);
+  }
+}

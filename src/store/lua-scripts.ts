@@ -1,0 +1,124 @@
+/**
+ * The Lua run by the Redis store. Each script touches exactly ONE key (KEYS[1]), so it never
+ * spans hash slots and Redis Cluster never answers CROSSSLOT; keep it that way (a second key
+ * would have to share the first one's hash tag).
+ *
+ * Time is Redis `TIME` on the server running the script (the master: scripts write), never a
+ * replica's or a gateway's clock: TIME followed by writes is allowed since scripts are
+ * replicated by their effects (the default since Redis 5, the only mode in 7).
+ *
+ * Numbers: Redis truncates Lua numbers to integers in replies, so fractional results go back
+ * as strings formatted with "%.17g" (17 significant digits round-trip any double exactly), and
+ * state is stored the same way, so a value read back is the value written.
+ */
+
+/**
+ * The token bucket of bucket.ts, step by step in the same order (see its header for the
+ * formula); the constants 1e-9 (EPSILON_PER_TOKEN), 1000 (IDLE_MARGIN_MS) and 1e13
+ * (MAX_EXPIRE_MS) must match it.
+ *
+ * KEYS[1]: hash {tokens, ts}. ARGV: op ("take" | "adjust"), amount, ratePerSec, burst,
+ * [now ms]. `now` exists ONLY for the equivalence tests, which replay one sequence of clock
+ * readings on both implementations; production never passes it and the script reads TIME.
+ * Reply: {allowed 0|1, remaining, msToNext, msToFull}, the last three as strings.
+ */
+export const BUCKET_LUA = `
+local key = KEYS[1]
+local op = ARGV[1]
+local amount = tonumber(ARGV[2])
+local rate = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local now
+if ARGV[5] ~= nil and ARGV[5] ~= "" then
+  now = tonumber(ARGV[5])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local tokens = burst
+local ts = now
+local saved = redis.call("HMGET", key, "tokens", "ts")
+local savedTokens = tonumber(saved[1])
+local savedTs = tonumber(saved[2])
+if savedTokens ~= nil and savedTs ~= nil then
+  tokens = savedTokens
+  ts = savedTs
+end
+local epsilon = 1e-9 * math.max(1, burst)
+local elapsed = math.max(0, now - ts)
+tokens = math.min(burst, tokens + elapsed * rate / 1000)
+local allowed = 1
+local msToNext = 0
+if op == "take" then
+  local cost = math.max(0, amount)
+  if tokens >= cost - epsilon then
+    tokens = tokens - cost
+  else
+    allowed = 0
+  end
+  if cost > 0 then
+    if allowed == 0 then msToNext = (cost - tokens) * 1000 / rate end
+  elseif tokens < 1 - epsilon then
+    msToNext = (1 - tokens) * 1000 / rate
+  end
+else
+  tokens = math.min(burst, tokens - amount)
+  if tokens < 1 - epsilon then msToNext = (1 - tokens) * 1000 / rate end
+end
+ts = math.max(ts, now)
+local msToFull = math.max(0, burst - tokens) * 1000 / rate
+local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
+redis.call("HSET", key, "tokens", string.format("%.17g", tokens), "ts", string.format("%.17g", ts))
+redis.call("PEXPIRE", key, string.format("%.0f", expireMs))
+return { allowed, string.format("%.17g", tokens), string.format("%.17g", msToNext), string.format("%.17g", msToFull) }
+`;
+
+/**
+ * Shared by the lease scripts: the current time, and keeping the set alive exactly as long as
+ * its last lease (+1 s), so a set whose holders all died vanishes on its own.
+ */
+const LEASE_PRELUDE = `
+local key = KEYS[1]
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local function keepAlive()
+  local last = redis.call("ZRANGE", key, -1, -1, "WITHSCORES")
+  if last[2] ~= nil then
+    redis.call("PEXPIRE", key, string.format("%.0f", math.ceil(tonumber(last[2]) - now) + 1000))
+  end
+end
+redis.call("ZREMRANGEBYSCORE", key, "-inf", string.format("%.17g", now))
+`;
+
+/**
+ * KEYS[1]: sorted set, member = lease id, score = expiry (ms, Redis TIME); a score ≤ now has
+ * expired. ARGV: id, limit, ttlMs. Re-acquiring a held id renews it. Reply: {acquired, held}.
+ */
+export const LEASE_ACQUIRE_LUA = `${LEASE_PRELUDE}
+local id = ARGV[1]
+local limit = tonumber(ARGV[2])
+local expiry = string.format("%.17g", now + tonumber(ARGV[3]))
+local held = redis.call("ZCARD", key)
+local acquired = 0
+if redis.call("ZSCORE", key, id) then
+  redis.call("ZADD", key, expiry, id)
+  acquired = 1
+elseif held < limit then
+  redis.call("ZADD", key, expiry, id)
+  acquired = 1
+  held = held + 1
+end
+keepAlive()
+return { acquired, held }
+`;
+
+/** ARGV: id, ttlMs. Moves the expiry of a live lease; an expired one is not re-created. Reply: 0|1. */
+export const LEASE_RENEW_LUA = `${LEASE_PRELUDE}
+local id = ARGV[1]
+if not redis.call("ZSCORE", key, id) then
+  return 0
+end
+redis.call("ZADD", key, "XX", string.format("%.17g", now + tonumber(ARGV[2])), id)
+keepAlive()
+return 1
+`;

@@ -1,0 +1,60 @@
+/**
+ * Shared state between replicas. `memory` serves one replica (the embedded default); `redis`
+ * (a server, Sentinel or Cluster) makes several replicas enforce one limit as one gateway.
+ * Every method either answers or rejects with StoreUnavailableError within the store's command
+ * timeout: a dead Redis never hangs a request (the caller decides what that means).
+ */
+
+/** A token bucket: `burst` tokens at most, refilled at `ratePerSec` tokens per second. */
+export interface BucketSpec {
+  /** Logical key, e.g. "rl:requests:tenant:team-a"; the store adds its prefix and hash tag. */
+  key: string;
+  ratePerSec: number;
+  burst: number;
+}
+
+export interface BucketResult {
+  allowed: boolean;
+  /** Tokens left after this call (fractional; negative after a forced charge: a debt). */
+  remaining: number;
+  /** ms until `cost` tokens will be available (0 when allowed now; for cost ≤ 0, until 1 token). */
+  msToNext: number;
+  /** ms until the bucket is full again. */
+  msToFull: number;
+}
+
+export interface LeaseResult {
+  acquired: boolean;
+  /** Leases held after this call (including the new one when acquired). */
+  held: number;
+}
+
+export interface Store {
+  readonly kind: "memory" | "redis";
+  /** Takes `cost` tokens only if that many are there (cost 0: read without taking). */
+  take(spec: BucketSpec, cost: number): Promise<BucketResult>;
+  /**
+   * Settles a reservation: delta > 0 charges more (even into debt: the tokens were used),
+   * delta < 0 refunds (never above burst). Always applied.
+   */
+  adjust(spec: BucketSpec, delta: number): Promise<BucketResult>;
+  /** One of at most `limit` concurrent leases under `key`, expiring after ttlMs unless renewed. */
+  acquireLease(key: string, id: string, limit: number, ttlMs: number): Promise<LeaseResult>;
+  /** Extends a held lease; false if it had expired (it is not re-created). */
+  renewLease(key: string, id: string, ttlMs: number): Promise<boolean>;
+  releaseLease(key: string, id: string): Promise<void>;
+  /** Deletes every key under the prefix that starts with `logicalPrefix` (tests, admin). */
+  clear?(logicalPrefix: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The store could not answer in time (down, timed out, refused, cluster failover). */
+export class StoreUnavailableError extends Error {
+  constructor(
+    message: string,
+    override readonly cause?: unknown,
+  ) {
+    super(message);
+    this.name = "StoreUnavailableError";
+  }
+}

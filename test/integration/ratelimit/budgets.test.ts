@@ -1,0 +1,186 @@
+/** Token budgets, concurrency leases, IP limits behind proxies, and a Redis Cluster. */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+import { startRedis, startRedisCluster, type TestRedis, type TestRedisCluster } from "../../helpers/redis.js";
+import { postStream } from "../../helpers/sse.js";
+import type { TestUpstream } from "../../helpers/upstream.js";
+import { chat, count, startLlmUpstream, USAGE } from "./fixtures.js";
+
+const KEY = "sk-team-a-0123456789";
+let redis: TestRedis;
+let upstream: TestUpstream;
+let slow: TestUpstream;
+let gw: RunningGateway | undefined;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  upstream = await startLlmUpstream();
+  slow = await startLlmUpstream(300);
+});
+afterAll(async () => {
+  await upstream.close();
+  await slow.close();
+  await redis.stop();
+});
+afterEach(async () => {
+  await gw?.close();
+  gw = undefined;
+  await redis.cli("FLUSHALL");
+});
+
+function yaml(limits: string, backend = upstream.url, extra = ""): string {
+  return `store: { type: redis, url: "${redis.url}" }
+auth: { keys: [{ key: "${KEY}", tenant: team-a }] }
+tenants:
+  team-a:
+    limits: ${limits}
+pools: { p: { models: [m], backends: [{ url: "${backend}" }], loadSignals: { enabled: false } } }
+${extra}`;
+}
+
+async function tokensLeft(g: RunningGateway, ratePerSec: number, burst: number): Promise<number> {
+  const r = await g.gateway.store.primary.take({ key: "tok:tenant:team-a", ratePerSec, burst }, 0);
+  return r.remaining;
+}
+
+describe("LLM token budgets", () => {
+  it("ten concurrent requests whose max_tokens exceed the budget: the excess is refused before the backend", async () => {
+    // 1000 tokens a minute; each request reserves ~12 prompt + 200 completion tokens.
+    gw = await startGateway(yaml("{ tokens: { rate: 1000, per: 1m } }", slow.url));
+    const before = slow.received.length;
+    const outcomes = await Promise.all(
+      Array.from({ length: 10 }, () => chat(gw?.url ?? "", KEY, { max_tokens: 200 })),
+    );
+    const admitted = count(outcomes, 200);
+    expect(admitted).toBe(4); // 4 × ~212 fit in 1000, a 5th does not
+    expect(slow.received.length - before).toBe(admitted); // refused ones never reached the GPU
+    const refused = outcomes.find((o) => o.status === 429);
+    expect(JSON.parse(refused?.body ?? "{}")).toMatchObject({ error: { code: "tokens_limit_exceeded" } });
+    expect(Number(refused?.headers["retry-after-ms"])).toBeGreaterThan(0);
+    // Settled to real usage (50 each): 1000 − 4 × 50, plus what refilled meanwhile.
+    const left = await tokensLeft(gw, 1000 / 60, 1000);
+    expect(left).toBeGreaterThanOrEqual(800);
+    expect(left).toBeLessThan(800 + (1000 / 60) * 2);
+    const ok = outcomes.find((o) => o.status === 200);
+    expect(ok?.headers["x-ratelimit-limit-tokens"]).toBe("1000");
+    expect(Number(ok?.headers["x-ratelimit-remaining-tokens"])).toBeLessThan(1000);
+    expect(ok?.headers["x-ratelimit-reset-tokens"]).toMatch(/s$/);
+  });
+
+  it("a request larger than the whole budget is refused for good (no retry)", async () => {
+    gw = await startGateway(yaml("{ tokens: { rate: 100, per: 1m } }"));
+    const r = await chat(gw.url, KEY, { max_tokens: 500 });
+    expect(r.status).toBe(429);
+    expect(JSON.parse(r.body)).toMatchObject({ error: { code: "tokens_exceed_budget" } });
+    expect(r.headers["x-should-retry"]).toBe("false");
+  });
+
+  it("streams: usage is asked for upstream, settled, and stripped when the client did not ask", async () => {
+    gw = await startGateway(yaml("{ tokens: { rate: 1000, per: 1m } }"));
+    const plain = await postStream(
+      `${gw.url}/v1/chat/completions`,
+      { model: "m", stream: true, max_tokens: 100, messages: [{ role: "user", content: "hi" }] },
+      { headers: { authorization: `Bearer ${KEY}` } },
+    );
+    expect(plain.events.at(-1)?.data).toBe("[DONE]");
+    expect(plain.events.some((e) => e.data.includes('"usage"'))).toBe(false);
+    const sent = JSON.parse(upstream.received.at(-1)?.body ?? "{}");
+    expect(sent.stream_options).toEqual({ include_usage: true });
+    // The reservation (~110) settled to 50.
+    expect(await tokensLeft(gw, 1000 / 60, 1000)).toBeGreaterThanOrEqual(950);
+
+    const asked = await postStream(
+      `${gw.url}/v1/chat/completions`,
+      {
+        model: "m",
+        stream: true,
+        max_tokens: 100,
+        stream_options: { include_usage: true },
+        messages: [{ role: "user", content: "hi" }],
+      },
+      { headers: { authorization: `Bearer ${KEY}` } },
+    );
+    const usage = asked.events.find((e) => e.data.includes('"usage"'));
+    expect(JSON.parse(usage?.data ?? "{}").usage).toEqual(USAGE);
+  });
+});
+
+describe("concurrency leases", () => {
+  it("at most N in flight per tenant; slots free when requests end", async () => {
+    gw = await startGateway(yaml("{ concurrency: 2 }", slow.url));
+    const outcomes = await Promise.all(Array.from({ length: 5 }, () => chat(gw?.url ?? "", KEY)));
+    expect(count(outcomes, 200)).toBe(2);
+    expect(count(outcomes, 429)).toBe(3);
+    expect(JSON.parse(outcomes.find((o) => o.status === 429)?.body ?? "{}")).toMatchObject({
+      error: { code: "concurrency_limit_exceeded" },
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await chat(gw.url, KEY)).status).toBe(200);
+  });
+
+  it("a lease held by a replica that died expires, instead of leaking the slot", async () => {
+    gw = await startGateway(`${yaml("{ concurrency: 1 }")}tokens: { leaseTtl: 400ms }\n`);
+    // A lease taken by another replica that then died: never renewed, never released.
+    await gw.gateway.store.primary.acquireLease("cc:tenant:team-a", "dead-replica", 1, 400);
+    expect((await chat(gw.url, KEY)).status).toBe(429);
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await chat(gw.url, KEY)).status).toBe(200);
+  });
+});
+
+describe("limits by client IP behind proxies", () => {
+  const perIp = (trust: string) => `rateLimits: [{ name: per-ip, by: ip, rate: 2, per: 1m, burst: 2 }]
+server: { trustProxy: [${trust}] }
+`;
+
+  it("a spoofed X-Forwarded-For from an untrusted peer changes nothing", async () => {
+    gw = await startGateway(yaml("{}", upstream.url, perIp("")));
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      statuses.push((await chat(gw.url, KEY, {}, { "x-forwarded-for": `203.0.113.${i}` })).status);
+    }
+    expect(statuses).toEqual([200, 200, 429, 429]);
+  });
+
+  it("from a trusted proxy, each forwarded client has its own bucket", async () => {
+    gw = await startGateway(yaml("{}", upstream.url, perIp("127.0.0.1")));
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      statuses.push((await chat(gw.url, KEY, {}, { "x-forwarded-for": `203.0.113.${i}` })).status);
+    }
+    expect(statuses).toEqual([200, 200, 200, 200]);
+    expect((await chat(gw.url, KEY, {}, { "x-forwarded-for": "203.0.113.0" })).status).toBe(200);
+    expect((await chat(gw.url, KEY, {}, { "x-forwarded-for": "203.0.113.0" })).status).toBe(429);
+  });
+});
+
+describe("a Redis Cluster of three masters", () => {
+  let cluster: TestRedisCluster;
+  beforeAll(async () => {
+    cluster = await startRedisCluster(3);
+  }, 30_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it("buckets, token budgets and leases for many tenants work, with no CROSSSLOT", async () => {
+    const tenants = Array.from({ length: 12 }, (_, i) => `t${i}`);
+    gw = await startGateway(`store: { type: redis, nodes: [${cluster.nodes.map((n) => `"${n}"`).join(", ")}] }
+auth: { keys: [${tenants.map((t) => `{ key: "sk-${t}-0123456789", tenant: ${t} }`).join(", ")}] }
+tenants:
+${tenants.map((t) => `  ${t}: { limits: { requests: { rate: 2, per: 1m }, tokens: { rate: 10000, per: 1m }, concurrency: 5 } }`).join("\n")}
+pools: { p: { models: [m], backends: [{ url: "${upstream.url}" }], loadSignals: { enabled: false } } }
+`);
+    for (const t of tenants) {
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await chat(gw.url, `sk-${t}-0123456789`)).status);
+      expect(statuses).toEqual([200, 200, 429]);
+    }
+    const errors = await gw.gateway.metrics.registry.getSingleMetricAsString("floodgate_store_errors_total");
+    expect(errors).not.toMatch(/floodgate_store_errors_total\{[^}]*\} [1-9]/);
+    const withoutStore = await gw.gateway.metrics.registry.getSingleMetricAsString(
+      "floodgate_ratelimit_without_store_total",
+    );
+    expect(withoutStore).not.toMatch(/\} [1-9]/);
+  }, 30_000);
+});

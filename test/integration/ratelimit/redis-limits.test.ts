@@ -1,0 +1,188 @@
+/**
+ * Request limits shared across replicas through a real redis-server started by the test:
+ * several gateways enforce one tenant's limit as one gateway would.
+ */
+import OpenAI from "openai";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+import { startRedis, type TestRedis } from "../../helpers/redis.js";
+import type { TestUpstream } from "../../helpers/upstream.js";
+import { chat, count, hammer, startLlmUpstream } from "./fixtures.js";
+
+const KEY = "sk-team-a-0123456789";
+const RATE = 20; // per second
+const BURST = 20;
+
+let redis: TestRedis;
+let upstream: TestUpstream;
+let gateways: RunningGateway[] = [];
+
+beforeAll(async () => {
+  redis = await startRedis();
+  upstream = await startLlmUpstream();
+});
+afterAll(async () => {
+  await upstream.close();
+  await redis.stop();
+});
+afterEach(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  gateways = [];
+  await redis.cli("FLUSHALL");
+});
+
+function yaml(extra = "", replicas = 3): string {
+  return `store: { type: redis, url: "${redis.url}", commandTimeout: 50ms, replicas: ${replicas}, breaker: { failures: 2, resetTimeout: 500ms } }
+auth: { keys: [{ key: "${KEY}", tenant: team-a }] }
+tenants:
+  team-a:
+    limits:
+      requests: { rate: ${RATE}, per: 1s, burst: ${BURST} }
+pools: { p: { models: [m], backends: [{ url: "${upstream.url}" }], loadSignals: { enabled: false } } }
+${extra}`;
+}
+
+async function three(options: { now?: () => number }[] = [{}, {}, {}]): Promise<string[]> {
+  gateways = await Promise.all(options.map((o) => startGateway(yaml(), {}, o)));
+  return gateways.map((g) => g.url);
+}
+
+describe("one tenant, three gateways, one Redis", () => {
+  it("a burst of five times the limit over three replicas admits burst + rate × elapsed, to 1%", async () => {
+    const urls = await three();
+    const run = await hammer(urls, KEY, 24, 1500);
+    const admitted = count(run.outcomes, 200);
+    const limited = count(run.outcomes, 429);
+    expect(admitted + limited).toBe(run.outcomes.length); // nothing else: no 5xx
+    const upper = BURST + RATE * ((run.lastDone - run.firstSent) / 1000) + 1;
+    const lower = 0.99 * (BURST + RATE * ((run.lastSent - run.firstDone) / 1000));
+    expect(run.outcomes.length).toBeGreaterThan(5 * upper); // it was a surge
+    expect(admitted).toBeLessThanOrEqual(upper);
+    expect(admitted).toBeGreaterThanOrEqual(Math.floor(lower));
+  });
+
+  it("gateway clocks skewed by minutes do not move the limit (time comes from Redis)", async () => {
+    const base = () => performance.now();
+    const urls = await three([
+      { now: () => base() - 600_000 },
+      { now: base },
+      { now: () => base() + 900_000 },
+    ]);
+    const run = await hammer(urls, KEY, 24, 1000);
+    const admitted = count(run.outcomes, 200);
+    expect(admitted).toBeLessThanOrEqual(BURST + RATE * ((run.lastDone - run.firstSent) / 1000) + 1);
+    expect(admitted).toBeGreaterThanOrEqual(
+      Math.floor(0.99 * (BURST + RATE * ((run.lastSent - run.firstDone) / 1000))),
+    );
+  });
+
+  it("SCRIPT FLUSH mid-run: no request fails", async () => {
+    const urls = await three();
+    let flushed = false;
+    const run = await hammer(urls, KEY, 12, 1200, (_o, sentAt) => {
+      if (!flushed && sentAt > 0) {
+        flushed = true;
+        setTimeout(() => void redis.cli("SCRIPT", "FLUSH"), 400);
+      }
+    });
+    expect(run.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
+    expect(
+      await gateways[0]?.gateway.metrics.registry.getSingleMetricAsString("floodgate_store_errors_total"),
+    ).not.toMatch(/floodgate_store_errors_total\{[^}]*\} [1-9]/);
+  });
+
+  it("the headers: IETF RateLimit-*, OpenAI x-ratelimit-*-requests, and a 429 with retry-after-ms", async () => {
+    const [url] = await three();
+    const ok = await chat(url as string, KEY);
+    expect(ok.status).toBe(200);
+    expect(ok.headers["ratelimit-limit"]).toBe(String(BURST));
+    expect(Number(ok.headers["ratelimit-remaining"])).toBe(BURST - 1);
+    expect(ok.headers["x-ratelimit-limit-requests"]).toBe(String(BURST));
+    expect(ok.headers["x-ratelimit-remaining-requests"]).toBe(String(BURST - 1));
+    expect(ok.headers["x-ratelimit-reset-requests"]).toMatch(/^\d+(\.\d+)?(ms|s)$/);
+    for (let i = 0; i < BURST; i++) await chat(url as string, KEY);
+    const limited = await chat(url as string, KEY);
+    expect(limited.status).toBe(429);
+    expect(JSON.parse(limited.body)).toMatchObject({
+      error: { type: "rate_limit_exceeded", code: "requests_limit_exceeded" },
+    });
+    expect(Number(limited.headers["retry-after-ms"])).toBeGreaterThan(0);
+    expect(Number(limited.headers["retry-after-ms"])).toBeLessThanOrEqual(1000 / RATE + 5);
+    expect(limited.headers["x-should-retry"]).toBe("true");
+  });
+
+  it("the official openai client hitting our 429 backs off by retry-after-ms and succeeds", async () => {
+    gateways = [
+      await startGateway(
+        yaml().replace(
+          `requests: { rate: ${RATE}, per: 1s, burst: ${BURST} }`,
+          "requests: { rate: 2, per: 1s, burst: 1 }",
+        ),
+      ),
+    ];
+    const sdk = new OpenAI({ baseURL: `${gateways[0]?.url}/v1`, apiKey: KEY, maxRetries: 2 });
+    await sdk.chat.completions.create({ model: "m", messages: [{ role: "user", content: "a" }] });
+    const started = performance.now();
+    const res = await sdk.chat.completions.create({ model: "m", messages: [{ role: "user", content: "b" }] });
+    const waited = performance.now() - started;
+    expect(res.choices[0]?.message.content).toBe("ok");
+    expect(waited).toBeGreaterThan(400); // our retry-after-ms (~500 ms), not its own 0.5 s × jitter
+    expect(waited).toBeLessThan(1500);
+  });
+});
+
+describe("when Redis fails", () => {
+  it("killed mid-load and restarted: no hang, local limits ≤ 1.1× while down, Redis again within 5 s", async () => {
+    const urls = await three();
+    await hammer(urls, KEY, 6, 300); // warm: Redis-backed
+    await redis.kill();
+    const downStart = performance.now();
+    const down = await hammer(urls, KEY, 24, 1500);
+    const downSeconds = (down.lastDone - downStart) / 1000;
+    expect(Math.max(...down.outcomes.map((o) => o.ms))).toBeLessThan(50 + 250); // the command timeout, plus margin
+    expect(down.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
+    const admittedDown = count(down.outcomes, 200);
+    expect(admittedDown).toBeLessThanOrEqual(1.1 * (BURST + RATE * downSeconds));
+    expect(admittedDown).toBeGreaterThan(0.5 * (BURST + RATE * downSeconds));
+
+    await redis.restart();
+    const back = performance.now();
+    let resumedAfter = Number.POSITIVE_INFINITY;
+    while (performance.now() - back < 6000) {
+      await Promise.all(urls.map((u) => chat(u, KEY)));
+      if (gateways.every((g) => !g.gateway.store.degraded) && (await redis.cli("DBSIZE")).trim() !== "0") {
+        resumedAfter = performance.now() - back;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(resumedAfter).toBeLessThan(5000);
+  }, 20_000);
+
+  it("onStoreError: open admits, closed refuses with a 503 that says to retry", async () => {
+    gateways = [
+      await startGateway(
+        yaml("", 1).replace(
+          "requests: { rate: 20, per: 1s, burst: 20 }",
+          "requests: { rate: 1, per: 1m, burst: 1 }\n      onStoreError: open",
+        ),
+      ),
+    ];
+    await redis.kill();
+    for (let i = 0; i < 5; i++) expect((await chat(gateways[0]?.url ?? "", KEY)).status).toBe(200);
+    await gateways[0]?.close();
+    gateways = [
+      await startGateway(
+        yaml("", 1).replace(
+          "requests: { rate: 20, per: 1s, burst: 20 }",
+          "requests: { rate: 100, per: 1s }\n      onStoreError: closed",
+        ),
+      ),
+    ];
+    const refused = await chat(gateways[0]?.url ?? "", KEY);
+    expect(refused.status).toBe(503);
+    expect(JSON.parse(refused.body)).toMatchObject({ error: { code: "rate_limiter_unavailable" } });
+    expect(refused.headers["x-should-retry"]).toBe("true");
+    await redis.restart();
+  });
+});

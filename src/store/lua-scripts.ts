@@ -122,3 +122,16 @@ redis.call("ZADD", key, "XX", string.format("%.17g", now + tonumber(ARGV[2])), i
 keepAlive()
 return 1
 `;
+
+/**
+ * KEYS[1]: a lock (string, value = owner, set by SET NX PX). ARGV: owner. Deletes it only if
+ * `owner` still holds it: a holder whose lock expired and was taken by another must not free the
+ * new holder's lock, and a GET then DEL from the client could interleave with that takeover.
+ * Reply: 1 if deleted, else 0.
+ */
+export const LOCK_RELEASE_LUA = `
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
+`;

@@ -7,8 +7,14 @@
  * timer, which bounds memory to the buckets used within about their refill time.
  *
  * Leases: key → (id → expiresAt); expiresAt ≤ now has expired, as in the Redis zset script.
+ *
+ * Blobs and locks: key → value + expiresAt, forgotten lazily and by the same sweep. Blobs are
+ * also bounded in bytes (`maxBlobBytes`): past it the oldest written go first, as a cache can
+ * always recompute them. Blobs, locks and buckets/leases are separate maps, as they are separate
+ * namespaces in Redis, so a lock may take its blob's logical key.
  */
 import { applyBucket, type BucketOp, type BucketState, checkAmount, checkBucketSpec } from "./bucket.js";
+import { ttlOf } from "./ttl.js";
 import type { BucketResult, BucketSpec, LeaseResult, Store } from "./types.js";
 
 export interface MemoryStoreOptions {
@@ -16,21 +22,37 @@ export interface MemoryStoreOptions {
   now?: () => number;
   /** How often expired buckets and leases are swept; default 10 s. 0 turns the timer off. */
   sweepIntervalMs?: number;
+  /** Bytes of blob values held at most; default 64 MiB. Past it the oldest written are evicted. */
+  maxBlobBytes?: number;
 }
 
 interface StoredBucket extends BucketState {
   expiresAt: number;
 }
 
+interface Expiring<T> {
+  value: T;
+  expiresAt: number;
+}
+
 export class MemoryStore implements Store {
   readonly kind = "memory" as const;
+  /** Nothing to namespace in process memory; there for symmetry with RedisStore. */
+  readonly keyPrefix = "";
   private readonly buckets = new Map<string, StoredBucket>();
   private readonly leases = new Map<string, Map<string, number>>();
+  /** In write order (a rewrite moves the key to the end): the first is the next to evict. */
+  private readonly blobs = new Map<string, Expiring<Buffer>>();
+  private blobBytes = 0;
+  private readonly maxBlobBytes: number;
+  /** key → owner. */
+  private readonly locks = new Map<string, Expiring<string>>();
   private readonly now: () => number;
   private readonly timer: NodeJS.Timeout | undefined;
 
   constructor(options: MemoryStoreOptions = {}) {
     this.now = options.now ?? (() => performance.now());
+    this.maxBlobBytes = options.maxBlobBytes ?? 64 * 1024 * 1024;
     const every = options.sweepIntervalMs ?? 10_000;
     if (every > 0) {
       this.timer = setInterval(() => this.sweep(), every);
@@ -85,21 +107,88 @@ export class MemoryStore implements Store {
     if (held.size === 0) this.leases.delete(key);
   }
 
+  async getBlob(key: string): Promise<Buffer | undefined> {
+    const blob = this.blobs.get(key);
+    if (blob === undefined) return undefined;
+    if (blob.expiresAt <= this.now()) {
+      this.dropBlob(key, blob);
+      return undefined;
+    }
+    // A copy, as each Redis GET is: a caller writing into it must not change the cached value.
+    return Buffer.from(blob.value);
+  }
+
+  async setBlob(key: string, value: Buffer, ttlMs: number): Promise<void> {
+    const ttl = ttlOf(`setBlob ${key}`, ttlMs);
+    const old = this.blobs.get(key);
+    if (old !== undefined) this.dropBlob(key, old);
+    // Larger than the whole budget: storing it would evict everything and then itself.
+    if (value.length > this.maxBlobBytes) return;
+    while (this.blobBytes + value.length > this.maxBlobBytes) {
+      const oldest = this.blobs.entries().next();
+      if (oldest.done === true) break;
+      this.dropBlob(oldest.value[0], oldest.value[1]);
+    }
+    // A copy: the caller may reuse its buffer, and a slice would keep its whole backing memory.
+    this.blobs.set(key, { value: Buffer.from(value), expiresAt: this.now() + ttl });
+    this.blobBytes += value.length;
+  }
+
+  async deleteBlob(key: string): Promise<void> {
+    const blob = this.blobs.get(key);
+    if (blob !== undefined) this.dropBlob(key, blob);
+  }
+
+  async deleteBlobsByPrefix(logicalPrefix: string): Promise<number> {
+    const now = this.now();
+    let deleted = 0;
+    for (const [key, blob] of this.blobs) {
+      if (!key.startsWith(logicalPrefix)) continue;
+      // An expired blob is already gone as far as callers can tell (Redis would not count it).
+      if (blob.expiresAt > now) deleted++;
+      this.dropBlob(key, blob);
+    }
+    return deleted;
+  }
+
+  async acquireLock(key: string, owner: string, ttlMs: number): Promise<boolean> {
+    const ttl = ttlOf(`acquireLock ${key}`, ttlMs);
+    const now = this.now();
+    const held = this.locks.get(key);
+    if (held !== undefined && held.expiresAt > now) return false;
+    this.locks.set(key, { value: owner, expiresAt: now + ttl });
+    return true;
+  }
+
+  async releaseLock(key: string, owner: string): Promise<void> {
+    const held = this.locks.get(key);
+    // An expired lock may be deleted whoever asks: nobody holds it.
+    if (held !== undefined && (held.value === owner || held.expiresAt <= this.now())) this.locks.delete(key);
+  }
+
   async clear(logicalPrefix: string): Promise<void> {
     for (const key of this.buckets.keys()) if (key.startsWith(logicalPrefix)) this.buckets.delete(key);
     for (const key of this.leases.keys()) if (key.startsWith(logicalPrefix)) this.leases.delete(key);
+    for (const [key, blob] of this.blobs) if (key.startsWith(logicalPrefix)) this.dropBlob(key, blob);
+    for (const key of this.locks.keys()) if (key.startsWith(logicalPrefix)) this.locks.delete(key);
   }
 
   async close(): Promise<void> {
     if (this.timer !== undefined) clearInterval(this.timer);
   }
 
-  /** Entries held now (buckets + lease sets), for tests of the memory bound. */
-  size(): { buckets: number; leaseKeys: number } {
-    return { buckets: this.buckets.size, leaseKeys: this.leases.size };
+  /** Entries held now, for tests of the memory bound. */
+  size(): { buckets: number; leaseKeys: number; blobs: number; blobBytes: number; locks: number } {
+    return {
+      buckets: this.buckets.size,
+      leaseKeys: this.leases.size,
+      blobs: this.blobs.size,
+      blobBytes: this.blobBytes,
+      locks: this.locks.size,
+    };
   }
 
-  /** Forgets expired buckets and leases; the timer calls it, tests may too. */
+  /** Forgets expired buckets, leases, blobs and locks; the timer calls it, tests may too. */
   sweep(): void {
     const now = this.now();
     for (const [key, bucket] of this.buckets) if (bucket.expiresAt <= now) this.buckets.delete(key);
@@ -107,6 +196,13 @@ export class MemoryStore implements Store {
       dropExpired(held, now);
       if (held.size === 0) this.leases.delete(key);
     }
+    for (const [key, blob] of this.blobs) if (blob.expiresAt <= now) this.dropBlob(key, blob);
+    for (const [key, lock] of this.locks) if (lock.expiresAt <= now) this.locks.delete(key);
+  }
+
+  private dropBlob(key: string, blob: Expiring<Buffer>): void {
+    this.blobs.delete(key);
+    this.blobBytes -= blob.value.length;
   }
 
   private apply(spec: BucketSpec, op: BucketOp, amount: number): BucketResult {

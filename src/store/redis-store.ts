@@ -7,6 +7,14 @@
  * key is the hash tag, and each script touches one key, so Cluster never answers CROSSSLOT.
  * A bucket and a lease set share that namespace: give them different logical keys.
  *
+ * Blobs (the response cache) are strings under `${keyPrefix}blob:{${logicalKey}}`, and locks
+ * (SET NX PX, value = owner) under `${keyPrefix}lock:{${logicalKey}}`: the hash tag is still the
+ * whole logical key, but each has its own namespace, so a lock may take the logical key of the
+ * blob it guards (in one namespace SET NX would fail whenever the blob exists, and a blob
+ * written over a held lock would be read back as an owner), and a purge of blobs by logical
+ * prefix can never match a bucket, a lease set or a lock. Purge finds blobs with SCAN MATCH (see
+ * scanUnlink: every master in Cluster, one key per UNLINK).
+ *
  * A dead Redis must never hang a request. What ioredis 5.11 does (read in its source,
  * node_modules/ioredis/built, and exercised by test/integration/store):
  * - Offline queue off (`enableOfflineQueue: false`): Redis#sendCommand rejects at once
@@ -40,7 +48,8 @@
 import { Cluster, type ClusterOptions, Redis, type RedisOptions, type Result } from "ioredis";
 import type { GatewayConfig } from "../config/schema.js";
 import { checkAmount, checkBucketSpec } from "./bucket.js";
-import { BUCKET_LUA, LEASE_ACQUIRE_LUA, LEASE_RENEW_LUA } from "./lua-scripts.js";
+import { BUCKET_LUA, LEASE_ACQUIRE_LUA, LEASE_RENEW_LUA, LOCK_RELEASE_LUA } from "./lua-scripts.js";
+import { ttlOf } from "./ttl.js";
 import {
   type BucketResult,
   type BucketSpec,
@@ -68,6 +77,7 @@ declare module "ioredis" {
     ): Result<BucketReply, Context>;
     floodgateLeaseAcquire(key: string, id: string, limit: string, ttlMs: string): Result<LeaseReply, Context>;
     floodgateLeaseRenew(key: string, id: string, ttlMs: string): Result<number, Context>;
+    floodgateLockRelease(key: string, owner: string): Result<number, Context>;
   }
 }
 
@@ -76,6 +86,7 @@ export function defineScripts(client: Redis | Cluster): void {
   client.defineCommand("floodgateBucket", { numberOfKeys: 1, lua: BUCKET_LUA });
   client.defineCommand("floodgateLeaseAcquire", { numberOfKeys: 1, lua: LEASE_ACQUIRE_LUA });
   client.defineCommand("floodgateLeaseRenew", { numberOfKeys: 1, lua: LEASE_RENEW_LUA });
+  client.defineCommand("floodgateLockRelease", { numberOfKeys: 1, lua: LOCK_RELEASE_LUA });
 }
 
 export function parseBucketReply(reply: BucketReply): BucketResult {
@@ -89,6 +100,13 @@ export function parseBucketReply(reply: BucketReply): BucketResult {
 
 /** Statuses in which a connection attempt is under way, so "ready" may come within the deadline. */
 const CONNECTING = new Set(["wait", "connecting", "connect"]);
+
+/** Keys per SCAN step: few enough round trips, short enough steps not to stall Redis. */
+const SCAN_COUNT = 500;
+
+/** Namespaces after keyPrefix; buckets and leases have none (their hash tag follows the prefix). */
+const BLOB_SPACE = "blob:";
+const LOCK_SPACE = "lock:";
 
 /** Reconnect forever, 100 ms more per attempt, at most 2 s apart. */
 export const reconnectDelay = (times: number): number => Math.min(times * 100, 2000);
@@ -104,7 +122,7 @@ export interface RedisStoreOptions {
 export class RedisStore implements Store {
   readonly kind = "redis" as const;
   private readonly client: Redis | Cluster;
-  private readonly keyPrefix: string;
+  readonly keyPrefix: string;
   private readonly commandTimeout: number;
   /** Settled by the next status change out of "connecting"; shared so waiters add no listeners. */
   private statusChange: Promise<void> | undefined;
@@ -128,6 +146,16 @@ export class RedisStore implements Store {
   /** The Redis key of a logical key: its hash tag is the whole logical key. */
   keyOf(logicalKey: string): string {
     return `${this.keyPrefix}{${logicalKey}}`;
+  }
+
+  /** The Redis key of a blob: its own namespace, the logical key as hash tag. */
+  blobKeyOf(logicalKey: string): string {
+    return `${this.keyPrefix}${BLOB_SPACE}{${logicalKey}}`;
+  }
+
+  /** The Redis key of a lock: its own namespace, the logical key as hash tag. */
+  lockKeyOf(logicalKey: string): string {
+    return `${this.keyPrefix}${LOCK_SPACE}{${logicalKey}}`;
   }
 
   async take(spec: BucketSpec, cost: number): Promise<BucketResult> {
@@ -163,30 +191,45 @@ export class RedisStore implements Store {
     await this.call("releaseLease", () => this.client.zrem(this.keyOf(key), id));
   }
 
-  /**
-   * SCAN + UNLINK on every master (tests, admin). Not bounded by one command timeout (each
-   * command is); keys are unlinked one by one because in Cluster the keys of one node may sit
-   * in different slots, and a multi-key UNLINK across slots is a CROSSSLOT error.
-   */
+  async getBlob(key: string): Promise<Buffer | undefined> {
+    // getBuffer: the reply as bytes; plain get would decode it as UTF-8 and mangle binary data.
+    const value = await this.call("getBlob", () => this.client.getBuffer(this.blobKeyOf(key)));
+    return value ?? undefined;
+  }
+
+  async setBlob(key: string, value: Buffer, ttlMs: number): Promise<void> {
+    const ttl = ttlOf(`setBlob ${key}`, ttlMs);
+    await this.call("setBlob", () => this.client.set(this.blobKeyOf(key), value, "PX", ttl));
+  }
+
+  async deleteBlob(key: string): Promise<void> {
+    // UNLINK: a large value is freed in a background thread, not on Redis's command thread.
+    await this.call("deleteBlob", () => this.client.unlink(this.blobKeyOf(key)));
+  }
+
+  async acquireLock(key: string, owner: string, ttlMs: number): Promise<boolean> {
+    const ttl = ttlOf(`acquireLock ${key}`, ttlMs);
+    const reply = await this.call("acquireLock", () =>
+      this.client.set(this.lockKeyOf(key), owner, "PX", ttl, "NX"),
+    );
+    return reply === "OK";
+  }
+
+  async releaseLock(key: string, owner: string): Promise<void> {
+    await this.call("releaseLock", () => this.client.floodgateLockRelease(this.lockKeyOf(key), owner));
+  }
+
+  /** SCAN MATCH on the blob namespace of every master; see scanUnlink for the bounds. */
+  async deleteBlobsByPrefix(logicalPrefix: string): Promise<number> {
+    return this.scanUnlink("deleteBlobsByPrefix", [this.pattern(BLOB_SPACE, logicalPrefix)]);
+  }
+
+  /** Buckets, leases, blobs and locks under the logical prefix (tests, admin). */
   async clear(logicalPrefix: string): Promise<void> {
-    const pattern = `${globEscape(this.keyPrefix)}{${globEscape(logicalPrefix)}*`;
-    const nodes = this.client instanceof Cluster ? this.client.nodes("master") : [this.client];
-    try {
-      for (const node of nodes) {
-        let cursor = "0";
-        do {
-          const [next, keys] = await node.scan(cursor, "MATCH", pattern, "COUNT", 500);
-          cursor = next;
-          if (keys.length > 0) {
-            const pipeline = node.pipeline();
-            for (const key of keys) pipeline.unlink(key);
-            await pipeline.exec();
-          }
-        } while (cursor !== "0");
-      }
-    } catch (error) {
-      throw unavailable("clear", error);
-    }
+    await this.scanUnlink(
+      "clear",
+      ["", BLOB_SPACE, LOCK_SPACE].map((space) => this.pattern(space, logicalPrefix)),
+    );
   }
 
   /** QUIT (lets replies in flight arrive) for at most 200 ms, then drops the connection. */
@@ -196,6 +239,61 @@ export class RedisStore implements Store {
     await Promise.race([quit, new Promise<void>((resolve) => (timer = setTimeout(resolve, 200)))]);
     clearTimeout(timer);
     this.client.disconnect();
+  }
+
+  /**
+   * The SCAN MATCH pattern of the keys in `space` whose logical key starts with logicalPrefix:
+   * `${keyPrefix}${space}{${logicalPrefix}*`, the literal parts glob-escaped (`{` and `}` are
+   * not glob syntax in Redis, so the hash-tag braces match themselves).
+   */
+  private pattern(space: string, logicalPrefix: string): string {
+    return `${globEscape(this.keyPrefix + space)}{${globEscape(logicalPrefix)}*`;
+  }
+
+  /**
+   * SCAN (COUNT 500, never KEYS: it would block Redis for the whole keyspace) + UNLINK on every
+   * master; returns how many keys were unlinked (a key that expired between SCAN and UNLINK is
+   * not counted). Keys are unlinked one per command, pipelined per SCAN step: in Cluster the keys
+   * of one node sit in different slots, and a multi-key UNLINK across slots is CROSSSLOT. Waiting
+   * for the client to be ready shares one deadline (a Cluster knows its masters only then); after
+   * that each command has its own commandTimeout, as a purge of many keys takes many round trips.
+   * A slot that moved during the purge (MOVED from the node) fails the call: it may be repeated.
+   */
+  private async scanUnlink(op: string, patterns: string[]): Promise<number> {
+    const nodes = await this.call(op, async () => this.masters());
+    let unlinked = 0;
+    try {
+      for (const node of nodes) {
+        for (const pattern of patterns) {
+          let cursor = "0";
+          do {
+            const [next, keys] = await node.scan(cursor, "MATCH", pattern, "COUNT", SCAN_COUNT);
+            cursor = next;
+            if (keys.length === 0) continue;
+            const pipeline = node.pipeline();
+            for (const key of keys) pipeline.unlink(key);
+            const replies = await pipeline.exec();
+            if (replies === null) throw new Error("pipeline discarded");
+            for (const [error, reply] of replies) {
+              if (error !== null) throw error;
+              if (reply === 1) unlinked++;
+            }
+          } while (cursor !== "0");
+        }
+      }
+    } catch (error) {
+      throw unavailable(op, error);
+    }
+    return unlinked;
+  }
+
+  /** The connections to scan: the client itself, or in Cluster one per master it knows now. */
+  private masters(): Redis[] {
+    if (this.client.status !== "ready") throw new StoreUnavailableError(`redis is ${this.client.status}`);
+    if (!(this.client instanceof Cluster)) return [this.client];
+    const masters = this.client.nodes("master");
+    if (masters.length === 0) throw new StoreUnavailableError("redis cluster: no master known");
+    return masters;
   }
 
   private async bucket(spec: BucketSpec, op: "take" | "adjust", amount: number): Promise<BucketResult> {

@@ -43,6 +43,24 @@ export interface Store {
   /** Extends a held lease; false if it had expired (it is not re-created). */
   renewLease(key: string, id: string, ttlMs: number): Promise<boolean>;
   releaseLease(key: string, id: string): Promise<void>;
+  /** A value with an expiry (ms); undefined when absent or expired. */
+  getBlob(key: string): Promise<Buffer | undefined>;
+  /** Stores `value` (binary-safe) for ttlMs (> 0), replacing any previous value and expiry. */
+  setBlob(key: string, value: Buffer, ttlMs: number): Promise<void>;
+  deleteBlob(key: string): Promise<void>;
+  /**
+   * A lock with expiry (SET NX PX): true when `owner` now holds it. Not reentrant: while the
+   * lock is held, even by `owner`, the answer is false and the expiry is left alone. Locks and
+   * blobs live in separate namespaces: a lock may take the same logical key as the blob it guards.
+   */
+  acquireLock(key: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Releases only if `owner` still holds it (compare-and-delete, one Lua script). */
+  releaseLock(key: string, owner: string): Promise<void>;
+  /**
+   * Deletes every blob whose logical key starts with `logicalPrefix` (never a bucket, lease or
+   * lock); returns how many. Not atomic: a blob set while it runs may survive it.
+   */
+  deleteBlobsByPrefix(logicalPrefix: string): Promise<number>;
   /** Deletes every key under the prefix that starts with `logicalPrefix` (tests, admin). */
   clear?(logicalPrefix: string): Promise<void>;
   close(): Promise<void>;

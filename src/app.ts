@@ -16,6 +16,7 @@ import Fastify, {
 import pino, { type Logger } from "pino";
 import { registerAdmin } from "./admin/plugin.js";
 import { ApiKeys } from "./auth/api-keys.js";
+import { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig } from "./config/index.js";
 import { newContext, type RequestContext } from "./context.js";
 import { errors, GatewayError } from "./errors.js";
@@ -93,6 +94,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   );
   const budgets = new TokenBudgets(config, guard, metrics.limitEvents());
   const concurrency = new ConcurrencyLimits(config, guard, metrics.limitEvents());
+  const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
+  metrics.watchCache(cache);
   const apiKeys = new ApiKeys(config);
   let closing = false;
 
@@ -163,6 +166,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       limits,
       budgets,
       concurrency,
+      cache,
     });
   });
 
@@ -206,6 +210,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         backend: exchange?.backendName ?? undefined,
         stream: ctx.stream || undefined,
         fallback: ctx.fallback,
+        cache: ctx.cache,
         status,
         error: ctx.error?.code,
         durationMs: Math.round(seconds * 1e4) / 10,
@@ -222,7 +227,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const admin = config.admin.enabled ? buildAdmin() : undefined;
   function buildAdmin(): FastifyInstance {
     const adminApp = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: quietLogs() });
-    registerAdmin(adminApp, { config, metrics, upstreams });
+    registerAdmin(adminApp, { config, metrics, upstreams, cache });
     return adminApp;
   }
 

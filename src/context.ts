@@ -12,6 +12,8 @@ export interface RequestContext {
   model: string | undefined;
   pool: string | undefined;
   stream: boolean;
+  /** What the response cache did: HIT, MISS, STALE or BYPASS (cache-enabled pools only). */
+  cache: string | undefined;
   /** The fallback pool that served the request, if the model's own pool could not. */
   fallback: string | undefined;
   exchange: Exchange | undefined;
@@ -34,6 +36,7 @@ export function newContext(): RequestContext {
     pool: undefined,
     stream: false,
     fallback: undefined,
+    cache: undefined,
     exchange: undefined,
     error: undefined,
     onClientClose: undefined,

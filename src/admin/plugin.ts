@@ -4,6 +4,7 @@
  */
 import { timingSafeEqual } from "node:crypto";
 import type { FastifyInstance } from "fastify";
+import type { ResponseCache } from "../cache/response-cache.js";
 import type { GatewayConfig } from "../config/index.js";
 import { errors, GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -13,6 +14,7 @@ export interface AdminDeps {
   config: GatewayConfig;
   metrics: Metrics;
   upstreams: Upstreams;
+  cache: ResponseCache;
 }
 
 export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
@@ -66,6 +68,18 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
         };
       }),
     }));
+    // Purge cached answers by tenant, by model, both, or (an empty body) all.
+    scope.post<{ Body: { tenant?: unknown; model?: unknown } | undefined }>(
+      "/admin/cache/purge",
+      async (request) => {
+        const body = request.body ?? {};
+        const tenant = typeof body.tenant === "string" ? body.tenant : undefined;
+        const model = typeof body.model === "string" ? body.model : undefined;
+        const scopes = [...Object.keys(deps.config.tenants), "anonymous", "shared"];
+        const removed = await deps.cache.purge({ scope: tenant, model }, scopes);
+        return { purged: { tenant: tenant ?? null, model: model ?? null }, removedFromStore: removed };
+      },
+    );
     for (const [action, drained] of [
       ["drain", true],
       ["undrain", false],

@@ -2,6 +2,7 @@ export { ConfigError, type ConfigIssue, formatIssues, formatPath } from "./issue
 export { loadConfigFile, parseConfig } from "./load.js";
 export type {
   BackendConfig,
+  CacheConfig,
   CircuitBreakerConfig,
   Engine,
   GatewayConfig,

@@ -354,6 +354,30 @@ const Fallback = Type.Union([
   ),
 ]);
 
+const Cache = Section(
+  {
+    enabled: Type.Boolean({ default: false }),
+    ttl: Duration("10m", "how long an answer is served fresh"),
+    jitterPercent: Type.Number({
+      minimum: 0,
+      maximum: 100,
+      default: 10,
+      description: "up to this % more TTL, at random, so entries written together expire apart",
+    }),
+    rule: OneOf(["deterministic", "always"], "deterministic"),
+    scope: OneOf(["tenant", "shared"], "tenant"),
+    staleWhileRevalidate: Duration(
+      "0s",
+      "past the TTL, serve the old answer and refresh it in the background",
+    ),
+    staleIfError: Duration("0s", "past the TTL, serve the old answer when no backend can"),
+    maxEntrySize: Size("1mb", "a larger answer is not stored"),
+    replay: OneOf(["immediate", "paced"], "immediate"),
+    lockTimeout: Duration("30s", "how long identical requests on other replicas wait for the first"),
+  },
+  "response cache",
+);
+
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
@@ -377,6 +401,7 @@ const Pool = Type.Object(
     loadSignals: LoadSignals,
     retry: Retry,
     dnsRefresh: Duration("10s", "how often discovered backends are re-resolved"),
+    cache: Cache,
   },
   { additionalProperties: false },
 );
@@ -407,6 +432,10 @@ export const ConfigSchema = Type.Object(
       description: "request limits by IP, API key, tenant, model",
     }),
     tokens: Tokens,
+    cache: Section(
+      { memory: Size("64mb", "the in-process tier, in front of the store") },
+      "response cache tiers",
+    ),
     dns: Section(
       {
         servers: Type.Array(Type.String(), {
@@ -433,6 +462,7 @@ export type OutlierDetectionConfig = PoolConfig["outlierDetection"];
 export type SlowStartConfig = PoolConfig["slowStart"];
 export type RetryConfig = PoolConfig["retry"];
 export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
+export type CacheConfig = PoolConfig["cache"];
 export type RateSpecConfig = StaticDecode<typeof RateSpec>;
 export type RateLimitConfig = GatewayConfig["rateLimits"][number];
 export type StoreErrorPolicyConfig = RateLimitConfig["onStoreError"];

@@ -7,6 +7,7 @@
 
 import type { Logger } from "pino";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { CacheEvents, CacheStatus, ResponseCache } from "../cache/response-cache.js";
 import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
 import type { TokenEvents } from "../ratelimit/token-budget.js";
@@ -55,6 +56,11 @@ export class Metrics {
   private readonly tokens: Children<Counter.Internal>;
   private readonly storeErrors: Children<Counter.Internal>;
   private readonly withoutStore: Children<Counter.Internal>;
+  private readonly cacheResults: Children<Counter.Internal>;
+  private readonly cacheEvictions: Children<Counter.Internal>;
+  private readonly cacheWaiters: Counter;
+  private readonly cacheLockTimeouts: Counter;
+  private cache: ResponseCache | undefined;
   private upstreams: Upstreams | undefined;
 
   constructor(options: { processMetrics?: boolean } = {}) {
@@ -156,6 +162,40 @@ export class Metrics {
     );
     this.withoutStore = new Children((v) => withoutStore.labels(...v));
 
+    const cacheResults = counter(
+      "floodgate_cache_requests_total",
+      "Cacheable-route requests by pool and result.",
+      ["pool", "result"],
+    );
+    this.cacheResults = new Children((v) => cacheResults.labels(...v));
+    const evictions = counter(
+      "floodgate_cache_evictions_total",
+      "Entries dropped from the in-process tier.",
+      ["reason"],
+    );
+    this.cacheEvictions = new Children((v) => evictions.labels(...v));
+    this.cacheWaiters = counter(
+      "floodgate_cache_waiters_total",
+      "Requests that waited for an identical request's answer instead of going upstream.",
+      [],
+    );
+    this.cacheLockTimeouts = counter(
+      "floodgate_cache_lock_timeouts_total",
+      "Waits on another replica's cache lock that ran out; the request went upstream itself.",
+      [],
+    );
+    const metrics = this;
+    new Gauge({
+      name: "floodgate_cache_bytes",
+      help: "Bytes of cached answers: in this process (memory), and written to the store by it and unexpired (store).",
+      labelNames: ["tier"],
+      registers,
+      collect() {
+        this.set({ tier: "memory" }, metrics.cache?.memoryBytes ?? 0);
+        this.set({ tier: "store" }, metrics.cache?.storeBytes() ?? 0);
+      },
+    });
+
     const perBackend = this.backendGauge.bind(this);
     perBackend("floodgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", (b) =>
       b.breaker.state === "closed" ? 0 : b.breaker.state === "half_open" ? 1 : 2,
@@ -227,6 +267,23 @@ export class Metrics {
       ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
       breakerChanged: (pool, backend, state) => this.breakerTransitions.get(pool, backend, state).inc(),
       breakerRejected: (pool) => this.breakerRejections.get(pool).inc(),
+    };
+  }
+
+  watchCache(cache: ResponseCache): void {
+    this.cache = cache;
+  }
+
+  observeCache(pool: string, status: CacheStatus): void {
+    this.cacheResults.get(pool, status.toLowerCase()).inc();
+  }
+
+  cacheEvents(): CacheEvents {
+    return {
+      evicted: (reason) => this.cacheEvictions.get(reason).inc(),
+      waited: () => this.cacheWaiters.inc(),
+      lockTimedOut: () => this.cacheLockTimeouts.inc(),
+      storeError: (operation) => this.storeErrors.get(`cache_${operation}`).inc(),
     };
   }
 

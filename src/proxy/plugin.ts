@@ -4,6 +4,11 @@
  * GET /v1/models, and the configured pass-through prefixes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { CachedAnswer, CacheRoute } from "../cache/entry.js";
+import { cacheKey, isCacheable } from "../cache/key.js";
+import { answerFromJson, answerFromStream, cacheDirectives, render } from "../cache/respond.js";
+import { type CacheStatus, entryKey, type Flight, type ResponseCache } from "../cache/response-cache.js";
+import { SingleFlight } from "../cache/single-flight.js";
 import type { GatewayConfig, RouteConfig } from "../config/index.js";
 import { errors, GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -27,6 +32,7 @@ export interface ProxyDeps {
   limits: RequestLimits;
   budgets: TokenBudgets;
   concurrency: ConcurrencyLimits;
+  cache: ResponseCache;
 }
 
 interface FallbackTarget {
@@ -45,6 +51,7 @@ interface Outbound {
 type Json = Record<string, unknown>;
 
 export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
+  const refreshes = new SingleFlight<void>();
   const hooks: ForwardHooks = {
     onFirstByte: (pool, backend, seconds) => deps.metrics.observeFirstByte(pool.name, backend.name, seconds),
   };
@@ -76,18 +83,52 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       ctx.stream = json.stream === true;
 
       await checkRequestLimits(request, reply);
-      const reservation = await reserveTokens(request, reply, route, json);
-      await takeConcurrencySlot(request, reservation);
 
-      // A reservation settles to real usage: a stream must carry it, asked for on the client's
-      // behalf when it did not ask (and then removed from what it receives).
+      // Cache: a hit is answered here, past auth and the request limits, before any token is
+      // reserved (it costs no GPU time, so it costs no tokens).
+      const cache = pool.config.cache.enabled ? openCache(request, reply, pool, route, json) : undefined;
+      let leader: Extract<Flight, { role: "leader" }> | undefined;
+      let staleForError: CachedAnswer | undefined;
+      if (cache) {
+        const found = cache.revalidate ? {} : await deps.cache.lookup(cache.key);
+        if (found.fresh) return sendCached(request, reply, pool, found.fresh, "HIT");
+        if (found.stale) {
+          const age = Date.now() - found.stale.freshUntil;
+          if (age < pool.config.cache.staleWhileRevalidate) {
+            refreshInBackground(request, pool, route, json, cache.key);
+            return sendCached(request, reply, pool, found.stale, "STALE");
+          }
+          if (age < pool.config.cache.staleIfError) staleForError = found.stale;
+        }
+        const flight = await deps.cache.join(cache.key, pool.config.cache);
+        if (flight.role === "follower" && flight.answer)
+          return sendCached(request, reply, pool, flight.answer, "HIT");
+        if (flight.role === "leader") {
+          leader = flight;
+          // However this request ends, the flight must land, or its waiters would hang.
+          request.gw.cleanups.push(() => void flight.finish(undefined));
+        }
+        markCache(request, reply, pool, "MISS");
+      }
+
+      let reservation: Reservation | undefined;
+      try {
+        reservation = await reserveTokens(request, reply, route, json);
+        await takeConcurrencySlot(request, reservation);
+      } catch (err) {
+        void leader?.finish(undefined);
+        throw err;
+      }
+
+      // Settling tokens and recording for the cache both need a stream's usage: it is asked for
+      // on the client's behalf when it did not ask (and then removed from what it receives).
       let upstreamJson = json;
       let tap: UsageTap | undefined;
-      if (reservation && ctx.stream) {
+      if ((reservation || leader) && ctx.stream) {
         const options = isJson(json.stream_options) ? json.stream_options : {};
         const asked = options.include_usage === true;
         if (!asked) upstreamJson = { ...json, stream_options: { ...options, include_usage: true } };
-        tap = new UsageTap(!asked);
+        tap = new UsageTap(!asked, leader !== undefined);
       }
       const path = route + queryOf(request.url);
       const chain = ctx.tenant?.fallback === false ? [] : fallbackChain(pool);
@@ -105,11 +146,141 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         }));
       } catch (err) {
         await reservation?.settle(0);
+        void leader?.finish(undefined);
+        if (staleForError && cannotServe(err, request))
+          return sendCached(request, reply, pool, staleForError, "STALE");
         throw err;
       }
+      if (staleForError && result.kind === "buffered" && RETRYABLE_STATUS.has(result.status)) {
+        void leader?.finish(undefined);
+        await reservation?.settle(0);
+        return sendCached(request, reply, pool, staleForError, "STALE");
+      }
       if (reservation) settleWhenDone(request, reservation, result, tap);
+      if (leader) recordWhenDone(request, leader, pool, route, model, result, tap);
       return send(reply, result);
     });
+  }
+
+  /** Whether this request may use the cache, and its key; marks it BYPASS when it may not. */
+  function openCache(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    pool: UpstreamPool,
+    route: string,
+    json: Json,
+  ): { key: string; revalidate: boolean } | undefined {
+    const directives = cacheDirectives(request.headers["cache-control"]);
+    const config = pool.config.cache;
+    if (directives.noStore || !isCacheable(json, config.rule, route).ok) {
+      markCache(request, reply, pool, "BYPASS");
+      return undefined;
+    }
+    const scope = config.scope === "shared" ? "shared" : (request.gw.tenant?.id ?? "anonymous");
+    const model = request.gw.model ?? "";
+    const hash = cacheKey({ scope, pool: pool.name, model, route, body: json });
+    return { key: entryKey(scope, model, hash), revalidate: directives.noCache };
+  }
+
+  function markCache(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    pool: UpstreamPool,
+    status: CacheStatus,
+  ): void {
+    reply.header("x-floodgate-cache", status);
+    request.gw.cache = status;
+    deps.metrics.observeCache(pool.name, status);
+  }
+
+  function sendCached(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    pool: UpstreamPool,
+    answer: CachedAnswer,
+    status: CacheStatus,
+  ): FastifyReply {
+    markCache(request, reply, pool, status);
+    const body = request.body as Json;
+    const options = isJson(body.stream_options) ? body.stream_options : {};
+    const out = render(
+      answer,
+      request.gw.stream,
+      options.include_usage === true,
+      pool.config.cache.replay === "paced",
+    );
+    reply.code(200).header("content-type", out.contentType);
+    if (request.gw.stream) reply.header("cache-control", "no-cache");
+    return reply.send(out.body);
+  }
+
+  /** Stores a complete 200 answer when it ends; anything else lands the flight empty. */
+  function recordWhenDone(
+    request: FastifyRequest,
+    leader: Extract<Flight, { role: "leader" }>,
+    pool: UpstreamPool,
+    route: string,
+    model: string,
+    result: ForwardResult,
+    tap: UsageTap | undefined,
+  ): void {
+    const common = { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() };
+    if (result.status !== 200) {
+      void leader.finish(undefined);
+    } else if (result.kind === "buffered") {
+      void leader.finish(answerFromJson(common, result.body));
+    } else {
+      const previous = request.gw.onStreamDone;
+      request.gw.onStreamDone = () => {
+        previous?.();
+        const complete = tap?.done === true && request.gw.error === undefined;
+        void leader.finish(
+          complete ? answerFromStream({ ...common, now: Date.now() }, tap?.events, tap?.usage) : undefined,
+        );
+      };
+    }
+  }
+
+  /** stale-while-revalidate: one refresh per key at a time, with no client waiting on it. */
+  function refreshInBackground(
+    request: FastifyRequest,
+    pool: UpstreamPool,
+    route: string,
+    json: Json,
+    key: string,
+  ): void {
+    const headers = { ...request.headers };
+    const body = Buffer.from(JSON.stringify({ ...json, stream: false, stream_options: undefined }));
+    const requestId = request.id;
+    const clientIp = request.ip;
+    const model = request.gw.model ?? "";
+    void refreshes
+      .run(key, async () => {
+        const exchange = new Exchange(pool.config.timeouts.total);
+        const result = await forward(
+          {
+            pool,
+            method: "POST",
+            path: route,
+            headers,
+            body,
+            requestId,
+            clientIp,
+            stripAuthorization: deps.authEnabled,
+            streamAny: false,
+          },
+          exchange,
+          hooks,
+        );
+        if (result.kind === "buffered" && result.status === 200) {
+          const answer = answerFromJson(
+            { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() },
+            result.body,
+          );
+          if (answer) await deps.cache.put(key, answer);
+        }
+      })
+      .catch(() => undefined);
   }
 
   async function checkRequestLimits(request: FastifyRequest, reply: FastifyReply): Promise<void> {

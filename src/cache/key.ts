@@ -1,0 +1,189 @@
+/**
+ * Response-cache keys and the cacheability rule. Pure: no I/O, no clock.
+ *
+ * cacheKey = hex sha256 of the canonical JSON of
+ *   ["floodgate-cache-v1", scope, pool, model, route, body-without-ignored-fields]
+ * An array of JSON strings is unambiguous (no separator can be forged by a tenant or model
+ * name), and the version tag lets a later format change every key at once.
+ *
+ * Canonical JSON: object keys sorted by UTF-16 code units at every depth, arrays in their order,
+ * no whitespace, strings and numbers exactly as JSON.stringify writes them (so 1, 1.0 and 1e0
+ * from a request body are the same number, and -0 is 0). Properties whose value JSON would drop
+ * (undefined, functions, symbols) are dropped; in arrays they are null, as in JSON. The form is
+ * written straight to a string, never into a new object, so a `__proto__` key in a parsed body
+ * is plain data: it is hashed like any other key and cannot reach a prototype. A cycle (only
+ * possible from code, never from JSON.parse) is a TypeError rather than a stack overflow.
+ *
+ * Top-level body fields left out of the key, because they do not change the answer's content
+ * (fields of the same name deeper in the body, e.g. inside messages, are kept):
+ *   user, safety_identifier  end-user ids for the provider's abuse tracking; tenants are already
+ *                            kept apart by `scope`, and one user id per end user would make every
+ *                            user miss on the same question
+ *   stream                   a streamed request can be answered from a non-streamed entry and the
+ *                            reverse (render.ts converts)
+ *   stream_options           only says whether the usage chunk is sent (include_usage), which
+ *                            render.ts adds or drops on replay
+ *   metadata, store          OpenAI's stored-completions tagging; never reaches the model
+ *   service_tier, priority   which processing lane (latency, price, vLLM's scheduling priority)
+ *                            serves the request, not what it generates
+ *   prompt_cache_key         a routing hint for the provider's prefix cache
+ *   request_id               vLLM's tracing id: it labels the answer, and as a per-request value
+ *                            it would make every request a miss
+ * Everything else (messages, temperature, seed, max_tokens, tools, logprobs, response_format…)
+ * is in the key: two requests that differ anywhere else are different questions.
+ */
+import { createHash } from "node:crypto";
+
+export const IGNORED_BODY_FIELDS: ReadonlySet<string> = new Set([
+  "user",
+  "safety_identifier",
+  "stream",
+  "stream_options",
+  "metadata",
+  "store",
+  "service_tier",
+  "priority",
+  "prompt_cache_key",
+  "request_id",
+]);
+
+const KEY_VERSION = "floodgate-cache-v1";
+
+export interface CacheKeyParts {
+  /** Whose cache: the tenant (or "" for an open gateway). Entries never cross scopes. */
+  scope: string;
+  pool: string;
+  model: string;
+  /** The API route, e.g. "/v1/chat/completions". */
+  route: string;
+  /** The parsed request body. */
+  body: Record<string, unknown>;
+}
+
+export function cacheKey(parts: CacheKeyParts): string {
+  const out: string[] = [
+    "[",
+    JSON.stringify(KEY_VERSION),
+    ",",
+    JSON.stringify(parts.scope),
+    ",",
+    JSON.stringify(parts.pool),
+    ",",
+    JSON.stringify(parts.model),
+    ",",
+    JSON.stringify(parts.route),
+    ",",
+  ];
+  writeObject(parts.body, out, new Set(), IGNORED_BODY_FIELDS);
+  out.push("]");
+  return createHash("sha256").update(out.join(""), "utf8").digest("hex");
+}
+
+/** The canonical JSON text of a value (exported for tests and debugging). */
+export function canonicalJson(value: unknown): string {
+  const out: string[] = [];
+  if (!writeValue(value, out, new Set())) out.push("null");
+  return out.join("");
+}
+
+/** Appends the value; false when JSON would omit it (undefined, function, symbol). */
+function writeValue(value: unknown, out: string[], stack: Set<object>): boolean {
+  switch (typeof value) {
+    case "string":
+      out.push(JSON.stringify(value));
+      return true;
+    case "number":
+      // JSON.stringify: shortest round-trip form, -0 → 0, NaN/Infinity → null.
+      out.push(JSON.stringify(value));
+      return true;
+    case "boolean":
+      out.push(value ? "true" : "false");
+      return true;
+    case "bigint":
+      // Never from JSON.parse; written as the integer it is instead of throwing like JSON does.
+      out.push(value.toString());
+      return true;
+    case "object":
+      if (value === null) {
+        out.push("null");
+        return true;
+      }
+      if (Array.isArray(value)) writeArray(value, out, stack);
+      else writeObject(value as Record<string, unknown>, out, stack, undefined);
+      return true;
+    default:
+      return false;
+  }
+}
+
+function writeArray(value: readonly unknown[], out: string[], stack: Set<object>): void {
+  enter(value, stack);
+  out.push("[");
+  for (let i = 0; i < value.length; i++) {
+    if (i > 0) out.push(",");
+    if (!writeValue(value[i], out, stack)) out.push("null");
+  }
+  out.push("]");
+  stack.delete(value);
+}
+
+function writeObject(
+  value: Record<string, unknown>,
+  out: string[],
+  stack: Set<object>,
+  skip: ReadonlySet<string> | undefined,
+): void {
+  enter(value, stack);
+  out.push("{");
+  let first = true;
+  // Own enumerable string keys only (what JSON.stringify sees); an own "__proto__" is among them.
+  for (const key of Object.keys(value).sort()) {
+    if (skip?.has(key)) continue;
+    const mark = out.length;
+    out.push(first ? "" : ",", JSON.stringify(key), ":");
+    // Own-property read: a "__proto__" data property shadows the accessor on Object.prototype.
+    const child = Object.getOwnPropertyDescriptor(value, key)?.value;
+    if (writeValue(child, out, stack)) first = false;
+    else out.length = mark;
+  }
+  out.push("}");
+  stack.delete(value);
+}
+
+function enter(value: object, stack: Set<object>): void {
+  if (stack.has(value)) throw new TypeError("cacheKey: the request body has a cycle");
+  stack.add(value);
+}
+
+export type CacheRule = "deterministic" | "always";
+
+export type Cacheability = { ok: true } | { ok: false; reason: string };
+
+/**
+ * Whether an answer to this request may be stored and reused.
+ *   every rule      `n`, when present and not null, must be 1: an entry holds one choice-set and
+ *                   n > 1 asks for deliberately different samples
+ *   "deterministic" the request must not sample at random: `temperature` exactly 0 (greedy) or
+ *                   an integer `seed` (the caller asked for reproducible sampling). A request
+ *                   without temperature gets the server's default (1), so it is not cacheable.
+ *                   Embeddings (route "/v1/embeddings") are deterministic by nature.
+ *   "always"        the operator accepts that a repeated question gets the same sample
+ * logprobs, top_logprobs and tools change the answer's shape, not its reproducibility: they are
+ * in the key and are cacheable.
+ */
+export function isCacheable(body: Record<string, unknown>, rule: CacheRule, route?: string): Cacheability {
+  const n = own(body, "n");
+  if (n !== undefined && n !== null && n !== 1) {
+    return { ok: false, reason: `n is ${JSON.stringify(n)}; only n = 1 is cached` };
+  }
+  if (rule === "always" || route === "/v1/embeddings") return { ok: true };
+  if (own(body, "temperature") === 0) return { ok: true };
+  const seed = own(body, "seed");
+  if (typeof seed === "number" && Number.isInteger(seed)) return { ok: true };
+  return { ok: false, reason: "sampling is random: neither temperature 0 nor an integer seed" };
+}
+
+/** An own property only, so `__proto__` or inherited names never answer for the body. */
+function own(body: Record<string, unknown>, key: string): unknown {
+  return Object.hasOwn(body, key) ? body[key] : undefined;
+}

@@ -1,0 +1,213 @@
+/**
+ * The response cache: an in-process LRU bounded in bytes in front of the shared store, and the
+ * coordination that makes concurrent identical misses cost one upstream call: one per replica
+ * through an in-process flight, and one across replicas through a store lock with expiry.
+ * Waiters on another replica's lock poll for the entry; when the lock expires first, they go
+ * upstream on their own. The cache is best effort: a store error is a miss, never a failure.
+ *
+ * Logical keys are `cache:<scope>:<model>:<sha256>` (scope and model URI-encoded), so a purge by
+ * tenant is one prefix and a purge by model is one prefix per scope.
+ */
+import { randomUUID } from "node:crypto";
+import type { CacheConfig } from "../config/index.js";
+import type { Store } from "../store/types.js";
+import { type CachedAnswer, decodeEntry, encodeEntry } from "./entry.js";
+import { ByteLru, type EvictReason } from "./lru.js";
+
+export type CacheStatus = "HIT" | "MISS" | "STALE" | "BYPASS";
+
+export interface CacheEvents {
+  evicted?(reason: EvictReason): void;
+  waited?(): void;
+  lockTimedOut?(): void;
+  storeError?(operation: string): void;
+}
+
+export interface Lookup {
+  fresh?: CachedAnswer;
+  stale?: CachedAnswer;
+}
+
+export type Flight =
+  | { role: "leader"; finish(answer: CachedAnswer | undefined): Promise<void> }
+  | { role: "follower"; answer: CachedAnswer | undefined };
+
+const POLL_MS = 25;
+
+export function entryKey(scope: string, model: string, hash: string): string {
+  return `cache:${encodeURIComponent(scope)}:${encodeURIComponent(model)}:${hash}`;
+}
+
+export class ResponseCache {
+  private readonly lru: ByteLru<CachedAnswer>;
+  private readonly flights = new Map<string, Promise<CachedAnswer | undefined>>();
+  private readonly owner = randomUUID();
+  /** Bytes this replica wrote to the shared store, by key, until they expire (for metrics). */
+  private readonly written = new Map<string, { bytes: number; until: number }>();
+
+  constructor(
+    private readonly store: Store,
+    memoryBytes: number,
+    private readonly events: CacheEvents = {},
+    private readonly now: () => number = Date.now,
+  ) {
+    this.lru = new ByteLru<CachedAnswer>(memoryBytes, (reason) => this.events.evicted?.(reason));
+  }
+
+  get memoryBytes(): number {
+    return this.lru.bytes;
+  }
+
+  /** Entry bytes written to the shared store by this replica and not yet expired. */
+  storeBytes(): number {
+    if (this.store.kind === "memory") return 0;
+    const now = this.now();
+    let total = 0;
+    for (const [key, w] of this.written) {
+      if (w.until <= now) this.written.delete(key);
+      else total += w.bytes;
+    }
+    return total;
+  }
+
+  /** The entry, fresh or stale (within its stale window), from memory or the store. */
+  async lookup(key: string): Promise<Lookup> {
+    const now = this.now();
+    let entry = this.lru.get(key, now);
+    if (!entry && this.store.kind !== "memory") {
+      entry = await this.fetch(key);
+      if (entry) this.lru.set(key, entry, sizeOf(entry), entry.staleUntil);
+    }
+    if (!entry) return {};
+    if (now < entry.freshUntil) return { fresh: entry };
+    if (now < entry.staleUntil) return { stale: entry };
+    return {};
+  }
+
+  /**
+   * Joins the flight for a missing key. The first caller in this replica leads (and, with a
+   * shared store, takes the cross-replica lock); the others wait for its answer.
+   */
+  async join(key: string, config: CacheConfig): Promise<Flight> {
+    const pending = this.flights.get(key);
+    if (pending) {
+      this.events.waited?.();
+      return { role: "follower", answer: await pending };
+    }
+    let resolve: (a: CachedAnswer | undefined) => void = () => {};
+    this.flights.set(
+      key,
+      new Promise<CachedAnswer | undefined>((r) => {
+        resolve = r;
+      }),
+    );
+    const done = (answer: CachedAnswer | undefined) => {
+      this.flights.delete(key);
+      resolve(answer);
+    };
+
+    let locked = false;
+    if (this.store.kind !== "memory") {
+      locked = await this.store.acquireLock(key, this.owner, config.lockTimeout).catch(() => {
+        this.events.storeError?.("lock");
+        return true; // a store in trouble cannot coordinate: go upstream
+      });
+      if (!locked) {
+        const answer = await this.awaitOther(key, config.lockTimeout);
+        if (answer) {
+          done(answer);
+          return { role: "follower", answer };
+        }
+        this.events.lockTimedOut?.();
+      }
+    }
+    let finished = false;
+    return {
+      role: "leader",
+      // Lands once (the first call wins: the request's own end, or its cleanup), and releases
+      // the waiters as soon as the answer is in memory, before the store write.
+      finish: async (answer) => {
+        if (finished) return;
+        finished = true;
+        try {
+          if (answer) this.putMemory(key, answer);
+          done(answer);
+          if (answer) await this.putStore(key, answer);
+        } finally {
+          if (locked) await this.store.releaseLock(key, this.owner).catch(() => undefined);
+        }
+      },
+    };
+  }
+
+  /** Stores an answer in both tiers (the store write is best effort). */
+  async put(key: string, answer: CachedAnswer): Promise<void> {
+    this.putMemory(key, answer);
+    await this.putStore(key, answer);
+  }
+
+  private putMemory(key: string, answer: CachedAnswer): void {
+    this.lru.set(key, answer, sizeOf(answer), answer.staleUntil);
+  }
+
+  private async putStore(key: string, answer: CachedAnswer): Promise<void> {
+    if (this.store.kind === "memory") return;
+    const bytes = encodeEntry(answer);
+    const ttl = Math.max(1, answer.staleUntil - this.now());
+    await this.store.setBlob(key, bytes, ttl).then(
+      () => {
+        this.written.set(key, { bytes: bytes.length, until: answer.staleUntil });
+      },
+      () => this.events.storeError?.("set"),
+    );
+  }
+
+  /** Deletes entries by tenant (scope), by model, or all; returns how many the store held. */
+  async purge(filter: { scope?: string; model?: string }, scopes: readonly string[]): Promise<number> {
+    const prefixes: string[] = [];
+    if (filter.scope !== undefined && filter.model !== undefined) {
+      prefixes.push(`cache:${encodeURIComponent(filter.scope)}:${encodeURIComponent(filter.model)}:`);
+    } else if (filter.scope !== undefined) {
+      prefixes.push(`cache:${encodeURIComponent(filter.scope)}:`);
+    } else if (filter.model !== undefined) {
+      for (const s of scopes)
+        prefixes.push(`cache:${encodeURIComponent(s)}:${encodeURIComponent(filter.model)}:`);
+    } else {
+      prefixes.push("cache:");
+    }
+    this.lru.deleteWhere((key) => prefixes.some((p) => key.startsWith(p)));
+    for (const key of this.written.keys())
+      if (prefixes.some((p) => key.startsWith(p))) this.written.delete(key);
+    let removed = 0;
+    for (const p of prefixes) removed += await this.store.deleteBlobsByPrefix(p);
+    return removed;
+  }
+
+  private async fetch(key: string): Promise<CachedAnswer | undefined> {
+    try {
+      const blob = await this.store.getBlob(key);
+      return blob ? decodeEntry(blob) : undefined;
+    } catch {
+      this.events.storeError?.("get");
+      return undefined;
+    }
+  }
+
+  /** Another replica holds the lock: wait for its entry, or for the lock to lapse. */
+  private async awaitOther(key: string, lockTimeoutMs: number): Promise<CachedAnswer | undefined> {
+    const deadline = this.now() + lockTimeoutMs;
+    while (this.now() < deadline) {
+      await new Promise((r) => setTimeout(r, POLL_MS));
+      const entry = await this.fetch(key);
+      if (entry && this.now() < entry.freshUntil) {
+        this.lru.set(key, entry, sizeOf(entry), entry.staleUntil);
+        return entry;
+      }
+    }
+    return undefined;
+  }
+}
+
+function sizeOf(entry: CachedAnswer): number {
+  return encodeEntry(entry).length;
+}

@@ -24,7 +24,6 @@
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
 import { errors, type GatewayError } from "../errors.js";
 import type { Backend } from "../upstream/backend.js";
@@ -142,7 +141,7 @@ export async function forward(
       return answer.result;
     }
     exchange.release();
-    await sleep(delay, undefined, { signal: exchange.signal }).catch(() => undefined);
+    await exchange.pause(delay);
     if (exchange.abortReason !== undefined) {
       exchange.settle();
       throw exchange.abortReason === "total" ? errors.upstreamTimeout("total") : errors.upstreamUnavailable();
@@ -220,27 +219,26 @@ async function attempt(
 
   const sse = isEventStream(response.headers);
   if (status < 300 && (input.streamAny || sse)) {
-    let head: Buffer | null = null;
-    if (sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny) {
-      try {
-        head = await firstChunk(response.body);
-      } catch (err) {
-        return failed(err);
-      }
-      // Headers and then nothing: a stream that never started is the backend's failure.
-      if (head === null) return failed(errors.upstreamBadResponse());
-    }
     const relay = new ResponseRelay(
       response.body,
       exchange,
       sse,
-      head,
       (r) => {
         if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
         hooks.onStreamEnd?.(r.failure);
       },
       sse ? input.tap : undefined,
     );
+    // Stream commit point: hold the response until the first event, so a backend that fails
+    // before its first token is retried instead of breaking the client's stream.
+    if (sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny) {
+      try {
+        await relay.started;
+      } catch (err) {
+        relay.discard();
+        return failed(err);
+      }
+    }
     // A pass-through body keeps its length: a cut-off copy is then detectable by the client.
     return {
       kind: "stream",
@@ -298,31 +296,4 @@ export function retryAfterMs(headers: Record<string, string | string[] | undefin
 function isEventStream(headers: Record<string, string | string[] | undefined>): boolean {
   const type = headers["content-type"];
   return typeof type === "string" && type.startsWith("text/event-stream");
-}
-
-/** The first chunk of a body, leaving the rest unread (paused) for the relay. */
-function firstChunk(body: Readable): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
-    const cleanup = () => {
-      body.off("data", onData);
-      body.off("end", onEnd);
-      body.off("error", onError);
-    };
-    const onData = (chunk: Buffer) => {
-      cleanup();
-      body.pause();
-      resolve(chunk);
-    };
-    const onEnd = () => {
-      cleanup();
-      resolve(null);
-    };
-    const onError = (err: Error) => {
-      cleanup();
-      reject(err);
-    };
-    body.on("data", onData);
-    body.once("end", onEnd);
-    body.once("error", onError);
-  });
 }

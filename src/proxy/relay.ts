@@ -5,9 +5,15 @@
  *   error, instead of a silently truncated stream;
  * - any other body is destroyed, so the client's connection is cut and it sees the failure.
  * When the client leaves, the upstream request is aborted at once so the GPU stops generating.
+ *
+ * `started` settles at the stream commit point: it resolves with the first chunk and rejects if
+ * the body fails or ends before one. Until then a failure is not the client's to see (the
+ * forwarder retries elsewhere), so it only rejects `started`. The relay listens to the body from
+ * construction on, so no event can fall between two owners (an `end` emitted on the tick after
+ * the only chunk was once lost that way, and the client waited for ever).
  */
 import { Readable } from "node:stream";
-import { type GatewayError, sseErrorEvent } from "../errors.js";
+import { errors, type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
 import { toGatewayError } from "./upstream-errors.js";
 import type { UsageTap } from "./usage-tap.js";
@@ -15,30 +21,59 @@ import type { UsageTap } from "./usage-tap.js";
 export class ResponseRelay extends Readable {
   /** Set when the backend failed before its body ended. */
   failure: GatewayError | undefined;
+  /** Resolves at the first chunk; rejects when the body fails or ends before one. */
+  readonly started: Promise<void>;
+  private resolveStart: () => void = () => {};
+  private rejectStart: (err: unknown) => void = () => {};
+  private gotData = false;
+  /** Cleared when the forwarder discards the relay before the commit point. */
+  private live = true;
   private done = false;
 
   constructor(
     private readonly source: Readable,
     private readonly exchange: Exchange,
     private readonly sse: boolean,
-    /** Bytes already read from the source (the stream commit point's first event). */
-    head: Buffer | null,
     private readonly onDone: (relay: ResponseRelay) => void,
     /** Reads usage from the events (and may drop the usage-only one) as they pass. */
     private readonly tap?: UsageTap,
   ) {
     super();
-    if (head) this.forward(head);
+    this.started = new Promise<void>((resolve, reject) => {
+      this.resolveStart = resolve;
+      this.rejectStart = reject;
+    });
+    this.started.catch(() => undefined);
     source.on("data", (chunk: Buffer) => {
+      if (!this.gotData) {
+        this.gotData = true;
+        this.resolveStart();
+      }
       if (!this.forward(chunk)) source.pause();
     });
     source.once("end", () => {
+      if (!this.gotData) {
+        // Headers and then nothing: a stream that never started is the backend's failure.
+        this.rejectStart(errors.upstreamBadResponse());
+        if (!this.live) return;
+      }
       const rest = this.tap?.flush();
       if (rest && rest.length > 0) this.forward(rest);
       this.push(null);
       this.finish();
     });
-    source.once("error", (err: Error) => this.fail(err));
+    source.once("error", (err: Error) => {
+      if (!this.gotData) this.rejectStart(err);
+      if (this.live) this.fail(err);
+    });
+  }
+
+  /** The forwarder gives up on this body before the commit point (it will retry elsewhere). */
+  discard(): void {
+    this.live = false;
+    this.source.removeAllListeners("data");
+    this.source.on("error", () => undefined);
+    this.source.destroy();
   }
 
   private forward(chunk: Buffer): boolean {
@@ -78,7 +113,7 @@ export class ResponseRelay extends Readable {
   }
 
   private finish(): void {
-    if (this.done) return;
+    if (this.done || !this.live) return;
     this.done = true;
     this.exchange.settle();
     this.onDone(this);

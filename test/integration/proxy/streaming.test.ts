@@ -53,6 +53,38 @@ describe("streaming", () => {
     expect(spread).toBeGreaterThan(120);
   });
 
+  it("a whole stream arriving in one chunk still ends (regression: its end was lost at the commit point)", async () => {
+    const { gw } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.end(`${chunkEvent(0, "a")}${chunkEvent(1, "b")}data: [DONE]\n\n`);
+    });
+    const started = performance.now();
+    for (let i = 0; i < 20; i++) {
+      const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
+      expect(events.map((e) => e.data.includes("[DONE]") || e.data.includes('"content"'))).toEqual([
+        true,
+        true,
+        true,
+      ]);
+    }
+    expect(performance.now() - started).toBeLessThan(2000);
+  });
+
+  it("a stream that ends with no event at all is retried, then a 502, never a hang", async () => {
+    const { gw, upstream } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.end();
+    });
+    const res = await request(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(chat({ stream: true })),
+    });
+    expect(res.statusCode).toBe(502);
+    expect(await res.body.json()).toMatchObject({ error: { code: "upstream_bad_response" } });
+    expect(upstream.received.length).toBe(3); // the first try and two retries
+  });
+
   it("aborts the upstream request within 100 ms when the client leaves mid-stream", async () => {
     const { gw, upstream } = await setup(slowStream(100, 20));
     const controller = new AbortController();

@@ -58,15 +58,23 @@ export interface Gateway {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-export function createLogger(log: GatewayConfig["log"]): Logger {
-  return pino({
-    level: log.level,
-    base: { service: "floodgate" },
-    redact: {
-      paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
-      censor: "[redacted]",
+/**
+ * JSON lines on stdout, written asynchronously in batches: a synchronous write per access line
+ * cost about a fifth of the gateway's throughput. Buffered lines are flushed at shutdown and,
+ * by pino, at process exit.
+ */
+export function createLogger(log: GatewayConfig["log"], destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level: log.level,
+      base: { service: "floodgate" },
+      redact: {
+        paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
+        censor: "[redacted]",
+      },
     },
-  });
+    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+  );
 }
 
 export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
@@ -101,8 +109,10 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    // The access line is ours (one per request, aborted ones included): Fastify's are off.
+    // The access line is ours (one per request, aborted ones included): Fastify's are off, and so
+    // is its child logger per request; our lines carry the request id themselves.
     logController: quietLogs(),
+    childLoggerFactory: (parent) => parent,
     bodyLimit: config.server.bodyLimit,
     requestTimeout: config.server.requestTimeout,
     keepAliveTimeout: config.server.keepAliveTimeout,
@@ -138,7 +148,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   app.addHook("onRequest", async (request, reply) => {
     request.gw = newContext();
     reply.header("x-request-id", request.id);
-    reply.raw.once("close", () => onClosed(request, reply));
+    reply.raw.on("close", () => onClosed(request, reply));
     if (closing) throw errors.shuttingDown();
     if (apiKeys.enabled && request.routeOptions.config.public !== true) {
       const { tenant, keyId } = apiKeys.authenticate(request.headers);
@@ -177,7 +187,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     const gw = toGatewayError(err, request);
     request.gw ??= newContext();
     request.gw.error = gw;
-    if (gw.statusCode >= 500) request.log.error({ err, code: gw.code }, "request failed");
+    if (gw.statusCode >= 500) logger.error({ requestId: request.id, err, code: gw.code }, "request failed");
     return reply.code(gw.statusCode).headers(gw.headers()).send(gw.body());
   });
 
@@ -200,8 +210,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     );
     if (!config.log.accessLog) return;
     const exchange = ctx.exchange;
-    request.log.info(
+    logger.info(
       {
+        requestId: request.id,
         tenant: ctx.tenant?.id,
         method: request.method,
         route,
@@ -261,6 +272,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       }
       await upstreams.close();
       await guard.close();
+      logger.flush();
     },
   };
 }

@@ -6,6 +6,7 @@
  * floodgate demo              three simulated backends behind a gateway on :8080
  */
 import { parseArgs } from "node:util";
+import pino from "pino";
 import { buildGateway, createLogger } from "./app.js";
 import { ConfigError, formatDuration, type GatewayConfig, loadConfigFile } from "./config/index.js";
 import { runDemo } from "./demo.js";
@@ -103,7 +104,8 @@ export function describe(config: GatewayConfig): string {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  const logger = createLogger({ level: "info", accessLog: false });
+  // Written synchronously: the process exits on the next line.
+  const logger = createLogger({ level: "info", accessLog: false }, pino.destination({ dest: 2, sync: true }));
   logger.fatal({ err }, "floodgate failed to start");
   process.exit(1);
 });

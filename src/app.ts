@@ -187,7 +187,11 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     const gw = toGatewayError(err, request);
     request.gw ??= newContext();
     request.gw.error = gw;
-    if (gw.statusCode >= 500) logger.error({ requestId: request.id, err, code: gw.code }, "request failed");
+    // A client that left is not a gateway failure: its access line (499) says enough.
+    const clientGone = request.gw.exchange?.abortReason === "client" || reply.raw.destroyed;
+    if (gw.statusCode >= 500 && !clientGone) {
+      logger.error({ requestId: request.id, code: gw.code, err: gw.upstreamCause ?? err }, "request failed");
+    }
     return reply.code(gw.statusCode).headers(gw.headers()).send(gw.body());
   });
 

@@ -31,6 +31,15 @@ export class GatewayError extends Error {
     this.name = "GatewayError";
   }
 
+  /** The failure underneath (an undici or socket error), for the log; never sent to the client. */
+  upstreamCause: unknown;
+
+  /** This error, noting what caused it. */
+  causedBy(cause: unknown): this {
+    this.upstreamCause = cause;
+    return this;
+  }
+
   get shouldRetry(): boolean {
     return this.retryAfterMs !== undefined;
   }

@@ -4,6 +4,10 @@ import type { AbortReason } from "./exchange.js";
 
 export function toGatewayError(err: unknown, abortReason: AbortReason | undefined): GatewayError {
   if (err instanceof GatewayError) return err;
+  return classify(err, abortReason).causedBy(err);
+}
+
+function classify(err: unknown, abortReason: AbortReason | undefined): GatewayError {
   if (abortReason === "total") return errors.upstreamTimeout("total");
   const code = (err as { code?: unknown } | null)?.code;
   switch (code) {

@@ -57,6 +57,7 @@ export interface Gateway {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /**
  * JSON lines on stdout, written asynchronously in batches: a synchronous write per access line
@@ -202,13 +203,13 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     for (const cleanup of ctx.cleanups) cleanup();
     const status = finished ? reply.statusCode : 499;
     const seconds = (performance.now() - ctx.startedAt) / 1000;
-    const route = request.routeOptions.url ?? "unmatched";
+    const route = ctx.route ?? request.routeOptions.url ?? "unmatched";
     metrics.observeRequest(
       {
         route,
         model: ctx.pool ? (ctx.model ?? "") : ctx.model ? "unknown" : "",
         pool: ctx.pool ?? "",
-        statusClass: `${Math.floor(status / 100)}xx`,
+        statusClass: STATUS_CLASSES[Math.floor(status / 100)] ?? "other",
       },
       seconds,
     );

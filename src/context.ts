@@ -6,6 +6,8 @@ import type { Exchange } from "./proxy/exchange.js";
 export interface RequestContext {
   /** performance.now() when the request arrived. */
   startedAt: number;
+  /** The route template, set by the handlers (Fastify's routeOptions builds an object per read). */
+  route: string | undefined;
   tenant: Tenant | undefined;
   /** A short digest of the API key: limits can count per key without ever storing one. */
   keyId: string | undefined;
@@ -30,6 +32,7 @@ export interface RequestContext {
 export function newContext(): RequestContext {
   return {
     startedAt: performance.now(),
+    route: undefined,
     tenant: undefined,
     keyId: undefined,
     model: undefined,

@@ -6,7 +6,7 @@
  */
 
 import type { Logger } from "pino";
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { CacheEvents, CacheStatus, ResponseCache } from "../cache/response-cache.js";
 import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
@@ -14,6 +14,7 @@ import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { Backend } from "../upstream/backend.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
+import { FastCounter, FastHistogram } from "./fast.js";
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
@@ -24,7 +25,7 @@ export interface RequestLabels {
   statusClass: string;
 }
 
-/** prom-client hashes label values on every call; hot-path metrics keep their bound children. */
+/** Bound children by label values, for the metrics that change less often than per request. */
 class Children<T> {
   private readonly map = new Map<string, T>();
   constructor(private readonly make: (values: string[]) => T) {}
@@ -41,11 +42,12 @@ class Children<T> {
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Children<Counter.Internal>;
-  private readonly duration: Children<Histogram.Internal<string>>;
-  private readonly firstByte: Children<Histogram.Internal<string>>;
-  private readonly selections: Children<Counter.Internal>;
-  private readonly attempts: Children<Counter.Internal>;
+  // Updated on every request: the fast kinds (see fast.ts).
+  private readonly requests: FastCounter<"route" | "model" | "pool" | "status_class">;
+  private readonly duration: FastHistogram<"route" | "model" | "pool" | "status_class">;
+  private readonly firstByte: FastHistogram<"pool" | "backend">;
+  private readonly selections: FastCounter<"pool" | "backend">;
+  private readonly attempts: FastCounter<"pool" | "backend" | "outcome">;
   private readonly retries: Children<Counter.Internal>;
   private readonly budgetExhausted: Children<Counter.Internal>;
   private readonly ejections: Children<Counter.Internal>;
@@ -69,39 +71,42 @@ export class Metrics {
       collectDefaultMetrics({ register: this.registry, prefix: "floodgate_" });
     const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
       new Counter({ name, help, labelNames, registers });
-    const histogram = <L extends string>(name: string, help: string, labelNames: L[]) =>
-      new Histogram({ name, help, labelNames, buckets: LATENCY_BUCKETS, registers });
-
-    const requests = counter(
-      "floodgate_requests_total",
-      "Client requests answered, by route, model, pool and status class.",
-      ["route", "model", "pool", "status_class"],
+    this.requests = new FastCounter({
+      name: "floodgate_requests_total",
+      help: "Client requests answered, by route, model, pool and status class.",
+      labelNames: ["route", "model", "pool", "status_class"],
+      registers,
+    });
+    this.duration = new FastHistogram(
+      {
+        name: "floodgate_request_duration_seconds",
+        help: "Time from request received to response finished, streams included.",
+        labelNames: ["route", "model", "pool", "status_class"],
+        registers,
+      },
+      LATENCY_BUCKETS,
     );
-    this.requests = new Children((v) => requests.labels(...v));
-    const duration = histogram(
-      "floodgate_request_duration_seconds",
-      "Time from request received to response finished, streams included.",
-      ["route", "model", "pool", "status_class"],
+    this.firstByte = new FastHistogram(
+      {
+        name: "floodgate_upstream_first_byte_seconds",
+        help: "Time from sending a request upstream to the backend's response headers.",
+        labelNames: ["pool", "backend"],
+        registers,
+      },
+      LATENCY_BUCKETS,
     );
-    this.duration = new Children((v) => duration.labels(...v));
-    const firstByte = histogram(
-      "floodgate_upstream_first_byte_seconds",
-      "Time from sending a request upstream to the backend's response headers.",
-      ["pool", "backend"],
-    );
-    this.firstByte = new Children((v) => firstByte.labels(...v));
-    const selections = counter(
-      "floodgate_backend_selections_total",
-      "Times the balancer picked each backend.",
-      ["pool", "backend"],
-    );
-    this.selections = new Children((v) => selections.labels(...v));
-    const attempts = counter(
-      "floodgate_upstream_attempts_total",
-      "Attempts sent upstream, by outcome (success, http_4xx, http_5xx, gateway_failure, connect_failure).",
-      ["pool", "backend", "outcome"],
-    );
-    this.attempts = new Children((v) => attempts.labels(...v));
+    this.selections = new FastCounter({
+      name: "floodgate_backend_selections_total",
+      help: "Times the balancer picked each backend.",
+      labelNames: ["pool", "backend"],
+      registers,
+    });
+    this.attempts = new FastCounter({
+      name: "floodgate_upstream_attempts_total",
+      help: "Attempts sent upstream, by outcome (success, http_4xx, http_5xx, gateway_failure, connect_failure).",
+      labelNames: ["pool", "backend", "outcome"],
+      registers,
+    });
     const retries = counter("floodgate_upstream_retries_total", "Retries on another backend, by reason.", [
       "pool",
       "reason",
@@ -260,8 +265,8 @@ export class Metrics {
   /** Counters fed by the pools as things happen. */
   upstreamEvents(): UpstreamEvents {
     return {
-      selected: (pool, backend) => this.selections.get(pool, backend).inc(),
-      attempted: (pool, backend, outcome) => this.attempts.get(pool, backend, outcome).inc(),
+      selected: (pool, backend) => this.selections.bind(pool, backend).inc(),
+      attempted: (pool, backend, outcome) => this.attempts.bind(pool, backend, outcome).inc(),
       retried: (pool, reason) => this.retries.get(pool, reason).inc(),
       retryBudgetExhausted: (pool) => this.budgetExhausted.get(pool).inc(),
       ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
@@ -313,8 +318,8 @@ export class Metrics {
   }
 
   observeRequest(labels: RequestLabels, seconds: number): void {
-    this.requests.get(labels.route, labels.model, labels.pool, labels.statusClass).inc();
-    this.duration.get(labels.route, labels.model, labels.pool, labels.statusClass).observe(seconds);
+    this.requests.bind(labels.route, labels.model, labels.pool, labels.statusClass).inc();
+    this.duration.bind(labels.route, labels.model, labels.pool, labels.statusClass).observe(seconds);
   }
 
   observeFallback(from: string, to: string): void {
@@ -322,6 +327,6 @@ export class Metrics {
   }
 
   observeFirstByte(pool: string, backend: string, seconds: number): void {
-    this.firstByte.get(pool, backend).observe(seconds);
+    this.firstByte.bind(pool, backend).observe(seconds);
   }
 }

@@ -21,7 +21,9 @@ const HOP_BY_HOP = new Set([
 const SET_BY_GATEWAY = new Set(["host", "content-length", "expect", "x-request-id", "x-forwarded-for"]);
 
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
-  if (value === undefined) return undefined;
+  // The usual values name only headers that are hop-by-hop anyway: nothing more to strip.
+  if (value === undefined || value === "keep-alive" || value === "close" || value === "Keep-Alive")
+    return undefined;
   const text = Array.isArray(value) ? value.join(",") : value;
   const tokens = new Set<string>();
   for (const token of text.split(",")) {

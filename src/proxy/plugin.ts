@@ -82,7 +82,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       ctx.pool = pool.name;
       ctx.stream = json.stream === true;
 
-      await checkRequestLimits(request, reply);
+      ctx.route = route;
+      // Stages that are off cost nothing: no await, no promise turn.
+      if (deps.limits.enabled) await checkRequestLimits(request, reply);
 
       // Cache: a hit is answered here, past auth and the request limits, before any token is
       // reserved (it costs no GPU time, so it costs no tokens).
@@ -112,12 +114,14 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       }
 
       let reservation: Reservation | undefined;
-      try {
-        reservation = await reserveTokens(request, reply, route, json);
-        await takeConcurrencySlot(request, reservation);
-      } catch (err) {
-        void leader?.finish(undefined);
-        throw err;
+      if (deps.budgets.has(ctx.tenant) || deps.concurrency.has(ctx.tenant)) {
+        try {
+          reservation = await reserveTokens(request, reply, route, json);
+          await takeConcurrencySlot(request, reservation);
+        } catch (err) {
+          void leader?.finish(undefined);
+          throw err;
+        }
       }
 
       // Settling tokens and recording for the cache both need a stream's usage: it is asked for
@@ -440,8 +444,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     const prefix = route.prefix.replace(/\/+$/, "");
     const handler = async (request: FastifyRequest, reply: FastifyReply) => {
       request.gw.pool = pool.name;
+      request.gw.route = prefix;
       const path = passThroughPath(request.url, prefix, route.stripPrefix);
-      await checkRequestLimits(request, reply);
+      if (deps.limits.enabled) await checkRequestLimits(request, reply);
       const hasBody = request.method !== "GET" && request.method !== "HEAD";
       const body = hasBody ? ((request.body as ForwardResult["body"] | undefined) ?? null) : null;
       // A streamed upload cannot be sent twice: only bodiless requests may fall back.

@@ -72,7 +72,9 @@ describe("logs", () => {
   });
 
   it("a backend failure: one error line with the request id and the cause; keys never appear", async () => {
-    const upstream = await startUpstream((_req, res) => res.socket?.destroy());
+    const upstream = await startUpstream((_req, res) => {
+      res.socket?.destroy();
+    });
     cleanups.push(() => upstream.close());
     const { url, lines } = await logged(upstream);
     const res = await request(`${url}/v1/chat/completions`, {

@@ -117,7 +117,13 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     bodyLimit: config.server.bodyLimit,
     requestTimeout: config.server.requestTimeout,
     keepAliveTimeout: config.server.keepAliveTimeout,
-    http: { maxHeaderSize: config.server.maxHeaderSize, headersTimeout: config.server.headersTimeout },
+    http: {
+      maxHeaderSize: config.server.maxHeaderSize,
+      headersTimeout: config.server.headersTimeout,
+      // Node checks the request and headers timeouts every 30 s by default, so a slow client
+      // could hold a connection up to 30 s past them: check often enough to enforce them.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, config.server.headersTimeout / 4)),
+    },
     trustProxy: config.server.trustProxy.length > 0 ? config.server.trustProxy : false,
     requestIdHeader: false,
     genReqId: (req: IncomingMessage) => {

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { connect } from "node:net";
 import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { poolYaml, startGateway } from "../../helpers/gateway.js";
@@ -83,6 +84,30 @@ describe("errors have the OpenAI shape and the right status", () => {
     const res = await call(`${gw.url}/v1/models`, { method: "GET", headers: { "x-big": "y".repeat(4000) } });
     expect(res.status).toBe(431);
     expectOpenAIError(res.json(), "request_header_fields_too_large");
+  });
+
+  it("408 in the OpenAI shape for a client too slow to send its request, within the timeout", async () => {
+    const { gw } = await setup("server: { requestTimeout: 500ms, headersTimeout: 400ms }\n");
+    const { hostname, port } = new URL(gw.url);
+    const started = performance.now();
+    const answer = await new Promise<string>((resolve) => {
+      const socket = connect(Number(port), hostname, () => {
+        // Headers promise a body that never comes.
+        socket.write(
+          "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        );
+      });
+      let out = "";
+      socket.on("data", (d) => {
+        out += d.toString();
+      });
+      socket.on("close", () => resolve(out));
+    });
+    expect(answer).toMatch(/^HTTP\/1.1 408/);
+    expect(JSON.parse(answer.split("\r\n\r\n")[1] ?? "{}")).toMatchObject({
+      error: { code: "request_timeout" },
+    });
+    expect(performance.now() - started).toBeLessThan(2500);
   });
 
   it("404 unknown_url for a path no route serves", async () => {

@@ -5,6 +5,8 @@
  * generator. Non-streamed requests get one chat.completion (the size of `floodgate sim`'s);
  * `"stream": true` gets 16 chunk events, a final event and `[DONE]`, written at once. GET /health
  * and GET /v1/models answer as an OpenAI-compatible server does (floodgate's health checks).
+ * GET /stats counts the POSTs answered so far (`{"posts":N,"streamed":M}`): the benchmark reads
+ * it around a measurement to see how many requests reached the backend (cache hits do not).
  *
  * usage: node bench/overhead/backend.mjs --port N [--model NAME]
  */
@@ -54,6 +56,7 @@ const models = Buffer.from(
   JSON.stringify({ object: "list", data: [{ id: model, object: "model", created, owned_by: "bench" }] }),
 );
 const health = Buffer.from('{"status":"ok"}');
+const stats = { posts: 0, streamed: 0 };
 
 const stream = Buffer.from(
   [
@@ -67,7 +70,14 @@ const stream = Buffer.from(
 const server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
   if (req.method !== "POST") {
     // floodgate's health checks probe /v1/models and want the pool's model listed there.
-    const body = req.url === "/v1/models" ? models : req.url === "/health" ? health : undefined;
+    const body =
+      req.url === "/v1/models"
+        ? models
+        : req.url === "/health"
+          ? health
+          : req.url === "/stats"
+            ? Buffer.from(JSON.stringify(stats))
+            : undefined;
     res.writeHead(body ? 200 : 404, {
       "content-type": "application/json",
       "content-length": body?.length ?? 0,
@@ -75,6 +85,7 @@ const server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
     res.end(body);
     return;
   }
+  stats.posts++;
   const parts = [];
   req.on("data", (c) => parts.push(c));
   req.on("end", () => {
@@ -87,6 +98,7 @@ const server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
       return;
     }
     if (wantsStream) {
+      stats.streamed++;
       res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
       res.end(stream);
     } else {

@@ -14,6 +14,9 @@
  *
  * usage: node bench/overhead/loadgen.mjs --url http://127.0.0.1:PORT --rate 500 --duration 10
  *          [--warmup 2] [--stream] [--connections 64] [--path /v1/chat/completions]
+ *          [--header "name: value"]... [--extra '{"temperature":0}'] [--count-header NAME]
+ * --extra merges fields into the request body; --count-header counts the values of one response
+ * header (e.g. x-floodgate-cache) over the measured phase, as `headerCounts`.
  * Prints one JSON object on stdout.
  */
 import { parseArgs } from "node:util";
@@ -47,6 +50,9 @@ async function main() {
       connections: { type: "string", default: "64" },
       stream: { type: "boolean", default: false },
       model: { type: "string", default: "bench-model" },
+      header: { type: "string", multiple: true, default: [] },
+      extra: { type: "string", default: "{}" },
+      "count-header": { type: "string" },
     },
   });
   if (!values.url) throw new Error("--url is required");
@@ -57,8 +63,16 @@ async function main() {
     model: values.model,
     messages: [{ role: "user", content: "hello" }],
     max_tokens: 16,
+    ...JSON.parse(values.extra),
     ...(stream ? { stream: true } : {}),
   });
+  const headers = { "content-type": "application/json" };
+  for (const h of values.header) {
+    const colon = h.indexOf(":");
+    if (colon < 1) throw new Error(`--header wants "name: value", got ${h}`);
+    headers[h.slice(0, colon).trim().toLowerCase()] = h.slice(colon + 1).trim();
+  }
+  const countHeader = values["count-header"]?.toLowerCase();
   const pool = new Pool(values.url, {
     connections: Number(values.connections),
     pipelining: 1,
@@ -69,7 +83,7 @@ async function main() {
   const request = {
     path: values.path,
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers,
     body,
   };
 
@@ -86,6 +100,7 @@ async function main() {
     const t0 = t0Epoch - performance.timeOrigin;
     const samples = { latency: [], service: [], sendLag: [] };
     const statuses = {};
+    const headerCounts = {};
     let errors = 0;
     let unterminated = 0;
     let next = 0;
@@ -122,6 +137,10 @@ async function main() {
                 if (settled) return;
                 settled = true;
                 statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1;
+                if (countHeader) {
+                  const v = String(res.headers[countHeader] ?? "(none)");
+                  headerCounts[v] = (headerCounts[v] ?? 0) + 1;
+                }
                 if (ok && !failed && at !== undefined) {
                   samples.latency.push(at - scheduled);
                   samples.service.push(at - sentAt);
@@ -164,6 +183,7 @@ async function main() {
         errors,
         unterminated,
         statuses,
+        ...(countHeader ? { headerCounts } : {}),
         achievedRate: Math.round(count / wallSeconds),
         latencyMs: summarize(samples.latency),
         serviceMs: summarize(samples.service),

@@ -1,7 +1,12 @@
 -- wrk script: POST a small non-streamed chat completion; print a JSON summary at the end.
+-- run.mjs may set BENCH_BODY (another body, e.g. with "temperature": 0 for the cache-hit run)
+-- and BENCH_AUTHORIZATION (an Authorization header, for the runs with an API key); without
+-- them every target gets the same request as always.
 wrk.method = "POST"
-wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
+wrk.body = os.getenv("BENCH_BODY") or '{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
+local authorization = os.getenv("BENCH_AUTHORIZATION")
+if authorization and authorization ~= "" then wrk.headers["Authorization"] = authorization end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -13,8 +13,10 @@ export const TARGETS = {
   ttftAddedP50Ms: 0.6,
 };
 
-const PROXIES = ["nginx", "node-floor", "floodgate", "floodgate+log"];
 const FLOODGATES = ["floodgate", "floodgate+log"];
+/** floodgate with request limits (memory store, Redis store) and with cache hits. */
+const VARIANTS = ["floodgate+memory-limits", "floodgate+redis-limits", "floodgate+cache-hit"];
+const PROXIES = ["nginx", "node-floor", ...FLOODGATES, ...VARIANTS];
 
 export function renderReport(r) {
   const targets = r.meta.targets.filter((t) => r.saturation[t.name]);
@@ -58,7 +60,10 @@ export function renderReport(r) {
   p();
   p(
     `1. **Saturation**: \`wrk -t1 -c${plan.connections} -d${plan.satSeconds}s -s post.lua\` after a ${plan.satWarmup} s warm-up; ` +
-      'POST /v1/chat/completions `{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}`, non-streamed.',
+      'POST /v1/chat/completions `{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}`, non-streamed' +
+      (present(VARIANTS).length
+        ? ' (the limits variants add `Authorization: Bearer <key>`, the cache-hit variant `"temperature": 0`; section 4).'
+        : "."),
   );
   p(
     `2. **Latency at a fixed rate**: ${plan.latRate} req/s for ${plan.latSeconds} s (after ${plan.latWarmup} s warm-up), open loop ` +
@@ -75,6 +80,12 @@ export function renderReport(r) {
       "(for 2 and 3 the window includes the warm-up).",
   );
   p();
+  if (present(VARIANTS).length) {
+    p(
+      "The floodgate variants (section 4) get saturation and latency; the first SSE event only the cache-hit variant (a streamed hit is replayed from the cache).",
+    );
+    p();
+  }
 
   // 1. Saturation
   p("## 1. Saturation throughput, non-streamed");
@@ -122,6 +133,9 @@ export function renderReport(r) {
     `## 3. Time to first SSE event at ${plan.sseRate} req/s, open loop (ms)`,
     targets,
   );
+
+  // 4. Limits and cache
+  if (present(VARIANTS).length) variantsSection(p, r, present);
 
   // Targets
   p("## Targets (one floodgate process on one core)");
@@ -206,6 +220,12 @@ function targetWhat(name, lbl) {
       return "`node dist/src/main.js --config` on cpu0; log level warn, accessLog false, admin off";
     case "floodgate+log":
       return "the same with the defaults: log level info, accessLog true (stdout to /dev/null)";
+    case "floodgate+memory-limits":
+      return "floodgate (warn, no access log) + an API key (`auth`), a tenant limit `requests: { rate: 1000000, per: 1s }` and `rateLimits: [{ name: per-ip, by: ip, rate: 1000000, per: 1s }]`, `store: memory`; requests carry the key";
+    case "floodgate+redis-limits":
+      return "the same limits with `store: { type: redis }` on a redis-server started by the benchmark (cpu1, no persistence): two bucket scripts (EVALSHA) per request";
+    case "floodgate+cache-hit":
+      return 'floodgate (warn, no access log) with the pool\'s `cache: { enabled: true }`; the body has `"temperature": 0`, so every request after the first is a cache HIT';
     default:
       return lbl;
   }
@@ -258,6 +278,264 @@ function latencySection(p, r, key, title, targets) {
     );
     p();
   }
+}
+
+function variantsSection(p, r, present) {
+  const plan = r.meta.plan;
+  const names = ["floodgate", ...present(VARIANTS)];
+  const sat = (n) => r.saturation[n];
+  const lat = (n) => r.latency[n];
+  const cpuUs = (d, proc, requests) => {
+    const s = d?.cpu.processes[proc]?.cpuSeconds;
+    return s === undefined || !requests ? Number.NaN : (s / requests) * 1e6;
+  };
+  const latRequests = (d) => d.sent + d.rate * plan.latWarmup;
+  const statuses = (d) =>
+    d?.statuses
+      ? Object.entries(d.statuses)
+          .map(([code, n]) => `${code}×${n}`)
+          .join(", ")
+      : "n/a";
+  const diff = (key, a, b, q) => {
+    const x = r[key][a]?.latencyMs?.[q];
+    const y = r[key][b]?.latencyMs?.[q];
+    return x === undefined || y === undefined ? Number.NaN : x - y;
+  };
+
+  p("## 4. Request limits and cache hits");
+  p();
+  p(
+    "floodgate as above (access log off, level warn) with one thing changed, under the same loads. " +
+      "The limits are far above the load: every request is counted against both (two token buckets), none is refused. " +
+      "The variants also run the admin listener on loopback, idle until its counters are read after the run.",
+  );
+  p();
+  p(
+    `| target | req/s | vs floodgate | floodgate CPU µs/req | p50 at ${plan.latRate}/s | p99 | +p50 over direct | +p99 over direct | +p50 over floodgate | +p99 over floodgate | statuses at ${plan.latRate}/s | wrk errors |`,
+  );
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
+  for (const n of names) {
+    const s = sat(n);
+    const l = lat(n);
+    if (!s) continue;
+    const self = n === "floodgate";
+    p(
+      `| ${n} | **${fmtInt(s.rps)}** | ${ratio(s.rps, sat("floodgate")?.rps)} | ${fmtInt(cpuUs(s, n, s.requests))} | ${ms(l?.latencyMs?.p50)} | ${ms(l?.latencyMs?.p99)} | ` +
+        `${ms(added(r, "latency", n, "p50"), true)} | ${ms(added(r, "latency", n, "p99"), true)} | ${self ? "-" : ms(diff("latency", n, "floodgate", "p50"), true)} | ${self ? "-" : ms(diff("latency", n, "floodgate", "p99"), true)} | ${statuses(l)} | ${s.errorCount} |`,
+    );
+  }
+  p();
+  p(
+    "*wrk errors* counts every non-2xx answer too (a 429 would be one). p99 rests on 50 requests; see the notes on noise.",
+  );
+  p();
+
+  const mem = sat("floodgate+memory-limits");
+  const red = sat("floodgate+redis-limits");
+  const fg = sat("floodgate");
+  if (fg && (mem || red)) {
+    const fgUs = cpuUs(fg, "floodgate", fg.requests);
+    const parts = [];
+    if (mem) {
+      const us = cpuUs(mem, "floodgate+memory-limits", mem.requests);
+      parts.push(
+        `memory-store limits (with the API key check) cost ${fmtInt(us - fgUs)} µs of floodgate CPU per request at saturation and ${ms(diff("latency", "floodgate+memory-limits", "floodgate", "p50"), true)} ms p50 at ${plan.latRate} req/s`,
+      );
+    }
+    if (red) {
+      const us = cpuUs(red, "floodgate+redis-limits", red.requests);
+      const redisUs = cpuUs(red, "redis", red.requests);
+      parts.push(
+        `Redis-store limits ${fmtInt(us - fgUs)} µs in floodgate plus ${fmtInt(redisUs)} µs in redis-server (on cpu1, beside wrk and the backend) and ${ms(diff("latency", "floodgate+redis-limits", "floodgate", "p50"), true)} ms p50` +
+          (mem
+            ? `; Redis over memory: ${ratio(red.rps, mem.rps)} the throughput, ${ms(diff("latency", "floodgate+redis-limits", "floodgate+memory-limits", "p50"), true)} ms p50, ${ms(diff("latency", "floodgate+redis-limits", "floodgate+memory-limits", "p99"), true)} ms p99`
+            : ""),
+      );
+    }
+    p(`Over floodgate without limits: ${parts.join("; ")}.`);
+    p();
+  }
+  const hit = sat("floodgate+cache-hit");
+  if (hit && fg) {
+    const t = r.ttft["floodgate+cache-hit"];
+    const tf = r.ttft.floodgate;
+    p(
+      `Cache hits: ${fmtInt(hit.rps)} req/s (${ratio(hit.rps, fg.rps)} of uncached floodgate, ${ratio(hit.rps, r.saturation.direct?.rps)} of the backend alone), ` +
+        `${fmtInt(cpuUs(hit, "floodgate+cache-hit", hit.requests))} µs of CPU per request, ${ms(diff("latency", "floodgate+cache-hit", "floodgate", "p50"), true)} ms p50 against an uncached request through floodgate` +
+        (t?.latencyMs && tf?.latencyMs
+          ? `. A streamed request answered from the (non-streamed) entry: first SSE event at ${plan.sseRate} req/s p50 ${ms(t.latencyMs.p50)} ms, p99 ${ms(t.latencyMs.p99)} ms, against ${ms(tf.latencyMs.p50)} / ${ms(tf.latencyMs.p99)} ms uncached (${ms(added(r, "ttft", "floodgate+cache-hit", "p50"), true)} ms p50 over direct).`
+          : "."),
+    );
+    p();
+  }
+
+  // Checks: the limits were applied and not refusing, Redis did the work, the cache hit.
+  p("### Checks: limits applied, Redis called, answers from the cache");
+  p();
+  const limitsNames = present(["floodgate+memory-limits", "floodgate+redis-limits"]);
+  if (limitsNames.length) {
+    p(
+      "Per measurement (counters read just before and after it: floodgate's `/metrics`, and Redis's `INFO commandstats`; " +
+        "the Redis columns count EVALSHA + EVAL, the bucket script, which Redis runs once per limit and request):",
+    );
+    p();
+    p(
+      "| target | measurement | requests | limit decisions | limited | store errors | decided without the store | Redis scripts | scripts per request | failed | redis-server CPU | redis µs/req |",
+    );
+    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const n of limitsNames) {
+      const rows = [];
+      const chk = r.checks?.[n]?.counters;
+      if (chk) rows.push(["check (2 requests with the key, 1 without)", 2, chk, undefined]);
+      const s = sat(n);
+      if (s) rows.push([`saturation (wrk ${plan.satSeconds} s; completed)`, s.requests, s.counters, s.cpu]);
+      const l = lat(n);
+      if (l)
+        rows.push([
+          `${plan.latRate} req/s (incl. ${plan.latWarmup} s warm-up)`,
+          latRequests(l),
+          l.counters,
+          l.cpu,
+        ]);
+      for (const [what, requests, c, cpu] of rows) {
+        if (!c) continue;
+        const bold = (v) => (v > 0 ? `**${fmtInt(v)}**` : fmtInt(v));
+        const isRedis = c.evalsha !== undefined;
+        const scripts = isRedis ? c.evalsha + c.eval : undefined;
+        const per = isRedis ? scripts / requests : undefined;
+        const perText =
+          per === undefined ? "-" : Math.abs(per - 2) > 0.1 ? `**${per.toFixed(2)}**` : per.toFixed(2);
+        const redisCpu = cpu?.processes.redis;
+        p(
+          `| ${n} | ${what} | ${fmtInt(requests)} | ${c.allowed === undefined ? "n/a" : fmtInt(c.allowed + c.limited)} | ${bold(c.limited)} | ${bold(c.storeErrors)} | ${bold(c.withoutStore)} | ` +
+            `${isRedis ? fmtInt(scripts) : "-"} | ${perText} | ${isRedis ? bold(c.failedScripts) : "-"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} | ${redisCpu ? fmtInt((redisCpu.cpuSeconds / requests) * 1e6) : "-"} |`,
+        );
+      }
+    }
+    p();
+    p(
+      "Two decisions per request (the per-IP and the tenant limit). A *store error* is a Redis call that failed or outlived `store.commandTimeout` (50 ms); " +
+        "the decision it was for is then made in process (*without the store*, `onStoreError: local`), and after 3 errors in a row every decision is, for `breaker.resetTimeout` (2 s). " +
+        "Redis executes a script whose reply came too late all the same, so its count does not drop with timeouts, only while the breaker skips Redis.",
+    );
+    p();
+    for (const n of limitsNames) {
+      const c = r.checks?.[n];
+      const v = r.variants?.[n];
+      const lines = [];
+      if (c) {
+        lines.push(
+          `check requests: ${c.plain.status} with \`RateLimit-Limit: ${c.plain.rateLimit}\`, \`RateLimit-Remaining: ${c.plain.rateLimitRemaining}\` (streamed: ${c.streamed.status}); without the API key: ${c.withoutKey?.status}`,
+        );
+      }
+      if (v?.metrics) {
+        const m = v.metrics;
+        const limited = sum(m, "floodgate_ratelimit_decisions_total", (l) =>
+          l.includes('decision="limited"'),
+        );
+        lines.push(
+          `over the whole run (warm-ups and redone measurements included): ${fmtInt(sum(m, "floodgate_ratelimit_decisions_total"))} decisions${limited > 0 ? `, **${fmtInt(limited)} limited**` : ", none limited"}, ` +
+            `${fmtInt(sum(m, "floodgate_store_errors_total"))} store errors, ${fmtInt(sum(m, "floodgate_ratelimit_without_store_total"))} decided without the store; answers ${classes(m)}`,
+        );
+      }
+      if (v?.logLines) lines.push(`warn/error log lines: ${v.logLines.count}${logKinds(v.logLines)}`);
+      p(`**${n}**: ${lines.join("; ")}.`);
+      p();
+    }
+    p(
+      "The 4xx in floodgate's request counter are 499s (client gone): wrk closes its 64 connections at the end of each run with requests in flight. A 429 would show as a *limited* decision and as a wrk error.",
+    );
+    p();
+    const redis = r.variants?.["floodgate+redis-limits"]?.redis;
+    if (redis?.commandStats) {
+      const top = Object.entries(redis.commandStats)
+        .sort((a, b) => b[1].calls - a[1].calls)
+        .map(([name, c]) => `${name} ${fmtInt(c.calls)}${c.failed ? ` (${c.failed} failed)` : ""}`);
+      p(
+        `Redis (${redis.version?.replace(/ sha=.*/, "") ?? "redis-server"}) over the whole run, every command (those the script runs included): ${top.join(", ")}.`,
+      );
+      p();
+    }
+  }
+
+  if (hit) {
+    const c = r.checks?.["floodgate+cache-hit"];
+    const v = r.variants?.["floodgate+cache-hit"];
+    p(
+      "**floodgate+cache-hit**: " +
+        (c
+          ? `check requests: \`x-floodgate-cache\` ${c.plain.cache} (first, non-streamed), ${c.streamed.cache} (streamed), ${c.again?.cache} (non-streamed again)${c.counters ? `; the backend received ${c.counters.posts} of the 3` : ""}. `
+          : "") +
+        (v?.metrics
+          ? `floodgate's counters over the whole run: cache ${v.metrics
+              .filter((x) => x.name === "floodgate_cache_requests_total")
+              .map((x) => `${label(x.labels, "result")} ${fmtInt(x.value)}`)
+              .join(
+                ", ",
+              )}; upstream attempts ${fmtInt(sum(v.metrics, "floodgate_upstream_attempts_total"))}; answers ${classes(v.metrics)}` +
+            (v.logLines ? `; warn/error log lines ${v.logLines.count}${logKinds(v.logLines)}` : "") +
+            "."
+          : ""),
+    );
+    p();
+    p(
+      "| measurement | requests measured | `x-floodgate-cache` | statuses | floodgate's cache hits / other | floodgate's upstream attempts | requests that reached the backend |",
+    );
+    p("| --- | ---: | --- | --- | ---: | ---: | ---: |");
+    const hl = lat("floodgate+cache-hit");
+    const ht = r.ttft["floodgate+cache-hit"];
+    const headers = (d) =>
+      d?.headerCounts
+        ? Object.entries(d.headerCounts)
+            .map(([k, n]) => `${k}×${n}`)
+            .join(", ")
+        : "n/a";
+    const zero = (n) => (n === undefined ? "n/a" : n === 0 ? "0" : `**${fmtInt(n)}**`);
+    const posts = (d) => zero(d?.counters?.posts);
+    const cache = (d) =>
+      d?.counters?.cacheHits === undefined
+        ? "n/a | n/a"
+        : `${fmtInt(d.counters.cacheHits)} / ${zero(d.counters.cacheOther)} | ${zero(d.counters.upstreamAttempts)}`;
+    p(
+      `| saturation (wrk, ${plan.satSeconds} s; completed) | ${fmtInt(hit.requests)} | not read by wrk | ${hit.errorCount} non-2xx | ${cache(hit)} | ${posts(hit)} |`,
+    );
+    if (hl)
+      p(
+        `| ${plan.latRate} req/s, non-streamed | ${fmtInt(hl.sent)} | ${headers(hl)} | ${statuses(hl)} | ${cache(hl)} | ${posts(hl)} |`,
+      );
+    if (ht)
+      p(
+        `| first SSE event, ${plan.sseRate} req/s, streamed | ${fmtInt(ht.sent)} | ${headers(ht)} | ${statuses(ht)} | ${cache(ht)} | ${posts(ht)} |`,
+      );
+    p();
+    p(
+      "Headers and statuses are counted by the load generator over its measured phase; floodgate's counters and the backend's POST counter (GET /stats on bench/overhead/backend.mjs) are read just before and after the measurement, the load generator's warm-up included (wrk's requests still in flight at its end are in the counters, not in *requests measured*).",
+    );
+    p();
+  }
+}
+
+function label(labels, name) {
+  return new RegExp(`${name}="([^"]*)"`).exec(labels)?.[1] ?? "";
+}
+
+function sum(metrics, name, filter = () => true) {
+  return metrics.filter((m) => m.name === name && filter(m.labels)).reduce((a, m) => a + m.value, 0);
+}
+
+/** floodgate_requests_total on the chat route by status class. */
+function classes(metrics) {
+  const by = new Map();
+  for (const m of metrics) {
+    if (m.name !== "floodgate_requests_total" || !m.labels.includes('route="/v1/chat/completions"')) continue;
+    const c = label(m.labels, "status_class");
+    by.set(c, (by.get(c) ?? 0) + m.value);
+  }
+  return [...by].map(([c, n]) => `${c} ${fmtInt(n)}`).join(", ") || "none";
+}
+
+function logKinds(lines) {
+  return lines.kinds?.length ? ` (${lines.kinds.map((k) => `${k.count}× "${k.kind}"`).join(", ")})` : "";
 }
 
 function profileSection(p, prof) {

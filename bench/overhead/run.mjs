@@ -7,14 +7,23 @@
  *   node-floor     floor-proxy.mjs: node:http + undici and nothing else, the floor for a Node proxy
  *   floodgate      `floodgate --config` with log level warn and no access log
  *   floodgate+log  the same with the default logging (info + access log; stdout to /dev/null)
- * Proxies run on core 0; the backend and the load generators (wrk, loadgen.mjs) on core 1.
+ * and three variants of `floodgate` (same logging), each changing one thing:
+ *   floodgate+memory-limits  an API key, a tenant request limit and a per-IP limit, both far
+ *                            above the load (every request checked, none refused), memory store
+ *   floodgate+redis-limits   the same with `store: redis` on a redis-server this script starts:
+ *                            two bucket scripts (EVALSHA) per request
+ *   floodgate+cache-hit      the pool's response cache on, and `"temperature": 0` in the body:
+ *                            after the first request every answer is a cache HIT
+ * Proxies run on core 0; the backend, redis-server and the load generators (wrk, loadgen.mjs)
+ * on core 1.
  *
  * Measurements: saturation throughput (wrk), open-loop latency at a fixed rate (loadgen.mjs),
  * time to the first SSE event at a fixed rate (loadgen.mjs --stream), and a CPU profile of
  * floodgate under saturation. Writes bench/overhead/REPORT.md and results/*.json.
  *
  * usage: node bench/overhead/run.mjs [--quick] [--backend trivial|sim] [--skip-nginx]
- *                                    [--skip-profile] [--report FILE] [--patience SECONDS]
+ *                                    [--skip-variants] [--skip-profile] [--report FILE]
+ *                                    [--patience SECONDS]
  * (`npm run bench:overhead` builds first and runs this.)
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -30,7 +39,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,6 +56,8 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     backend: { type: "string", default: "trivial" },
     "skip-nginx": { type: "boolean", default: false },
+    /** Leave out the limits and cache variants of floodgate (they run by default). */
+    "skip-variants": { type: "boolean", default: false },
     "skip-profile": { type: "boolean", default: false },
     report: { type: "string", default: join(HERE, "REPORT.md") },
     /** Seconds the whole run may spend waiting for other processes to calm down and redoing. */
@@ -120,10 +131,10 @@ function startServer(name, core, command, commandArgs, { stdout } = {}) {
 }
 
 /** Runs a command to its end (killed after timeoutSeconds), capturing its output. */
-function runToEnd(core, command, commandArgs, timeoutSeconds) {
+function runToEnd(core, command, commandArgs, timeoutSeconds, env = process.env) {
   const [cmd, cmdArgs] = pinned(core, command, commandArgs);
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(cmd, cmdArgs, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, cmdArgs, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
     const watchdog = setTimeout(() => child.kill("SIGKILL"), timeoutSeconds * 1000);
     ours.add(child.pid);
     const proc = { name: command, child, exited: false };
@@ -454,18 +465,195 @@ const round3 = (x) => Math.round(x * 1000) / 1000;
 // ---------------------------------------------------------------------------------------------
 // The targets.
 
-function gatewayYaml(port, backendPort, accessLog) {
-  return [
+/**
+ * floodgate's config. `variant` adds, for the limits and cache runs: an admin listener on
+ * loopback (read once after the run, for its counters), an API key with a tenant request limit
+ * and a per-IP limit far above the load (memory store, or Redis with `redisPort`), or the pool's
+ * response cache.
+ */
+function gatewayYaml(port, backendPort, accessLog, variant = {}) {
+  const lines = [
     `listen: { host: 127.0.0.1, port: ${port} }`,
-    "admin: { enabled: false }",
+    variant.adminPort
+      ? `admin: { enabled: true, host: 127.0.0.1, port: ${variant.adminPort} }`
+      : "admin: { enabled: false }",
     "server: { shutdownGrace: 2s }",
     accessLog ? "log: { level: info, accessLog: true }" : "log: { level: warn, accessLog: false }",
+  ];
+  if (variant.limits) {
+    lines.push(
+      variant.redisPort
+        ? `store: { type: redis, url: "redis://127.0.0.1:${variant.redisPort}" }`
+        : "store: { type: memory }",
+      `auth: { keys: [{ key: "${BENCH_KEY}", tenant: ${BENCH_TENANT} }] }`,
+      "tenants:",
+      `  ${BENCH_TENANT}:`,
+      `    limits: { requests: { rate: ${NEVER_LIMITED}, per: 1s } }`,
+      "rateLimits:",
+      `  - { name: per-ip, by: ip, rate: ${NEVER_LIMITED}, per: 1s }`,
+    );
+  }
+  lines.push(
     "pools:",
     "  bench:",
     `    models: [${MODEL}]`,
     `    backends: [{ url: "http://127.0.0.1:${backendPort}", maxConnections: 256 }]`,
+  );
+  if (variant.cache) lines.push("    cache: { enabled: true }");
+  lines.push("");
+  return lines.join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floodgate variants: request limits (memory and Redis store) and cache hits.
+
+const BENCH_KEY = "bench-overhead-key-0123456789";
+const BENCH_TENANT = "bench";
+/** Requests per second for both limits: far above anything this machine can send. */
+const NEVER_LIMITED = 1_000_000;
+/** What a target's request differs in from the common one: an Authorization header, body fields. */
+const LIMITS_REQUEST = { authorization: `Bearer ${BENCH_KEY}` };
+const CACHE_REQUEST = { extra: { temperature: 0 } };
+const BASE_BODY = { model: MODEL, messages: [{ role: "user", content: "hello" }], max_tokens: 16 };
+
+/** One command to a Redis server over RESP (a fresh connection; for the few calls made here). */
+function redisCommand(port, ...argv) {
+  return new Promise((resolvePromise, reject) => {
+    const socket = connect({ port, host: "127.0.0.1" });
+    let buffer = Buffer.alloc(0);
+    const fail = (err) => {
+      socket.destroy();
+      reject(err);
+    };
+    socket.setTimeout(2000, () => fail(new Error(`redis ${argv[0]}: no answer within 2 s`)));
+    socket.on("error", fail);
+    socket.on("connect", () => {
+      socket.write(`*${argv.length}\r\n${argv.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`);
+    });
+    socket.on("data", (chunk) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      const end = buffer.indexOf("\r\n");
+      if (end === -1) return;
+      const head = buffer.toString("utf8", 0, end);
+      let value = head.slice(1);
+      if (head[0] === "-") return fail(new Error(`redis ${argv[0]}: ${value}`));
+      if (head[0] === ":") value = Number(value);
+      if (head[0] === "$") {
+        const length = Number(value);
+        if (length >= 0 && buffer.length < end + 2 + length) return; // more to come
+        value = length < 0 ? null : buffer.toString("utf8", end + 2, end + 2 + length);
+      }
+      socket.destroy();
+      resolvePromise(value);
+    });
+  });
+}
+
+/** Starts redis-server on core 1 (beside the backend), no persistence, loopback only. */
+async function startRedis(port) {
+  const dir = join(tmp, "redis");
+  mkdirSync(dir);
+  const proc = startServer("redis", 1, REDIS, [
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--save",
     "",
-  ].join("\n");
+    "--appendonly",
+    "no",
+    "--dir",
+    dir,
+    "--daemonize",
+    "no",
+  ]);
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (proc.exited) throw new Error(`redis-server exited (${proc.exitCode}):\n${tail(proc.logPath)}`);
+    try {
+      if ((await redisCommand(port, "PING")) === "PONG") return proc;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  throw new Error(`redis-server not answering PING on port ${port} after 10 s:\n${tail(proc.logPath)}`);
+}
+
+/** Calls per command from Redis's INFO commandstats (commands run inside scripts included). */
+async function redisCommandStats(port) {
+  const info = await redisCommand(port, "INFO", "commandstats");
+  const out = {};
+  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+).*?failed_calls=(\d+)/gm)) {
+    out[m[1]] = { calls: Number(m[2]), failed: Number(m[3]) };
+  }
+  return out;
+}
+
+/**
+ * The bucket scripts Redis ran (EVALSHA, and EVAL for the first call on a connection), failed
+ * calls among them, and the other commands but INFO (mostly those the scripts run).
+ */
+async function redisCalls(port) {
+  const out = { evalsha: 0, eval: 0, failedScripts: 0, otherCommands: 0 };
+  for (const [name, { calls, failed }] of Object.entries(await redisCommandStats(port))) {
+    if (name === "evalsha" || name === "eval") {
+      out[name] += calls;
+      out.failedScripts += failed;
+    } else if (name !== "info") out.otherCommands += calls;
+  }
+  return out;
+}
+
+/** The trivial backend's POST counters (GET /stats): requests that reached it. */
+async function backendPosts(backendUrl) {
+  const res = await fetch(`${backendUrl}/stats`, { signal: AbortSignal.timeout(2000) });
+  if (res.status !== 200) throw new Error(`backend /stats answered ${res.status}`);
+  return res.json();
+}
+
+/** The counters in floodgate's /metrics that tell whether limits and cache did their work. */
+function decisionCounts(metrics) {
+  const sum = (name, filter = () => true) =>
+    metrics.filter((m) => m.name === name && filter(m.labels)).reduce((a, m) => a + m.value, 0);
+  return {
+    allowed: sum("floodgate_ratelimit_decisions_total", (l) => l.includes('decision="allowed"')),
+    limited: sum("floodgate_ratelimit_decisions_total", (l) => l.includes('decision="limited"')),
+    storeErrors: sum("floodgate_store_errors_total"),
+    withoutStore: sum("floodgate_ratelimit_without_store_total"),
+    cacheHits: sum("floodgate_cache_requests_total", (l) => l.includes('result="hit"')),
+    cacheOther: sum("floodgate_cache_requests_total", (l) => !l.includes('result="hit"')),
+    upstreamAttempts: sum("floodgate_upstream_attempts_total"),
+  };
+}
+
+function diffCounts(before, after) {
+  return Object.fromEntries(Object.keys(after).map((k) => [k, after[k] - (before[k] ?? 0)]));
+}
+
+/** Wraps a measurement so that the target's counters (Redis, backend) are read around it. */
+function counted(t, work) {
+  if (!t.counters) return work;
+  return async () => {
+    const before = await t.counters();
+    const result = await work();
+    const after = await t.counters();
+    return { ...result, counters: diffCounts(before, after) };
+  };
+}
+
+/** The variant's own counters from its /metrics: requests, limit decisions, store errors, cache. */
+async function variantMetrics(adminUrl) {
+  const res = await fetch(`${adminUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  const wanted =
+    /^(floodgate_(requests_total|ratelimit_decisions_total|store_errors_total|ratelimit_without_store_total|cache_requests_total|upstream_attempts_total))(\{[^}]*\})? (\S+)$/;
+  const out = [];
+  for (const line of text.split("\n")) {
+    const m = wanted.exec(line);
+    if (m) out.push({ name: m[1], labels: m[3] ?? "", value: Number(m[4]) });
+  }
+  return out;
 }
 
 function nginxConf(dir, port, backendPort) {
@@ -503,21 +691,37 @@ http {
 `;
 }
 
-async function checkTarget(name, url) {
-  const body = { model: MODEL, messages: [{ role: "user", content: "hello" }], max_tokens: 16 };
-  const post = (b) =>
+/**
+ * One non-streamed and one streamed request with the target's request. Returns a warning or
+ * undefined, and what the answers showed (`observed`: the cache and rate-limit headers; for a
+ * target with an API key, that a request without it is refused; for the cache, a third request).
+ */
+async function checkTarget(name, url, request = {}) {
+  const body = { ...BASE_BODY, ...request.extra };
+  const headers = { "content-type": "application/json" };
+  if (request.authorization) headers.authorization = request.authorization;
+  const post = (b, h = headers) =>
     fetch(`${url}/v1/chat/completions`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: h,
       body: JSON.stringify(b),
       signal: AbortSignal.timeout(5000),
     });
+  const seen = (res) => ({
+    status: res.status,
+    cache: res.headers.get("x-floodgate-cache"),
+    rateLimit: res.headers.get("ratelimit-limit"),
+    rateLimitRemaining: res.headers.get("ratelimit-remaining"),
+  });
+  const observed = {};
   const plain = await post(body);
+  observed.plain = seen(plain);
   const json = await plain.json().catch(() => null);
   if (plain.status !== 200 || json?.object !== "chat.completion") {
     throw new Error(`${name}: non-streamed check failed: ${plain.status} ${JSON.stringify(json)}`);
   }
   const streamed = await post({ ...body, stream: true });
+  observed.streamed = seen(streamed);
   if (streamed.status !== 200) throw new Error(`${name}: streamed check failed: ${streamed.status}`);
   // Read to `data: [DONE]`, then give the stream 2 s to end: a proxy that never ends it is
   // reported, and measured anyway (loadgen.mjs counts such streams as unterminated).
@@ -541,11 +745,55 @@ async function checkTarget(name, url) {
     })(),
     sleep(2000).then(() => false),
   ]);
+  let warning;
   if (!ended) {
     await reader.cancel().catch(() => {});
-    return `${name}: a streamed answer was not ended within 2 s of its \`data: [DONE]\` event (the client waits until its own timeout).`;
+    warning = `${name}: a streamed answer was not ended within 2 s of its \`data: [DONE]\` event (the client waits until its own timeout).`;
   }
-  return undefined;
+  if (request.extra) {
+    const again = await post(body);
+    observed.again = seen(again);
+    await again.arrayBuffer();
+  }
+  if (request.authorization) {
+    const { authorization: _, ...withoutKey } = headers;
+    const refused = await post(body, withoutKey);
+    observed.withoutKey = seen(refused);
+    await refused.arrayBuffer();
+  }
+  return { warning, observed };
+}
+
+/** What a variant's check requests must show: limits applied but not refusing, cache HITs. */
+function variantCheckWarnings(t, observed) {
+  const out = [];
+  if (t.variant?.limits) {
+    if (observed.plain.status !== 200 || !observed.plain.rateLimit) {
+      out.push(
+        `${t.name}: the check request got ${observed.plain.status} without RateLimit-Limit: the limits are not applied.`,
+      );
+    }
+    if (observed.withoutKey?.status !== 401) {
+      out.push(`${t.name}: a request without the API key got ${observed.withoutKey?.status}, not 401.`);
+    }
+  }
+  if (t.variant?.redisPort) {
+    const scripts = (observed.counters?.evalsha ?? 0) + (observed.counters?.eval ?? 0);
+    if (scripts < 4) out.push(`${t.name}: Redis ran ${scripts} bucket scripts for two checked requests.`);
+  }
+  if (t.variant?.cache) {
+    const want = { plain: "MISS", streamed: "HIT", again: "HIT" };
+    for (const [k, v] of Object.entries(want)) {
+      if (observed[k]?.cache !== v)
+        out.push(`${t.name}: check request (${k}) had x-floodgate-cache ${observed[k]?.cache}, not ${v}.`);
+    }
+    if (observed.counters && observed.counters.posts !== 1) {
+      out.push(
+        `${t.name}: the backend got ${observed.counters.posts} requests for the 3 check requests, not 1.`,
+      );
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +801,13 @@ async function checkTarget(name, url) {
 
 const WRK_SCRIPT = join(HERE, "post.lua");
 
-async function wrk(url, seconds) {
+/** wrk against url; `request` (a target's Authorization header and body fields) via post.lua's env. */
+async function wrk(url, seconds, request = {}) {
+  const env = { ...process.env };
+  delete env.BENCH_BODY;
+  delete env.BENCH_AUTHORIZATION;
+  if (request.extra) env.BENCH_BODY = JSON.stringify({ ...BASE_BODY, ...request.extra });
+  if (request.authorization) env.BENCH_AUTHORIZATION = request.authorization;
   const { stdout } = await runToEnd(
     1,
     WRK,
@@ -568,6 +822,7 @@ async function wrk(url, seconds) {
       `${url}/v1/chat/completions`,
     ],
     seconds + 30,
+    env,
   );
   const line = stdout.split("\n").find((l) => l.startsWith("BENCH_JSON "));
   if (!line) throw new Error(`wrk printed no summary:\n${stdout}`);
@@ -576,7 +831,7 @@ async function wrk(url, seconds) {
   return { rps: Math.round(summary.requests / (summary.durationUs / 1e6)), errorCount: errors, ...summary };
 }
 
-async function loadgen(url, { rate, seconds, warmup, stream }) {
+async function loadgen(url, { rate, seconds, warmup, stream }, request = {}) {
   const { stdout } = await runToEnd(
     1,
     process.execPath,
@@ -593,14 +848,18 @@ async function loadgen(url, { rate, seconds, warmup, stream }) {
       "--connections",
       String(CONNECTIONS),
       ...(stream ? ["--stream"] : []),
+      ...(request.authorization ? ["--header", `authorization: ${request.authorization}`] : []),
+      ...(request.extra
+        ? ["--extra", JSON.stringify(request.extra), "--count-header", "x-floodgate-cache"]
+        : []),
     ],
     seconds + warmup + 60,
   );
   return JSON.parse(stdout.trim().split("\n").at(-1));
 }
 
-/** floodgate's error and fatal log lines: how many, and the distinct kinds (message, code). */
-function errorLines(path) {
+/** floodgate's error and fatal (or also warn) log lines: how many, and the distinct kinds (message, code). */
+function errorLines(path, levels = /"level":(50|60)/) {
   const kinds = new Map();
   let count = 0;
   let text = "";
@@ -610,7 +869,7 @@ function errorLines(path) {
     return { count, kinds: [] };
   }
   for (const line of text.split("\n")) {
-    if (!/"level":(50|60)/.test(line)) continue;
+    if (!levels.test(line)) continue;
     count++;
     let kind = line.slice(0, 200);
     try {
@@ -773,6 +1032,8 @@ function gitDescription() {
 
 const WRK = findBinary(["wrk", "/usr/bin/wrk"]);
 const NGINX = args["skip-nginx"] ? undefined : findBinary(["/usr/sbin/nginx", "nginx"]);
+const REDIS = args["skip-variants"] ? undefined : findBinary(["redis-server", "/usr/bin/redis-server"]);
+const ALL_PHASES = ["saturation", "latency", "ttft"];
 
 async function main() {
   if (!existsSync(MAIN)) throw new Error(`${relative(ROOT, MAIN)} is missing: run \`npm run build\` first`);
@@ -790,6 +1051,7 @@ async function main() {
     floodgateLog: await freePort(),
     floor: await freePort(),
   };
+  const warnings = [];
 
   // Backend on core 1, beside the load generators.
   const backend =
@@ -826,7 +1088,9 @@ async function main() {
   const backendUrl = `http://127.0.0.1:${ports.backend}`;
   await waitReady(backend, `${backendUrl}/health`);
 
-  const targets = [{ name: "direct", label: "direct (backend)", url: backendUrl, proc: undefined }];
+  const targets = [
+    { name: "direct", label: "direct (backend)", url: backendUrl, proc: undefined, phases: ALL_PHASES },
+  ];
 
   let nginxVersion;
   if (NGINX) {
@@ -845,7 +1109,13 @@ async function main() {
       join(dir, "error.log"),
     ]);
     await waitReady(proc, `http://127.0.0.1:${ports.nginx}/health`);
-    targets.push({ name: "nginx", label: nginxVersion, url: `http://127.0.0.1:${ports.nginx}`, proc });
+    targets.push({
+      name: "nginx",
+      label: nginxVersion,
+      url: `http://127.0.0.1:${ports.nginx}`,
+      proc,
+      phases: ALL_PHASES,
+    });
   }
 
   {
@@ -858,7 +1128,13 @@ async function main() {
     ]);
     const url = `http://127.0.0.1:${ports.floor}`;
     await waitReady(proc, `${url}/health`);
-    targets.push({ name: "node-floor", label: "minimal Node proxy (node:http + undici)", url, proc });
+    targets.push({
+      name: "node-floor",
+      label: "minimal Node proxy (node:http + undici)",
+      url,
+      proc,
+      phases: ALL_PHASES,
+    });
   }
 
   for (const [name, port, accessLog] of [
@@ -878,21 +1154,88 @@ async function main() {
       label: accessLog ? "floodgate, access log on (info)" : "floodgate, access log off (warn)",
       url,
       proc,
+      phases: ALL_PHASES,
     });
   }
-  const warnings = [];
+
+  // The variants: limits on the memory store, limits on Redis, cache hits. Latency and
+  // saturation for each; the first SSE event only for the cache (a streamed hit is replayed).
+  let redis;
+  let redisPort;
+  if (!args["skip-variants"]) {
+    if (REDIS) {
+      redisPort = await freePort();
+      redis = await startRedis(redisPort);
+    } else {
+      const w = "redis-server is not installed (Debian: redis-server): floodgate+redis-limits was skipped.";
+      log(`WARNING ${w}`);
+      warnings.push(w);
+    }
+    const variants = [
+      {
+        name: "floodgate+memory-limits",
+        label: "floodgate, API key + tenant limit + per-IP limit, memory store",
+        variant: { limits: true },
+        request: LIMITS_REQUEST,
+        phases: ["saturation", "latency"],
+      },
+      redis && {
+        name: "floodgate+redis-limits",
+        label: "floodgate, API key + tenant limit + per-IP limit, Redis store",
+        variant: { limits: true, redisPort },
+        request: LIMITS_REQUEST,
+        phases: ["saturation", "latency"],
+        extraProcs: [redis],
+        own: () => redisCalls(redisPort),
+      },
+      {
+        name: "floodgate+cache-hit",
+        label: "floodgate, pool cache on, temperature 0: cache hits",
+        variant: { cache: true },
+        request: CACHE_REQUEST,
+        phases: ALL_PHASES,
+        // The trivial backend counts the requests that reach it; the simulator does not.
+        own: args.backend === "trivial" ? () => backendPosts(backendUrl) : undefined,
+      },
+    ].filter(Boolean);
+    for (const v of variants) {
+      const port = await freePort();
+      const adminPort = await freePort();
+      const yaml = gatewayYaml(port, ports.backend, false, { ...v.variant, adminPort });
+      const config = join(tmp, `${v.name}.yaml`);
+      writeFileSync(config, yaml);
+      const proc = startServer(v.name, 0, process.execPath, [MAIN, "--config", config]);
+      const url = `http://127.0.0.1:${port}`;
+      await waitReady(proc, `${url}/healthz`);
+      const adminUrl = `http://127.0.0.1:${adminPort}`;
+      // Read around each measurement: Redis's or the backend's counters, and floodgate's own.
+      const counters = async () => ({
+        ...(v.own ? await v.own() : {}),
+        ...decisionCounts(await variantMetrics(adminUrl)),
+      });
+      targets.push({ ...v, url, proc, adminUrl, yaml, counters });
+    }
+  }
   if (newestMtime(join(ROOT, "src")) > statSync(MAIN).mtimeMs) {
     const stale =
       "dist/ is older than src/: this run measures the last build, not the source (npm run bench:overhead builds first).";
     log(`WARNING ${stale}`);
     warnings.push(stale);
   }
+  const checks = {};
   for (const t of targets) {
     try {
-      const warning = await checkTarget(t.name, t.url);
+      const before = await t.counters?.();
+      const { warning, observed } = await checkTarget(t.name, t.url, t.request);
+      if (before) observed.counters = diffCounts(before, await t.counters());
+      checks[t.name] = observed;
       if (warning) {
         log(`WARNING ${warning}`);
         warnings.push(warning);
+      }
+      for (const w of variantCheckWarnings(t, observed)) {
+        log(`WARNING ${w}`);
+        warnings.push(w);
       }
     } catch (err) {
       throw new Error(
@@ -926,8 +1269,10 @@ async function main() {
       quietThresholdPct: QUIET * 100,
       residualThresholdPct: RESIDUAL_LIMIT * 100,
       stealThresholdPct: STEAL_LIMIT * 100,
-      targets: targets.map(({ name, label }) => ({ name, label })),
+      targets: targets.map(({ name, label, phases }) => ({ name, label, phases })),
     },
+    checks,
+    variants: {},
     saturation: {},
     latency: {},
     ttft: {},
@@ -935,56 +1280,79 @@ async function main() {
     floodgateErrors: { count: 0, kinds: [] },
   };
 
-  const measured = (t) => (t.proc ? [t.proc, backend] : [backend]);
+  const measured = (t) => [...(t.proc ? [t.proc] : []), backend, ...(t.extraProcs ?? [])];
+  const counts = (r) => (r.counters ? `; ${JSON.stringify(r.counters)}` : "");
 
   for (const t of targets) {
     log(`saturation ${t.name}: ${PLAN.satWarmup}s warm-up + ${PLAN.satSeconds}s, wrk -t1 -c${CONNECTIONS}`);
-    await wrk(t.url, PLAN.satWarmup);
-    const { result, cpu } = await measure(measured(t), () => wrk(t.url, PLAN.satSeconds), log);
+    await wrk(t.url, PLAN.satWarmup, t.request);
+    const { result, cpu } = await measure(
+      measured(t),
+      counted(t, () => wrk(t.url, PLAN.satSeconds, t.request)),
+      log,
+    );
     results.saturation[t.name] = { ...result, cpu };
-    log(`  ${result.rps} req/s, ${result.errorCount} errors`);
+    log(`  ${result.rps} req/s, ${result.errorCount} errors${counts(result)}`);
   }
-  for (const t of targets) {
+  for (const t of targets.filter((x) => x.phases.includes("latency"))) {
     log(
       `latency ${t.name}: ${PLAN.latRate} req/s open loop, ${PLAN.latWarmup}s warm-up + ${PLAN.latSeconds}s`,
     );
     const { result, cpu } = await measure(
       measured(t),
-      () =>
-        loadgen(t.url, {
-          rate: PLAN.latRate,
-          seconds: PLAN.latSeconds,
-          warmup: PLAN.latWarmup,
-          stream: false,
-        }),
+      counted(t, () =>
+        loadgen(
+          t.url,
+          { rate: PLAN.latRate, seconds: PLAN.latSeconds, warmup: PLAN.latWarmup, stream: false },
+          t.request,
+        ),
+      ),
       log,
     );
     results.latency[t.name] = { ...result, cpu };
-    log(`  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors`);
+    log(
+      `  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors${counts(result)}`,
+    );
   }
-  for (const t of targets) {
+  for (const t of targets.filter((x) => x.phases.includes("ttft"))) {
     log(
       `first SSE event ${t.name}: ${PLAN.sseRate} req/s open loop, ${PLAN.sseWarmup}s warm-up + ${PLAN.sseSeconds}s`,
     );
     const { result, cpu } = await measure(
       measured(t),
-      () =>
-        loadgen(t.url, {
-          rate: PLAN.sseRate,
-          seconds: PLAN.sseSeconds,
-          warmup: PLAN.sseWarmup,
-          stream: true,
-        }),
+      counted(t, () =>
+        loadgen(
+          t.url,
+          { rate: PLAN.sseRate, seconds: PLAN.sseSeconds, warmup: PLAN.sseWarmup, stream: true },
+          t.request,
+        ),
+      ),
       log,
     );
     results.ttft[t.name] = { ...result, cpu };
-    log(`  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors`);
+    log(
+      `  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors${counts(result)}`,
+    );
   }
   const quiet = targets.find((t) => t.name === "floodgate");
   results.floodgateErrors = errorLines(quiet.proc.logPath);
+  for (const t of targets.filter((x) => x.adminUrl)) {
+    results.variants[t.name] = {
+      config: t.yaml,
+      metrics: await variantMetrics(t.adminUrl).catch((err) => [{ error: String(err) }]),
+      logLines: errorLines(t.proc.logPath, /"level":(40|50|60)/),
+      redis: t.name.includes("redis")
+        ? {
+            commandStats: await redisCommandStats(redisPort),
+            version: spawnSync(REDIS, ["--version"], { encoding: "utf8" }).stdout.trim(),
+          }
+        : undefined,
+    };
+  }
 
   // The proxies are stopped before profiling so that the profiled process has core 0 alone.
   await Promise.all(targets.filter((t) => t.proc).map((t) => stop(t.proc)));
+  if (redis) await stop(redis);
   if (!args["skip-profile"]) {
     log(`profile: floodgate (access log on) under wrk for ${PLAN.profSeconds}s with --cpu-prof`);
     results.profile = await profileFloodgate(ports.backend);

@@ -1,10 +1,10 @@
 /** Active health checks and DNS discovery, through the gateway, with real servers. */
-import { createServer } from "node:net";
 import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
 import { startDnsServer, type TestDnsServer } from "../../helpers/dns-server.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+import { freePort } from "../../helpers/ports.js";
 
 let sims: SimServer[] = [];
 let gw: RunningGateway | undefined;
@@ -145,21 +145,10 @@ describe("operator drain", () => {
   });
 });
 
-async function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, host, () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 describe("DNS discovery", () => {
   it("A records: addresses added and removed at run time become backends; state of the others is kept", async () => {
     dns = await startDnsServer();
-    const port = await freePort("127.0.0.2");
+    const port = await freePort(0, "127.0.0.2");
     const a = await startSim({ models: ["m"], ...fast, host: "127.0.0.2", port });
     const b = await startSim({ models: ["m"], ...fast, host: "127.0.0.3", port });
     sims = [a, b];

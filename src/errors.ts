@@ -40,10 +40,6 @@ export class GatewayError extends Error {
     return this;
   }
 
-  get shouldRetry(): boolean {
-    return this.retryAfterMs !== undefined;
-  }
-
   body(): OpenAIErrorBody {
     return { error: { message: this.message, type: this.type, code: this.code, param: this.param } };
   }

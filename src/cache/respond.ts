@@ -5,7 +5,7 @@
  */
 import { Readable } from "node:stream";
 import type { CacheConfig } from "../config/index.js";
-import { type CachedAnswer, type CachedUsage, type CacheRoute, encodeEntry, isUsage } from "./entry.js";
+import { type CachedAnswer, type CachedUsage, type CacheRoute, isUsage } from "./entry.js";
 import { jsonToStream, replayEvents, streamToJson } from "./render.js";
 
 /** `no-store`: neither read nor write the cache; `no-cache`: do not read, do store (revalidate). */
@@ -37,7 +37,7 @@ interface Common {
   now: number;
 }
 
-/** An entry from a complete non-streamed 200 answer, or undefined when it must not be stored. */
+/** An entry from a complete non-streamed 200 answer, or undefined when it is not one (size is checked on store). */
 export function answerFromJson(c: Common, body: Buffer): CachedAnswer | undefined {
   let json: unknown;
   try {
@@ -48,7 +48,7 @@ export function answerFromJson(c: Common, body: Buffer): CachedAnswer | undefine
   if (json === null || typeof json !== "object" || Array.isArray(json)) return undefined;
   const record = json as Record<string, unknown>;
   const usage = normalizeUsage(record.usage);
-  return withinSizeLimit(c, {
+  return {
     v: 1,
     route: c.route,
     model: c.model,
@@ -56,7 +56,7 @@ export function answerFromJson(c: Common, body: Buffer): CachedAnswer | undefine
     ...(usage ? { usage } : {}),
     createdAt: c.now,
     ...lifetimes(c.config, c.now),
-  });
+  };
 }
 
 /** An entry from a recorded stream that reached its end, or undefined. */
@@ -67,7 +67,7 @@ export function answerFromStream(
 ): CachedAnswer | undefined {
   if (!events || events.length === 0) return undefined;
   const u = normalizeUsage(usage);
-  return withinSizeLimit(c, {
+  return {
     v: 1,
     route: c.route,
     model: c.model,
@@ -75,11 +75,7 @@ export function answerFromStream(
     ...(u ? { usage: u } : {}),
     createdAt: c.now,
     ...lifetimes(c.config, c.now),
-  });
-}
-
-function withinSizeLimit(c: Common, answer: CachedAnswer): CachedAnswer | undefined {
-  return encodeEntry(answer).length > c.config.maxEntrySize ? undefined : answer;
+  };
 }
 
 /** Embeddings report no completion tokens; an entry's usage always has all three counts. */

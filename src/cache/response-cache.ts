@@ -75,8 +75,9 @@ export class ResponseCache {
     const now = this.now();
     let entry = this.lru.get(key, now);
     if (!entry && this.store.kind !== "memory") {
-      entry = await this.fetch(key);
-      if (entry) this.lru.set(key, entry, sizeOf(entry), entry.staleUntil);
+      const found = await this.fetch(key);
+      if (found) this.lru.set(key, found.entry, found.bytes, found.entry.staleUntil);
+      entry = found?.entry;
     }
     if (!entry) return {};
     if (now < entry.freshUntil) return { fresh: entry };
@@ -130,9 +131,10 @@ export class ResponseCache {
         if (finished) return;
         finished = true;
         try {
-          if (answer) this.putMemory(key, answer);
-          done(answer);
-          if (answer) await this.putStore(key, answer);
+          const encoded = answer ? this.encodeWithin(answer, config.maxEntrySize) : undefined;
+          if (answer && encoded) this.putMemory(key, answer, encoded);
+          done(encoded ? answer : undefined);
+          if (answer && encoded) await this.putStore(key, answer, encoded);
         } finally {
           if (locked) await this.store.releaseLock(key, this.owner).catch(() => undefined);
         }
@@ -140,19 +142,28 @@ export class ResponseCache {
     };
   }
 
-  /** Stores an answer in both tiers (the store write is best effort). */
-  async put(key: string, answer: CachedAnswer): Promise<void> {
-    this.putMemory(key, answer);
-    await this.putStore(key, answer);
+  /**
+   * Stores an answer in both tiers (the store write is best effort); one larger than
+   * maxEntrySize is not stored. The answer is encoded once, for its size and the store.
+   */
+  async put(key: string, answer: CachedAnswer, maxEntrySize: number): Promise<void> {
+    const encoded = this.encodeWithin(answer, maxEntrySize);
+    if (!encoded) return;
+    this.putMemory(key, answer, encoded);
+    await this.putStore(key, answer, encoded);
   }
 
-  private putMemory(key: string, answer: CachedAnswer): void {
-    this.lru.set(key, answer, sizeOf(answer), answer.staleUntil);
+  private encodeWithin(answer: CachedAnswer, maxEntrySize: number): Buffer | undefined {
+    const encoded = encodeEntry(answer);
+    return encoded.length > maxEntrySize ? undefined : encoded;
   }
 
-  private async putStore(key: string, answer: CachedAnswer): Promise<void> {
+  private putMemory(key: string, answer: CachedAnswer, encoded: Buffer): void {
+    this.lru.set(key, answer, encoded.length, answer.staleUntil);
+  }
+
+  private async putStore(key: string, answer: CachedAnswer, bytes: Buffer): Promise<void> {
     if (this.store.kind === "memory") return;
-    const bytes = encodeEntry(answer);
     const ttl = Math.max(1, answer.staleUntil - this.now());
     await this.store.setBlob(key, bytes, ttl).then(
       () => {
@@ -183,10 +194,12 @@ export class ResponseCache {
     return removed;
   }
 
-  private async fetch(key: string): Promise<CachedAnswer | undefined> {
+  /** An entry from the store, with its size (the blob's length: no need to encode it again). */
+  private async fetch(key: string): Promise<{ entry: CachedAnswer; bytes: number } | undefined> {
     try {
       const blob = await this.store.getBlob(key);
-      return blob ? decodeEntry(blob) : undefined;
+      const entry = blob ? decodeEntry(blob) : undefined;
+      return entry && blob ? { entry, bytes: blob.length } : undefined;
     } catch {
       this.events.storeError?.("get");
       return undefined;
@@ -198,16 +211,12 @@ export class ResponseCache {
     const deadline = this.now() + lockTimeoutMs;
     while (this.now() < deadline) {
       await new Promise((r) => setTimeout(r, POLL_MS));
-      const entry = await this.fetch(key);
-      if (entry && this.now() < entry.freshUntil) {
-        this.lru.set(key, entry, sizeOf(entry), entry.staleUntil);
-        return entry;
+      const found = await this.fetch(key);
+      if (found && this.now() < found.entry.freshUntil) {
+        this.lru.set(key, found.entry, found.bytes, found.entry.staleUntil);
+        return found.entry;
       }
     }
     return undefined;
   }
-}
-
-function sizeOf(entry: CachedAnswer): number {
-  return encodeEntry(entry).length;
 }

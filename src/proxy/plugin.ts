@@ -281,7 +281,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
             { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() },
             result.body,
           );
-          if (answer) await deps.cache.put(key, answer);
+          if (answer) await deps.cache.put(key, answer, pool.config.cache.maxEntrySize);
         }
       })
       .catch(() => undefined);

@@ -34,6 +34,7 @@ import { backoffMs } from "../upstream/retry-budget.js";
 import type { Exchange } from "./exchange.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { ResponseRelay } from "./relay.js";
+import { UpstreamCall } from "./upstream-call.js";
 import { toGatewayError } from "./upstream-errors.js";
 import type { UsageTap } from "./usage-tap.js";
 
@@ -174,28 +175,27 @@ async function attempt(
     contentLength: Buffer.isBuffer(input.body) ? input.body.length : undefined,
   });
   const sentAt = performance.now();
-  let response: Dispatcher.ResponseData;
+  const call = new UpstreamCall();
+  exchange.track(call);
+  const options: Dispatcher.DispatchOptions = {
+    path: backend.basePath + input.path,
+    method: input.method as Dispatcher.HttpMethod,
+    headers,
+    body: input.body,
+  };
   try {
     // The breaker sees connect and first byte only: the call resolves at the response headers.
-    response = await backend.breaker.call(async () => {
-      let res: Dispatcher.ResponseData;
+    await backend.breaker.call(async () => {
       try {
-        res = await backend.dispatcher.request({
-          path: backend.basePath + input.path,
-          method: input.method as Dispatcher.HttpMethod,
-          headers,
-          body: input.body,
-          signal: exchange.signal,
-        });
+        await call.start(backend.dispatcher, options);
       } catch (err) {
         throw exchange.abortReason === "client" ? new ClientGone(err) : err;
       }
-      if (res.statusCode >= 500 || res.statusCode === 429) throw new FailedAnswer(res);
-      return res;
+      if (call.statusCode >= 500 || call.statusCode === 429) throw new FailedAnswer(call);
     });
   } catch (err) {
     if (err instanceof FailedAnswer) {
-      response = (err as FailedAnswer<Dispatcher.ResponseData>).response;
+      // The failure status is the answer: read on below.
     } else if (err instanceof BreakerOpenError) {
       // Lost a race for the half-open probe: another backend, at no cost to the budget.
       return {
@@ -210,17 +210,17 @@ async function attempt(
   exchange.firstByteAt = performance.now();
   hooks.onFirstByte?.(pool, backend, (exchange.firstByteAt - sentAt) / 1000);
 
-  const status = response.statusCode;
+  const status = call.statusCode;
   if (RETRY_STATUSES.has(status)) {
-    const wait = retryAfterMs(response.headers);
+    const wait = retryAfterMs(call.headers);
     if (wait !== undefined) pool.noteRetryAfter(backend, wait);
   }
   pool.record(backend, status >= 500 ? "http_5xx" : status >= 400 ? "http_4xx" : "success");
 
-  const sse = isEventStream(response.headers);
+  const sse = isEventStream(call.headers);
   if (status < 300 && (input.streamAny || sse)) {
     const relay = new ResponseRelay(
-      response.body,
+      call,
       exchange,
       sse,
       (r) => {
@@ -243,14 +243,14 @@ async function attempt(
     return {
       kind: "stream",
       status,
-      headers: downstreamResponseHeaders(response.headers, !sse),
+      headers: downstreamResponseHeaders(call.headers, !sse),
       body: relay,
     };
   }
 
   let body: Buffer;
   try {
-    body = Buffer.from(await response.body.arrayBuffer());
+    body = await call.body();
   } catch (err) {
     return failed(err);
   }
@@ -258,7 +258,7 @@ async function attempt(
   const result: ForwardResult = {
     kind: "buffered",
     status,
-    headers: downstreamResponseHeaders(response.headers, false),
+    headers: downstreamResponseHeaders(call.headers, false),
     body,
   };
   if (RETRY_STATUSES.has(status)) return { reason: `status_${status}`, answer: { result } };

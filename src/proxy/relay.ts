@@ -8,17 +8,18 @@
  *
  * `started` settles at the stream commit point: it resolves with the first chunk and rejects if
  * the body fails or ends before one. Until then a failure is not the client's to see (the
- * forwarder retries elsewhere), so it only rejects `started`. The relay listens to the body from
- * construction on, so no event can fall between two owners (an `end` emitted on the tick after
- * the only chunk was once lost that way, and the client waited for ever).
+ * forwarder retries elsewhere), so it only rejects `started`. The relay is the call's body sink
+ * from construction on, so no event can fall between two owners (an `end` emitted on the tick
+ * after the only chunk was once lost that way, and the client waited for ever).
  */
 import { Readable } from "node:stream";
 import { errors, type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
+import type { BodySink, UpstreamCall } from "./upstream-call.js";
 import { toGatewayError } from "./upstream-errors.js";
 import type { UsageTap } from "./usage-tap.js";
 
-export class ResponseRelay extends Readable {
+export class ResponseRelay extends Readable implements BodySink {
   /** Set when the backend failed before its body ended. */
   failure: GatewayError | undefined;
   /** Resolves at the first chunk; rejects when the body fails or ends before one. */
@@ -31,7 +32,7 @@ export class ResponseRelay extends Readable {
   private done = false;
 
   constructor(
-    private readonly source: Readable,
+    private readonly source: UpstreamCall,
     private readonly exchange: Exchange,
     private readonly sse: boolean,
     private readonly onDone: (relay: ResponseRelay) => void,
@@ -44,36 +45,39 @@ export class ResponseRelay extends Readable {
       this.rejectStart = reject;
     });
     this.started.catch(() => undefined);
-    source.on("data", (chunk: Buffer) => {
-      if (!this.gotData) {
-        this.gotData = true;
-        this.resolveStart();
-      }
-      if (!this.forward(chunk)) source.pause();
-    });
-    source.once("end", () => {
-      if (!this.gotData) {
-        // Headers and then nothing: a stream that never started is the backend's failure.
-        this.rejectStart(errors.upstreamBadResponse());
-        if (!this.live) return;
-      }
-      const rest = this.tap?.flush();
-      if (rest && rest.length > 0) this.forward(rest);
-      this.push(null);
-      this.finish();
-    });
-    source.once("error", (err: Error) => {
-      if (!this.gotData) this.rejectStart(err);
-      if (this.live) this.fail(err);
-    });
+    source.attach(this);
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (!this.live) return true;
+    if (!this.gotData) {
+      this.gotData = true;
+      this.resolveStart();
+    }
+    return this.forward(chunk);
+  }
+
+  onEnd(): void {
+    if (!this.gotData) {
+      // Headers and then nothing: a stream that never started is the backend's failure.
+      this.rejectStart(errors.upstreamBadResponse());
+      if (!this.live) return;
+    }
+    const rest = this.tap?.flush();
+    if (rest && rest.length > 0) this.forward(rest);
+    this.push(null);
+    this.finish();
+  }
+
+  onError(err: Error): void {
+    if (!this.gotData) this.rejectStart(err);
+    if (this.live) this.fail(err);
   }
 
   /** The forwarder gives up on this body before the commit point (it will retry elsewhere). */
   discard(): void {
     this.live = false;
-    this.source.removeAllListeners("data");
-    this.source.on("error", () => undefined);
-    this.source.destroy();
+    this.source.abort(new Error("discarded before the stream commit point"));
   }
 
   private forward(chunk: Buffer): boolean {
@@ -88,9 +92,9 @@ export class ResponseRelay extends Readable {
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    if (!this.source.destroyed) {
+    if (!this.source.finished) {
       this.exchange.abort("client");
-      this.source.destroy();
+      this.source.abort(new Error("the client went away"));
     }
     this.finish();
     callback(err);

@@ -1,0 +1,148 @@
+/**
+ * One HTTP request to one backend, made through undici's dispatch API with this object as the
+ * handler. undici's request() would wrap every answer in a Readable stream, an AsyncResource,
+ * a promise and an abort-signal listener; at saturation that cost more CPU than the rest of the
+ * forwarder, and the gateway needs none of it: a non-streamed answer is read whole, and a
+ * stream has exactly one consumer (the relay), fed chunk by chunk with backpressure through
+ * undici's pause and resume.
+ *
+ * `start()` resolves at the response headers. Chunks, the end and an error can arrive before a
+ * consumer attaches (undici parses the headers and the first chunk in one go, before the
+ * promise's continuation runs): they are held and handed over on attach, so nothing falls
+ * between two owners. `abort()` ends the call at any point, also while the request still waits
+ * in the pool's queue: the caller learns at once, undici when the request leaves the queue.
+ */
+import type { IncomingHttpHeaders } from "node:http";
+import type { Dispatcher } from "undici";
+
+/** The one consumer of a body. */
+export interface BodySink {
+  /** Returns false to hold further chunks until the call's resume(). */
+  onData(chunk: Buffer): boolean;
+  onEnd(): void;
+  onError(err: Error): void;
+}
+
+export class UpstreamCall implements Dispatcher.DispatchHandler {
+  statusCode = 0;
+  headers: IncomingHttpHeaders = {};
+  private controller: Dispatcher.DispatchController | undefined;
+  private abortedWith: Error | undefined;
+  private resolveHead: ((call: UpstreamCall) => void) | undefined;
+  private rejectHead: ((err: Error) => void) | undefined;
+  private sink: BodySink | undefined;
+  /** What arrived before a sink attached. */
+  private held: Buffer[] | undefined;
+  private endedEarly = false;
+  private failedEarly: Error | undefined;
+  /** The body ended or failed (or the call was aborted): nothing more will arrive. */
+  finished = false;
+
+  /** Sends the request; resolves at the response headers, rejects when none come. */
+  start(dispatcher: Dispatcher, options: Dispatcher.DispatchOptions): Promise<UpstreamCall> {
+    return new Promise<UpstreamCall>((resolve, reject) => {
+      this.resolveHead = resolve;
+      this.rejectHead = reject;
+      if (this.abortedWith) reject(this.abortedWith);
+      else dispatcher.dispatch(options, this);
+    });
+  }
+
+  /** Hands the body to its consumer, starting with anything that arrived before. */
+  attach(sink: BodySink): void {
+    this.sink = sink;
+    const held = this.held;
+    this.held = undefined;
+    if (held) for (const chunk of held) if (!sink.onData(chunk)) this.controller?.pause();
+    if (this.failedEarly) sink.onError(this.failedEarly);
+    else if (this.endedEarly) sink.onEnd();
+  }
+
+  /** Reads the whole body. */
+  body(): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let length = 0;
+      this.attach({
+        onData(chunk) {
+          chunks.push(chunk);
+          length += chunk.length;
+          return true;
+        },
+        onEnd: () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length)),
+        onError: reject,
+      });
+    });
+  }
+
+  resume(): void {
+    this.controller?.resume();
+  }
+
+  /** Ends the call: the backend's request is aborted and the consumer (or caller) gets `err`. */
+  abort(err: Error): void {
+    if (this.finished) return;
+    if (this.controller) {
+      // undici answers with onResponseError(err), which ends the call.
+      this.controller.abort(err);
+      return;
+    }
+    // Still queued in the pool (or not dispatched yet): undici aborts it in onRequestStart.
+    this.abortedWith = err;
+    this.fail(err);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.abortedWith) controller.abort(this.abortedWith);
+  }
+
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+  ): void {
+    if (statusCode < 200) return; // informational: the real answer follows
+    this.statusCode = statusCode;
+    this.headers = headers;
+    const resolve = this.resolveHead;
+    this.resolveHead = undefined;
+    this.rejectHead = undefined;
+    resolve?.(this);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.finished) return;
+    if (this.sink) {
+      if (!this.sink.onData(chunk)) controller.pause();
+      return;
+    }
+    if (this.held) this.held.push(chunk);
+    else this.held = [chunk];
+  }
+
+  onResponseEnd(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.sink) this.sink.onEnd();
+    else this.endedEarly = true;
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController | undefined, err: Error): void {
+    this.fail(err);
+  }
+
+  private fail(err: Error): void {
+    if (this.finished) return;
+    this.finished = true;
+    const reject = this.rejectHead;
+    if (reject) {
+      this.resolveHead = undefined;
+      this.rejectHead = undefined;
+      reject(err);
+      return;
+    }
+    if (this.sink) this.sink.onError(err);
+    else this.failedEarly = err;
+  }
+}

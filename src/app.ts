@@ -152,16 +152,23 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     }
   });
 
-  app.addHook("onRequest", async (request, reply) => {
+  // A callback hook, not an async one: every request runs it, and a promise per request is
+  // measurable at saturation.
+  app.addHook("onRequest", (request, reply, done) => {
     request.gw = newContext();
     reply.header("x-request-id", request.id);
     reply.raw.on("close", () => onClosed(request, reply));
-    if (closing) throw errors.shuttingDown();
+    if (closing) return done(errors.shuttingDown());
     if (apiKeys.enabled && request.routeOptions.config.public !== true) {
-      const { tenant, keyId } = apiKeys.authenticate(request.headers);
-      request.gw.tenant = tenant;
-      request.gw.keyId = keyId;
+      try {
+        const { tenant, keyId } = apiKeys.authenticate(request.headers);
+        request.gw.tenant = tenant;
+        request.gw.keyId = keyId;
+      } catch (err) {
+        return done(err as Error);
+      }
     }
+    done();
   });
 
   app.get("/healthz", { config: { public: true } }, async () => ({ status: "ok" }));
@@ -205,7 +212,11 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   function onClosed(request: FastifyRequest, reply: FastifyReply): void {
     const ctx = request.gw;
     const finished = reply.raw.writableFinished;
-    if (!finished) ctx.onClientClose?.();
+    if (!finished && ctx.exchange) {
+      // The client left first: stop the backend's work now.
+      ctx.exchange.abort("client");
+      ctx.exchange.settle();
+    }
     for (const cleanup of ctx.cleanups) cleanup();
     const status = finished ? reply.statusCode : 499;
     const seconds = (performance.now() - ctx.startedAt) / 1000;

@@ -21,8 +21,6 @@ export interface RequestContext {
   exchange: Exchange | undefined;
   /** The error sent to the client (or ending its stream), for the log. */
   error: GatewayError | undefined;
-  /** Run when the client connection closes before the response finished. */
-  onClientClose: (() => void) | undefined;
   /** Run when a relayed stream ends (token settlement). */
   onStreamDone: (() => void) | undefined;
   /** Run once when the client connection closes, however the request ended (lease release). */
@@ -42,7 +40,6 @@ export function newContext(): RequestContext {
     cache: undefined,
     exchange: undefined,
     error: undefined,
-    onClientClose: undefined,
     onStreamDone: undefined,
     cleanups: [],
   };

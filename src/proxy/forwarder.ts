@@ -52,6 +52,8 @@ export interface ForwardInput {
   streamAny: boolean;
   /** Reads usage out of an event stream (token budgets). */
   tap?: UsageTap;
+  /** A relayed stream ended; `failure` is set when it ended with an error event. */
+  onStreamEnd?(failure: GatewayError | undefined): void;
 }
 
 export type ForwardResult =
@@ -61,8 +63,6 @@ export type ForwardResult =
 export interface ForwardHooks {
   /** The backend answered with headers after this many seconds. */
   onFirstByte?(pool: UpstreamPool, backend: Backend, seconds: number): void;
-  /** A relayed stream ended; `failure` is set when it ended with an error event. */
-  onStreamEnd?(failure: GatewayError | undefined): void;
 }
 
 const RETRY_STATUSES = new Set([429, 502, 503, 504]);
@@ -225,7 +225,7 @@ async function attempt(
       sse,
       (r) => {
         if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
-        hooks.onStreamEnd?.(r.failure);
+        input.onStreamEnd?.(r.failure);
       },
       sse ? input.tap : undefined,
     );

@@ -401,10 +401,6 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   ): Promise<ForwardResult> {
     const exchange = new Exchange(pool.config.timeouts.total);
     request.gw.exchange = exchange;
-    request.gw.onClientClose = () => {
-      exchange.abort("client");
-      exchange.settle();
-    };
     return forward(
       {
         pool,
@@ -417,15 +413,13 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         stripAuthorization: deps.authEnabled,
         streamAny: out.streamAny,
         tap: out.tap,
-      },
-      exchange,
-      {
-        ...hooks,
         onStreamEnd: (failure) => {
           request.gw.error = failure;
           request.gw.onStreamDone?.();
         },
       },
+      exchange,
+      hooks,
     );
   }
 

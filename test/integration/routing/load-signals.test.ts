@@ -32,11 +32,13 @@ describe("engine load signals", () => {
     backends: [{ url: "${queued.url}", name: queued, engine: vllm }, { url: "${idle.url}", name: idle, engine: vllm }]
     loadSignals: { interval: 50ms, staleAfter: 2s }
 `);
-    await new Promise((r) => setTimeout(r, 150));
-    const metrics = await gw.gateway.metrics.registry.getSingleMetricAsString(
-      "floodgate_backend_engine_waiting",
-    );
-    expect(metrics).toMatch(/floodgate_backend_engine_waiting\{pool="p",backend="queued"\} [1-9]/);
+    // The first reading arrives within an interval or two; a loaded machine may take longer.
+    const gateway = gw.gateway;
+    await expect
+      .poll(() => gateway.metrics.registry.getSingleMetricAsString("floodgate_backend_engine_waiting"), {
+        timeout: 3000,
+      })
+      .toMatch(/floodgate_backend_engine_waiting\{pool="p",backend="queued"\} [1-9]/);
     const before = queued.stats().received;
     for (let i = 0; i < 20; i++) {
       const res = await request(`${gw.url}/v1/chat/completions`, {

@@ -7,6 +7,7 @@
  * an event that rarely fires should cost nothing on every request).
  */
 import type { Backend } from "../upstream/backend.js";
+import type { RetryBudget } from "../upstream/retry-budget.js";
 import type { UpstreamCall } from "./upstream-call.js";
 
 export type AbortReason = "client" | "total";
@@ -14,7 +15,10 @@ export type AbortReason = "client" | "total";
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
   private backend: Backend | undefined;
-  private readonly finalizers: (() => void)[] = [];
+  /** The pool's retry budget, counting this request as active until it settles. */
+  private budget: RetryBudget | undefined;
+  /** Retries this request holds in the budget. */
+  private retriesHeld = 0;
   private readonly deadline: number;
   /** The upstream call in progress, ended by abort(). */
   private call: UpstreamCall | undefined;
@@ -82,8 +86,17 @@ export class Exchange {
     this.backend = undefined;
   }
 
-  onSettle(fn: () => void): void {
-    this.finalizers.push(fn);
+  /** Counts the request in the pool's retry budget until it settles. */
+  joinBudget(budget: RetryBudget): void {
+    this.budget = budget;
+    budget.active++;
+  }
+
+  /** Takes a retry from the budget (given back at settle); false when it has none left. */
+  takeRetry(): boolean {
+    if (!this.budget?.tryStartRetry()) return false;
+    this.retriesHeld++;
+    return true;
   }
 
   /** Idempotent: the response finished, failed, or the client left. */
@@ -92,7 +105,11 @@ export class Exchange {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.release();
-    for (const fn of this.finalizers) fn();
+    const budget = this.budget;
+    if (budget) {
+      budget.active--;
+      for (; this.retriesHeld > 0; this.retriesHeld--) budget.endRetry();
+    }
   }
 }
 

@@ -101,13 +101,9 @@ export async function forward(
   const { pool } = input;
   const policy = pool.config.retry;
   const replayable = input.body === null || Buffer.isBuffer(input.body);
-  const tried = new Set<Backend>();
-  let retriesHeld = 0;
-  pool.budget.active++;
-  exchange.onSettle(() => {
-    pool.budget.active--;
-    for (; retriesHeld > 0; retriesHeld--) pool.budget.endRetry();
-  });
+  // Backends already tried, made at the first retry (most requests never need it).
+  let tried: Set<Backend> | undefined;
+  exchange.joinBudget(pool.budget);
 
   for (let retry = 0; ; retry++) {
     const backend = pool.pick(tried);
@@ -115,7 +111,6 @@ export async function forward(
       exchange.settle();
       throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
     }
-    tried.add(backend);
     exchange.occupy(backend);
     const outcome = await attempt(input, backend, exchange, hooks);
     if (!("reason" in outcome)) return outcome;
@@ -134,6 +129,8 @@ export async function forward(
       exchange.settle();
       return answer.result;
     }
+    if (tried) tried.add(backend);
+    else tried = new Set([backend]);
     pool.noteRetry(outcome.reason);
     const delay = backoffMs(retry, policy.backoffBase, policy.backoffMax);
     if (delay >= exchange.remainingMs()) {
@@ -150,12 +147,9 @@ export async function forward(
   }
 
   function takeBudget(): boolean {
-    if (!pool.budget.tryStartRetry()) {
-      pool.noteBudgetExhausted();
-      return false;
-    }
-    retriesHeld++;
-    return true;
+    if (exchange.takeRetry()) return true;
+    pool.noteBudgetExhausted();
+    return false;
   }
 }
 

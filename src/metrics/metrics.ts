@@ -14,7 +14,7 @@ import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { Backend } from "../upstream/backend.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
-import { FastCounter, FastHistogram } from "./fast.js";
+import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries } from "./fast.js";
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
@@ -45,6 +45,8 @@ export class Metrics {
   // Updated on every request: the fast kinds (see fast.ts).
   private readonly requests: FastCounter<"route" | "model" | "pool" | "status_class">;
   private readonly duration: FastHistogram<"route" | "model" | "pool" | "status_class">;
+  /** Both series of each request label set, found with one lookup per request. */
+  private readonly requestSeries = new Map<string, { count: CounterSeries; duration: HistogramSeries }>();
   private readonly firstByte: FastHistogram<"pool" | "backend">;
   private readonly selections: FastCounter<"pool" | "backend">;
   private readonly attempts: FastCounter<"pool" | "backend" | "outcome">;
@@ -318,8 +320,15 @@ export class Metrics {
   }
 
   observeRequest(labels: RequestLabels, seconds: number): void {
-    this.requests.bind(labels.route, labels.model, labels.pool, labels.statusClass).inc();
-    this.duration.bind(labels.route, labels.model, labels.pool, labels.statusClass).observe(seconds);
+    const key = `${labels.route}\u0000${labels.model}\u0000${labels.pool}\u0000${labels.statusClass}`;
+    let series = this.requestSeries.get(key);
+    if (!series) {
+      const values = [labels.route, labels.model, labels.pool, labels.statusClass] as const;
+      series = { count: this.requests.bind(...values), duration: this.duration.bind(...values) };
+      this.requestSeries.set(key, series);
+    }
+    series.count.inc();
+    series.duration.observe(seconds);
   }
 
   observeFallback(from: string, to: string): void {

@@ -23,13 +23,21 @@
  *   own offline queue (rejects "Cluster isn't ready..."); ioredis forces the queue ON for the
  *   per-node connections it creates (ConnectionPool: lazyConnect nodes queue the first command
  *   while they connect; `redisOptions` cannot even name the option), so a command to a node
- *   that is still connecting waits, bounded by the command timeout below.
- * - `commandTimeout`: Redis#sendCommand arms it on EVERY command before queueing or writing it,
- *   EVAL and EVALSHA included (a script command is a Command like any other), and rejects with
- *   "Command timed out". The NOSCRIPT fallback sends a second command with its own timer, and
- *   Cluster redirections (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) resend too, so a single call could
- *   take a multiple of it: `call()` adds one deadline over the whole call, waiting for "ready"
- *   included. Every method answers or rejects within commandTimeout (+ timer lag).
+ *   that is still connecting waits, bounded by connectTimeout (and the caller by its deadline).
+ * - The store's `commandTimeout` is enforced by the store, never handed to ioredis: `call()`
+ *   puts one deadline over the whole call (waiting for "ready", the NOSCRIPT fallback's second
+ *   command and Cluster redirections included), and a purge one per round trip (`within()`).
+ *   Every method answers or rejects within commandTimeout (+ timer lag). ioredis's own
+ *   `commandTimeout` is armed by Redis#sendCommand on EVERY command of a connection, including
+ *   the ones ioredis sends for itself: the INFO of the ready check, and in Cluster the CLUSTER
+ *   SLOTS of a slots refresh (its refresher connection copies the node's options) and the
+ *   CLUSTER INFO of the cluster's ready check. Those are not requests, they get their own
+ *   bounds (connectTimeout, `slotsRefreshTimeout`, socketTimeout), and with the request budget
+ *   (50 ms by default) a busy host misses it: a loaded 2-core machine took 90-135 ms for a
+ *   fresh connection + CLUSTER SLOTS, every seed node failed with "Command timed out" long
+ *   before slotsRefreshTimeout, and the Cluster gave up, closed and reconnected after a backoff,
+ *   failing every call meanwhile ("Cluster isn't ready"): store errors at startup with Redis
+ *   perfectly healthy.
  * - `maxRetriesPerRequest: 0`: when a connection closes, commands already written are rejected
  *   at once (MaxRetriesPerRequestError) instead of being kept for the reconnect. With 1 they
  *   would be re-sent after reconnecting, and a take whose reply was lost would be charged twice
@@ -256,7 +264,8 @@ export class RedisStore implements Store {
    * not counted). Keys are unlinked one per command, pipelined per SCAN step: in Cluster the keys
    * of one node sit in different slots, and a multi-key UNLINK across slots is CROSSSLOT. Waiting
    * for the client to be ready shares one deadline (a Cluster knows its masters only then); after
-   * that each command has its own commandTimeout, as a purge of many keys takes many round trips.
+   * that each round trip (SCAN step, pipeline of UNLINKs) has its own commandTimeout, as a purge
+   * of many keys takes many round trips.
    * A slot that moved during the purge (MOVED from the node) fails the call: it may be repeated.
    */
   private async scanUnlink(op: string, patterns: string[]): Promise<number> {
@@ -267,12 +276,15 @@ export class RedisStore implements Store {
         for (const pattern of patterns) {
           let cursor = "0";
           do {
-            const [next, keys] = await node.scan(cursor, "MATCH", pattern, "COUNT", SCAN_COUNT);
+            const [next, keys] = await this.within(
+              op,
+              node.scan(cursor, "MATCH", pattern, "COUNT", SCAN_COUNT),
+            );
             cursor = next;
             if (keys.length === 0) continue;
             const pipeline = node.pipeline();
             for (const key of keys) pipeline.unlink(key);
-            const replies = await pipeline.exec();
+            const replies = await this.within(op, pipeline.exec());
             if (replies === null) throw new Error("pipeline discarded");
             for (const [error, reply] of replies) {
               if (error !== null) throw error;
@@ -316,6 +328,15 @@ export class RedisStore implements Store {
    * once: ioredis would refuse the command anyway, and a fast answer lets the caller fall back.
    */
   private async call<T>(op: string, send: () => Promise<T>): Promise<T> {
+    try {
+      return await this.within(op, this.whenReady().then(send));
+    } catch (error) {
+      throw unavailable(op, error);
+    }
+  }
+
+  /** `work`, or StoreUnavailableError once commandTimeout has passed (the work is not cancelled). */
+  private async within<T>(op: string, work: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -324,9 +345,7 @@ export class RedisStore implements Store {
       );
     });
     try {
-      return await Promise.race([this.whenReady().then(send), deadline]);
-    } catch (error) {
-      throw unavailable(op, error);
+      return await Promise.race([work, deadline]);
     } finally {
       clearTimeout(timer);
     }
@@ -371,8 +390,9 @@ export function createRedisStore(
   options: { now?: never; onError?: (error: Error) => void } = {},
 ): RedisStore {
   const socketTimeout = Math.max(1000, 10 * config.commandTimeout);
+  // No `commandTimeout` here: the store enforces it on its own calls (see the top of this file);
+  // given to ioredis it would also cut off the ready check and CLUSTER SLOTS at the request budget.
   const common: RedisOptions = {
-    commandTimeout: config.commandTimeout,
     connectTimeout: config.connectTimeout,
     socketTimeout,
     maxRetriesPerRequest: 0,

@@ -1,4 +1,5 @@
 /** RedisStore on a real 3-master Redis Cluster: keys spread over every node, never CROSSSLOT. */
+import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisStore, type RedisStore } from "../../../src/store/redis-store.js";
 import { StoreUnavailableError } from "../../../src/store/types.js";
@@ -67,6 +68,37 @@ describe("RedisStore on Redis Cluster", () => {
     expect(sizes).toEqual([0, 0, 0]);
   });
 
+  it("a seed node slower than commandTimeout but within slotsRefreshTimeout: the store connects", async () => {
+    // Every reply of the seed arrives 150 ms late (three times commandTimeout), as from a busy
+    // host: when commandTimeout was handed to ioredis, its CLUSTER SLOTS timed out at 50 ms, the
+    // Cluster closed and retried forever, and no call ever succeeded.
+    const proxy = await delayingProxy(Number(new URL(cluster.nodes[0] ?? "").port), 150);
+    const slow = createRedisStore(
+      redisStoreConfig({ nodes: [proxy.url], commandTimeout: 50, connectTimeout: 1000 }),
+    );
+    try {
+      const started = performance.now();
+      let answered = false;
+      while (!answered && performance.now() - started < 3000) {
+        try {
+          await slow.take({ key: "rl:req:slow-seed", ratePerSec: 1, burst: 10 }, 1);
+          answered = true;
+        } catch (error) {
+          expect(error).toBeInstanceOf(StoreUnavailableError);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+      expect(answered).toBe(true);
+      // The seed is not in CLUSTER SLOTS (the proxy's address): calls go straight to the masters.
+      expect(await slow.take({ key: "rl:req:slow-seed", ratePerSec: 1, burst: 10 }, 1)).toMatchObject({
+        allowed: true,
+      });
+    } finally {
+      await slow.close();
+      await proxy.close();
+    }
+  });
+
   it("a cluster that went away: calls reject within commandTimeout, never hang", async () => {
     await cluster.stop();
     for (let i = 0; i < 4; i++) {
@@ -88,6 +120,37 @@ async function cli(url: string, ...args: string[]): Promise<string> {
       error ? reject(error) : resolve(stdout.trim()),
     ),
   );
+}
+
+/** A TCP proxy to 127.0.0.1:port that holds every chunk from the server for `delayMs`. */
+async function delayingProxy(
+  port: number,
+  delayMs: number,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = tcpConnect(port, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("error", () => undefined);
+      socket.on("close", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.on("data", (chunk) => upstream.write(chunk));
+    upstream.on("data", (chunk) => setTimeout(() => client.writable && client.write(chunk), delayMs));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  if (address === null || typeof address === "string") throw new Error("proxy has no port");
+  return {
+    url: `redis://127.0.0.1:${address.port}`,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }
 
 async function dbsize(url: string): Promise<number> {

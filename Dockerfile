@@ -20,5 +20,7 @@ HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:8080/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # SIGTERM drains in-flight requests within server.shutdownGrace; give Docker a longer stop timeout.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "dist/src/main.js"]
+# A young generation of 64 MB instead of 16: at thousands of requests a second, each request's
+# short-lived objects then die before a scavenge instead of being copied (README, Benchmarks).
+ENTRYPOINT ["node", "--max-semi-space-size=64", "dist/src/main.js"]
 CMD ["--config", "/app/config/gateway.yaml"]

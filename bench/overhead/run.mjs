@@ -49,6 +49,12 @@ import { renderReport } from "./report.mjs";
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
 const MAIN = join(ROOT, "dist/src/main.js");
+/**
+ * V8 flags every Node target runs with, as `floodgate` itself does (its bin, `npm start` and the
+ * Dockerfile): a 64 MB young generation, so that short-lived per-request objects die before a
+ * scavenge copies them. The node-floor gets the same, so the comparison stays fair.
+ */
+const NODE_FLAGS = ["--max-semi-space-size=64"];
 const MODEL = "bench-model";
 
 const { values: args } = parseArgs({
@@ -895,7 +901,7 @@ async function profileFloodgate(backendPort) {
     "floodgate-profile",
     0,
     process.execPath,
-    ["--cpu-prof", `--cpu-prof-dir=${profDir}`, MAIN, "--config", config],
+    [...NODE_FLAGS, "--cpu-prof", `--cpu-prof-dir=${profDir}`, MAIN, "--config", config],
     { stdout: "/dev/null" },
   );
   const url = `http://127.0.0.1:${port}`;
@@ -1120,6 +1126,7 @@ async function main() {
 
   {
     const proc = startServer("node-floor", 0, process.execPath, [
+      ...NODE_FLAGS,
       join(HERE, "floor-proxy.mjs"),
       "--port",
       String(ports.floor),
@@ -1144,7 +1151,7 @@ async function main() {
     const config = join(tmp, `${name}.yaml`);
     writeFileSync(config, gatewayYaml(port, ports.backend, accessLog));
     // Access log lines go to /dev/null; the quiet variant's stdout is kept to count error lines.
-    const proc = startServer(name, 0, process.execPath, [MAIN, "--config", config], {
+    const proc = startServer(name, 0, process.execPath, [...NODE_FLAGS, MAIN, "--config", config], {
       stdout: accessLog ? "/dev/null" : undefined,
     });
     const url = `http://127.0.0.1:${port}`;
@@ -1204,7 +1211,7 @@ async function main() {
       const yaml = gatewayYaml(port, ports.backend, false, { ...v.variant, adminPort });
       const config = join(tmp, `${v.name}.yaml`);
       writeFileSync(config, yaml);
-      const proc = startServer(v.name, 0, process.execPath, [MAIN, "--config", config]);
+      const proc = startServer(v.name, 0, process.execPath, [...NODE_FLAGS, MAIN, "--config", config]);
       const url = `http://127.0.0.1:${port}`;
       await waitReady(proc, `${url}/healthz`);
       const adminUrl = `http://127.0.0.1:${adminPort}`;

@@ -33,6 +33,42 @@ function labelsOf<L extends string>(names: readonly L[], values: readonly string
   return labels;
 }
 
+/**
+ * Series by label values, found through one Map per label: a lookup builds no key string (a
+ * joined key is a new string per call, hashed afresh; the label values themselves are the same
+ * strings every time, their hashes cached).
+ */
+export class SeriesIndex<T> {
+  private readonly root = new Map<string, unknown>();
+  /** Every series, in creation order (the order they render in). */
+  readonly all: T[] = [];
+
+  get(values: readonly string[]): T | undefined {
+    let node: Map<string, unknown> | undefined = this.root;
+    const last = values.length - 1;
+    for (let i = 0; i < last && node; i++)
+      node = node.get(values[i] ?? "") as Map<string, unknown> | undefined;
+    return node?.get(values[last] ?? "") as T | undefined;
+  }
+
+  add(values: readonly string[], series: T): T {
+    let node = this.root;
+    const last = values.length - 1;
+    for (let i = 0; i < last; i++) {
+      const value = values[i] ?? "";
+      let next = node.get(value) as Map<string, unknown> | undefined;
+      if (!next) {
+        next = new Map<string, unknown>();
+        node.set(value, next);
+      }
+      node = next;
+    }
+    node.set(values[last] ?? "", series);
+    this.all.push(series);
+    return series;
+  }
+}
+
 class CounterEntry<L extends string> implements CounterSeries {
   value = 0;
   constructor(readonly labels: Labels<L>) {}
@@ -42,7 +78,7 @@ class CounterEntry<L extends string> implements CounterSeries {
 }
 
 export class FastCounter<L extends string> extends Counter<L> {
-  private readonly series = new Map<string, CounterEntry<L>>();
+  private readonly series = new SeriesIndex<CounterEntry<L>>();
   private readonly names: readonly L[];
 
   constructor(config: Config<L>) {
@@ -52,18 +88,12 @@ export class FastCounter<L extends string> extends Counter<L> {
 
   /** The series for these label values (in labelNames order); keep it, it does not change. */
   bind(...values: string[]): CounterSeries {
-    const key = values.join("\u0000");
-    let s = this.series.get(key);
-    if (!s) {
-      s = new CounterEntry(labelsOf(this.names, values));
-      this.series.set(key, s);
-    }
-    return s;
+    return this.series.get(values) ?? this.series.add(values, new CounterEntry(labelsOf(this.names, values)));
   }
 
   override async get(): Promise<Awaited<ReturnType<Counter<L>["get"]>>> {
     const base = await super.get();
-    return { ...base, values: [...this.series.values()].map((s) => ({ labels: s.labels, value: s.value })) };
+    return { ...base, values: this.series.all.map((s) => ({ labels: s.labels, value: s.value })) };
   }
 }
 
@@ -91,7 +121,7 @@ class HistogramEntry<L extends string> implements HistogramSeries {
 }
 
 export class FastHistogram<L extends string> extends Histogram<L> {
-  private readonly series = new Map<string, HistogramEntry<L>>();
+  private readonly series = new SeriesIndex<HistogramEntry<L>>();
   private readonly names: readonly L[];
 
   constructor(
@@ -103,13 +133,10 @@ export class FastHistogram<L extends string> extends Histogram<L> {
   }
 
   bind(...values: string[]): HistogramSeries {
-    const key = values.join("\u0000");
-    let s = this.series.get(key);
-    if (!s) {
-      s = new HistogramEntry(labelsOf(this.names, values), this.bounds);
-      this.series.set(key, s);
-    }
-    return s;
+    return (
+      this.series.get(values) ??
+      this.series.add(values, new HistogramEntry(labelsOf(this.names, values), this.bounds))
+    );
   }
 
   /** The registry asks a histogram for this rather than get(): the same values. */
@@ -121,7 +148,7 @@ export class FastHistogram<L extends string> extends Histogram<L> {
   override async get(): Promise<Awaited<ReturnType<Histogram<L>["get"]>>> {
     const values: Awaited<ReturnType<Histogram<L>["get"]>>["values"] = [];
     const name = this.config.name;
-    for (const s of this.series.values()) {
+    for (const s of this.series.all) {
       let cumulative = 0;
       this.bounds.forEach((le, i) => {
         cumulative += s.counts[i] ?? 0;

@@ -14,7 +14,7 @@ import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { Backend } from "../upstream/backend.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
-import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries } from "./fast.js";
+import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries, SeriesIndex } from "./fast.js";
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
@@ -46,7 +46,7 @@ export class Metrics {
   private readonly requests: FastCounter<"route" | "model" | "pool" | "status_class">;
   private readonly duration: FastHistogram<"route" | "model" | "pool" | "status_class">;
   /** Both series of each request label set, found with one lookup per request. */
-  private readonly requestSeries = new Map<string, { count: CounterSeries; duration: HistogramSeries }>();
+  private readonly requestSeries = new SeriesIndex<{ count: CounterSeries; duration: HistogramSeries }>();
   private readonly firstByte: FastHistogram<"pool" | "backend">;
   private readonly selections: FastCounter<"pool" | "backend">;
   private readonly attempts: FastCounter<"pool" | "backend" | "outcome">;
@@ -320,13 +320,13 @@ export class Metrics {
   }
 
   observeRequest(labels: RequestLabels, seconds: number): void {
-    const key = `${labels.route}\u0000${labels.model}\u0000${labels.pool}\u0000${labels.statusClass}`;
-    let series = this.requestSeries.get(key);
-    if (!series) {
-      const values = [labels.route, labels.model, labels.pool, labels.statusClass] as const;
-      series = { count: this.requests.bind(...values), duration: this.duration.bind(...values) };
-      this.requestSeries.set(key, series);
-    }
+    const values = [labels.route, labels.model, labels.pool, labels.statusClass] as const;
+    const series =
+      this.requestSeries.get(values) ??
+      this.requestSeries.add(values, {
+        count: this.requests.bind(...values),
+        duration: this.duration.bind(...values),
+      });
     series.count.inc();
     series.duration.observe(seconds);
   }

@@ -244,7 +244,7 @@ async function attempt(
 
   let body: Buffer;
   try {
-    body = await call.body();
+    body = call.completeBody() ?? (await call.body());
   } catch (err) {
     return failed(err);
   }

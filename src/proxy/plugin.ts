@@ -394,11 +394,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     deps.metrics.observeFallback(from, to);
   }
 
-  async function forwardFor(
-    request: FastifyRequest,
-    pool: UpstreamPool,
-    out: Outbound,
-  ): Promise<ForwardResult> {
+  function forwardFor(request: FastifyRequest, pool: UpstreamPool, out: Outbound): Promise<ForwardResult> {
     const exchange = new Exchange(pool.config.timeouts.total);
     request.gw.exchange = exchange;
     return forward(

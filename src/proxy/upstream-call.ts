@@ -23,6 +23,9 @@ export interface BodySink {
   onError(err: Error): void;
 }
 
+/** Stands in as the sink once completeBody() took the body. */
+const DRAINED: BodySink = { onData: () => true, onEnd: () => {}, onError: () => {} };
+
 export class UpstreamCall implements Dispatcher.DispatchHandler {
   statusCode = 0;
   headers: IncomingHttpHeaders = {};
@@ -56,6 +59,18 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (held) for (const chunk of held) if (!sink.onData(chunk)) this.controller?.pause();
     if (this.failedEarly) sink.onError(this.failedEarly);
     else if (this.endedEarly) sink.onEnd();
+  }
+
+  /**
+   * The whole body, if it has all arrived and nobody consumed it: a small answer usually comes
+   * in the same read as its headers, so it is complete before the caller gets to ask.
+   */
+  completeBody(): Buffer | undefined {
+    if (!this.endedEarly || this.sink) return undefined;
+    const held = this.held ?? [];
+    this.held = undefined;
+    this.sink = DRAINED;
+    return held.length === 1 ? held[0] : Buffer.concat(held);
   }
 
   /** Reads the whole body. */

@@ -52,6 +52,20 @@ describe("UpstreamCall", () => {
       expect(call.finished).toBe(true);
     });
 
+    it("a body that arrived whole is there without waiting, and only once", async () => {
+      const call = new UpstreamCall();
+      await call.start(pool, POST);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(call.completeBody()?.toString()).toBe("whole answer");
+      expect(call.completeBody()).toBeUndefined();
+    });
+
+    it("a body still on its way is not complete", async () => {
+      const call = new UpstreamCall();
+      call.attach(collector());
+      expect(call.completeBody()).toBeUndefined();
+    });
+
     it("holds what arrived before a consumer attached and hands it over, end included", async () => {
       const call = new UpstreamCall();
       await call.start(pool, POST);

@@ -112,7 +112,14 @@ export async function forward(
       throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
     }
     exchange.occupy(backend);
-    const outcome = await attempt(input, backend, exchange, hooks);
+    let outcome: ForwardResult | RetryableFailure;
+    try {
+      outcome = await attempt(input, backend, exchange, hooks);
+    } catch (err) {
+      // Not an upstream failure (those come back as outcomes): a bug must not hold the slot.
+      exchange.settle();
+      throw err;
+    }
     if (!("reason" in outcome)) return outcome;
 
     const answer = outcome.answer;
@@ -213,6 +220,9 @@ async function attempt(
 
   const sse = isEventStream(call.headers);
   if (status < 300 && (input.streamAny || sse)) {
+    // Stream commit point: hold the response until the first event, so a backend that fails
+    // before its first token is retried instead of breaking the client's stream.
+    const awaitsCommit = sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny;
     const relay = new ResponseRelay(
       call,
       exchange,
@@ -221,11 +231,10 @@ async function attempt(
         if (r.failure && exchange.abortReason !== "client") pool.record(backend, "gateway_failure");
         input.onStreamEnd?.(r.failure);
       },
+      awaitsCommit,
       sse ? input.tap : undefined,
     );
-    // Stream commit point: hold the response until the first event, so a backend that fails
-    // before its first token is retried instead of breaking the client's stream.
-    if (sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny) {
+    if (awaitsCommit) {
       try {
         await relay.started;
       } catch (err) {

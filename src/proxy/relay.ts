@@ -7,8 +7,10 @@
  * When the client leaves, the upstream request is aborted at once so the GPU stops generating.
  *
  * `started` settles at the stream commit point: it resolves with the first chunk and rejects if
- * the body fails or ends before one. Until then a failure is not the client's to see (the
- * forwarder retries elsewhere), so it only rejects `started`. The relay is the call's body sink
+ * the body fails or ends before one. When the forwarder holds the response until then
+ * (`awaitsCommit`), a failure before the first chunk is not the client's to see and not the
+ * relay's to handle: it only rejects `started`, and the forwarder discards the relay and retries
+ * on the same exchange (which must therefore not be settled here). The relay is the call's body sink
  * from construction on, so no event can fall between two owners (an `end` emitted on the tick
  * after the only chunk was once lost that way, and the client waited for ever).
  */
@@ -36,6 +38,8 @@ export class ResponseRelay extends Readable implements BodySink {
     private readonly exchange: Exchange,
     private readonly sse: boolean,
     private readonly onDone: (relay: ResponseRelay) => void,
+    /** The forwarder awaits `started` and handles a failure before it (retry or error answer). */
+    private readonly awaitsCommit: boolean,
     /** Reads usage from the events (and may drop the usage-only one) as they pass. */
     private readonly tap?: UsageTap,
   ) {
@@ -61,7 +65,7 @@ export class ResponseRelay extends Readable implements BodySink {
     if (!this.gotData) {
       // Headers and then nothing: a stream that never started is the backend's failure.
       this.rejectStart(errors.upstreamBadResponse());
-      if (!this.live) return;
+      if (this.awaitsCommit || !this.live) return;
     }
     const rest = this.tap?.flush();
     if (rest && rest.length > 0) this.forward(rest);
@@ -70,7 +74,10 @@ export class ResponseRelay extends Readable implements BodySink {
   }
 
   onError(err: Error): void {
-    if (!this.gotData) this.rejectStart(err);
+    if (!this.gotData) {
+      this.rejectStart(err);
+      if (this.awaitsCommit) return;
+    }
     if (this.live) this.fail(err);
   }
 

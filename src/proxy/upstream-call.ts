@@ -56,7 +56,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     this.sink = sink;
     const held = this.held;
     this.held = undefined;
-    if (held) for (const chunk of held) if (!sink.onData(chunk)) this.controller?.pause();
+    if (held) for (const chunk of held) if (!sink.onData(chunk) && !this.finished) this.controller?.pause();
     if (this.failedEarly) sink.onError(this.failedEarly);
     else if (this.endedEarly) sink.onEnd();
   }
@@ -91,7 +91,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   resume(): void {
-    this.controller?.resume();
+    // After the end, undici's parser may already serve another request on the same connection.
+    if (!this.finished) this.controller?.resume();
   }
 
   /** Ends the call: the backend's request is aborted and the consumer (or caller) gets `err`. */

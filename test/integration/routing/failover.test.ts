@@ -179,6 +179,34 @@ describe("failover", () => {
     expect(
       await counterValue(g, "floodgate_upstream_retries_total", { reason: "gateway_failure" }),
     ).toBeGreaterThan(0);
+    // The retry ran on a live exchange: every slot and budget count came back, and the failure
+    // was recorded once per try (it once settled the exchange before the retry, leaking both).
+    const pool = g.gateway.upstreams.pools.get("p");
+    expect(pool?.backends.map((b) => b.inFlight)).toEqual([0, 0]);
+    expect(pool?.budget.active).toBe(0);
+    expect(pool?.budget.retries).toBe(0);
+  });
+
+  it("a failure before the first SSE event still meets the total timeout on the retry", async () => {
+    const g = await setup(
+      "    balancer: round_robin\n    loadSignals: { enabled: false }\n    timeouts: { total: 700ms }\n",
+      2,
+      { decodeStepMs: 200 },
+    );
+    await (sims[0] as SimServer).setFaults({ dropMidStreamAfterTokens: 0 });
+    for (let i = 0; i < 2; i++) {
+      const started = Date.now();
+      const { status, events } = await postStream(`${g.url}/v1/chat/completions`, {
+        model: "m",
+        stream: true,
+        max_tokens: 20,
+        messages: [{ role: "user", content: "hi" }],
+      });
+      expect(status).toBe(200);
+      // 20 tokens at 200 ms a step would take 4 s: the total timeout ends it with an error event.
+      expect(events.some((e) => e.event === "error")).toBe(true);
+      expect(Date.now() - started).toBeLessThan(2500);
+    }
   });
 
   it("requests in flight on a backend that dies are retried even with no budget left; 503s are not", async () => {

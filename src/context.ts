@@ -21,8 +21,10 @@ export interface RequestContext {
   exchange: Exchange | undefined;
   /** The error sent to the client (or ending its stream), for the log. */
   error: GatewayError | undefined;
-  /** Run when a relayed stream ends (token settlement). */
+  /** Run when a relayed stream ends (token settlement); see whenStreamDone in the proxy. */
   onStreamDone: (() => void) | undefined;
+  /** The relayed stream has ended (it can before the handler gets its result). */
+  streamEnded: boolean;
   /** Run once when the client connection closes, however the request ended (lease release). */
   cleanups: (() => void)[];
 }
@@ -41,6 +43,7 @@ export function newContext(): RequestContext {
     exchange: undefined,
     error: undefined,
     onStreamDone: undefined,
+    streamEnded: false,
     cleanups: [],
   };
 }

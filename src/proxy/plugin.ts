@@ -234,14 +234,12 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     } else if (result.kind === "buffered") {
       void leader.finish(answerFromJson(common, result.body));
     } else {
-      const previous = request.gw.onStreamDone;
-      request.gw.onStreamDone = () => {
-        previous?.();
+      whenStreamDone(request, () => {
         const complete = tap?.done === true && request.gw.error === undefined;
         void leader.finish(
           complete ? answerFromStream({ ...common, now: Date.now() }, tap?.events, tap?.usage) : undefined,
         );
-      };
+      });
     }
   }
 
@@ -276,7 +274,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
           exchange,
           hooks,
         );
-        if (result.kind === "buffered" && result.status === 200) {
+        // A backend that streams although asked not to: nobody reads it, so free it at once.
+        if (result.kind === "stream") result.body.destroy();
+        else if (result.status === 200) {
           const answer = answerFromJson(
             { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() },
             result.body,
@@ -330,7 +330,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     tap?: UsageTap,
   ): void {
     if (result.kind === "stream") {
-      request.gw.onStreamDone = () => void reservation.settle(tap?.total);
+      whenStreamDone(request, () => void reservation.settle(tap?.total));
       // The client may leave before the stream ends: the reservation then stands.
       request.gw.cleanups.push(() => void reservation.settle(tap?.total));
       return;
@@ -411,6 +411,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         tap: out.tap,
         onStreamEnd: (failure) => {
           request.gw.error = failure;
+          request.gw.streamEnded = true;
           request.gw.onStreamDone?.();
         },
       },
@@ -459,6 +460,25 @@ const RETRYABLE_STATUS = new Set([429, 502, 503, 504]);
 function cannotServe(err: unknown, request: FastifyRequest): boolean {
   if (!(err instanceof GatewayError) || request.gw.exchange?.abortReason !== undefined) return false;
   return RETRYABLE_STATUS.has(err.statusCode) && err.code !== "upstream_total_timeout";
+}
+
+/**
+ * Runs fn when the request's relayed stream ends, or at once if it has already: a short stream
+ * that arrives in one read ends while the relay is built, before the handler has its result.
+ */
+function whenStreamDone(request: FastifyRequest, fn: () => void): void {
+  const ctx = request.gw;
+  if (ctx.streamEnded) {
+    fn();
+    return;
+  }
+  const previous = ctx.onStreamDone;
+  ctx.onStreamDone = previous
+    ? () => {
+        previous();
+        fn();
+      }
+    : fn;
 }
 
 function isJson(value: unknown): value is Json {

@@ -5,6 +5,7 @@ import { type SimServer, startSim } from "../../../src/sim/index.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 import { startRedis, type TestRedis } from "../../helpers/redis.js";
 import { postStream } from "../../helpers/sse.js";
+import { startUpstream } from "../../helpers/upstream.js";
 
 const agent = new Agent({ connections: 256 });
 const KEY_A = "sk-team-a-0123456789";
@@ -195,6 +196,42 @@ describe("streams", () => {
     expect(rendered.headers["x-floodgate-cache"]).toBe("HIT");
     expect(rendered.events.at(-1)?.data).toBe("[DONE]");
     expect(JSON.parse(rendered.events.at(-2)?.data ?? "{}").usage.completion_tokens).toBe(4);
+  });
+
+  it("a short stream that arrives in one read is stored too (it ends before the handler has its result)", async () => {
+    const chunk = (body: Record<string, unknown>) =>
+      `data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", created: 1, model: "m", ...body })}\n\n`;
+    const upstream = await startUpstream((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      // Every event in one write: the gateway reads headers, events and end in one go.
+      res.end(
+        chunk({ choices: [{ index: 0, delta: { role: "assistant", content: "Hi" }, finish_reason: null }] }) +
+          chunk({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }) +
+          chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 } }) +
+          "data: [DONE]\n\n",
+      );
+    });
+    try {
+      const g = await startGateway(`pools:
+  p:
+    models: [m]
+    backends: [{ url: "${upstream.url}" }]
+    loadSignals: { enabled: false }
+    cache: { enabled: true }
+`);
+      gateways.push(g);
+      const url = `${g.url}/v1/chat/completions`;
+      const statuses = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await postStream(url, question({ stream: true }));
+        expect(r.events.at(-1)?.data).toBe("[DONE]");
+        statuses.push(r.headers["x-floodgate-cache"]);
+      }
+      expect(statuses).toEqual(["MISS", "HIT", "HIT"]);
+      expect(upstream.received).toHaveLength(1);
+    } finally {
+      await upstream.close();
+    }
   });
 
   it("a backend that dies mid-stream: nothing stored, and the next request goes upstream", async () => {

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=64
+#!/usr/bin/env node
 /**
  * floodgate [--config FILE]   run the gateway (default config/gateway.yaml)
  * floodgate check FILE        validate a config and print what it would run

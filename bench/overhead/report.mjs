@@ -217,7 +217,7 @@ function targetWhat(name, lbl) {
     case "node-floor":
       return "bench/overhead/floor-proxy.mjs on cpu0 (`node --max-semi-space-size=64`, as floodgate): node:http + one undici Pool, no framework, metrics or logs; what any Node proxy pays on this machine";
     case "floodgate":
-      return "`node --max-semi-space-size=64 dist/src/main.js --config` on cpu0 (the flags of floodgate's bin); log level warn, accessLog false, admin off";
+      return "`node --max-semi-space-size=64 dist/src/main.js --config` on cpu0 (as floodgate's Dockerfile and `npm start`); log level warn, accessLog false, admin off";
     case "floodgate+log":
       return "the same with the defaults: log level info, accessLog true (stdout to /dev/null)";
     case "floodgate+memory-limits":

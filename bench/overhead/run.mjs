@@ -50,8 +50,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
 const MAIN = join(ROOT, "dist/src/main.js");
 /**
- * V8 flags every Node target runs with, as `floodgate` itself does (its bin, `npm start` and the
- * Dockerfile): a 64 MB young generation, so that short-lived per-request objects die before a
+ * V8 flags every Node target runs with, as floodgate's `npm start` and Dockerfile do: a 64 MB
+ * young generation, so that short-lived per-request objects die before a
  * scavenge copies them. The node-floor gets the same, so the comparison stays fair.
  */
 const NODE_FLAGS = ["--max-semi-space-size=64"];

@@ -192,7 +192,7 @@ async function attempt(
       } catch (err) {
         throw exchange.abortReason === "client" ? new ClientGone(err) : err;
       }
-      if (call.statusCode >= 500 || call.statusCode === 429) throw new FailedAnswer(call);
+      if (call.statusCode >= 500 || call.statusCode === 429) throw new FailedAnswer();
     });
   } catch (err) {
     if (err instanceof FailedAnswer) {

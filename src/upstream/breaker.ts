@@ -28,9 +28,12 @@ export interface BreakerSettings {
   rollingWindow: number;
 }
 
-/** Thrown inside the breaker's call for an answer that counts as a failure (5xx, 429). */
-export class FailedAnswer<R> extends Error {
-  constructor(readonly response: R) {
+/**
+ * Thrown inside the breaker's call for an answer that counts as a failure (5xx, 429); the
+ * caller still has the answer (its upstream call) and passes it on.
+ */
+export class FailedAnswer extends Error {
+  constructor() {
     super("backend answered with a failure status");
   }
 }

@@ -26,6 +26,14 @@ const fast = {
   maxQueue: 256,
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A streamed chat request for `maxTokens` tokens. */
+const askStream = (g: RunningGateway, maxTokens: number) =>
+  postStream(`${g.url}/v1/chat/completions`, {
+    model: "m",
+    stream: true,
+    max_tokens: maxTokens,
+    messages: [{ role: "user", content: "hi" }],
+  });
 
 async function setup(poolExtra: string, n = 3, simOptions: Parameters<typeof startSim>[0] = {}) {
   sims = await Promise.all(Array.from({ length: n }, () => startSim({ ...fast, ...simOptions })));
@@ -160,12 +168,7 @@ describe("failover", () => {
     });
     await (sims[0] as SimServer).setFaults({ dropMidStreamAfterTokens: 0 });
     for (let i = 0; i < 6; i++) {
-      const { status, events } = await postStream(`${g.url}/v1/chat/completions`, {
-        model: "m",
-        stream: true,
-        max_tokens: 5,
-        messages: [{ role: "user", content: "hi" }],
-      });
+      const { status, events } = await askStream(g, 5);
       expect(status).toBe(200);
       expect(events.some((e) => e.event === "error")).toBe(false);
       expect(events.at(-1)?.data).toBe("[DONE]");
@@ -196,12 +199,7 @@ describe("failover", () => {
     await (sims[0] as SimServer).setFaults({ dropMidStreamAfterTokens: 0 });
     for (let i = 0; i < 2; i++) {
       const started = Date.now();
-      const { status, events } = await postStream(`${g.url}/v1/chat/completions`, {
-        model: "m",
-        stream: true,
-        max_tokens: 20,
-        messages: [{ role: "user", content: "hi" }],
-      });
+      const { status, events } = await askStream(g, 20);
       expect(status).toBe(200);
       // 20 tokens at 200 ms a step would take 4 s: the total timeout ends it with an error event.
       expect(events.some((e) => e.event === "error")).toBe(true);

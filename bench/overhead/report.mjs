@@ -16,7 +16,9 @@ export const TARGETS = {
 const FLOODGATES = ["floodgate", "floodgate+log"];
 /** floodgate with request limits (memory store, Redis store) and with cache hits. */
 const VARIANTS = ["floodgate+memory-limits", "floodgate+redis-limits", "floodgate+cache-hit"];
-const PROXIES = ["nginx", "node-floor", ...FLOODGATES, ...VARIANTS];
+/** The yardsticks the targets table sets beside floodgate: can anything on this machine meet them? */
+const YARDSTICKS = ["fastify-floor", "node-floor", "nginx"];
+const PROXIES = ["nginx", "node-floor", "fastify-floor", ...FLOODGATES, ...VARIANTS];
 
 export function renderReport(r) {
   const targets = r.meta.targets.filter((t) => r.saturation[t.name]);
@@ -75,6 +77,12 @@ export function renderReport(r) {
     `3. **Time to first SSE event**: the same request with \`"stream": true\`, ${plan.sseRate} req/s for ${plan.sseSeconds} s ` +
       `(after ${plan.sseWarmup} s warm-up), from the scheduled send time to the first chunk holding \`data:\`.`,
   );
+  const rounds = plan.rounds ?? 1;
+  if (rounds > 1)
+    p(
+      `Every measurement runs ${rounds} times, in rounds: within a round the targets take turns, so a slow spell of the machine falls on all of them alike. ` +
+        "A table shows the median round (for latency, each percentile's median over the rounds) and, in its *rounds* column, every round's req/s or p50.",
+    );
   p(
     "4. CPU: per-core busy and steal time from /proc/stat and each server's CPU time from /proc/PID/stat, over each measured window " +
       "(for 2 and 3 the window includes the warm-up).",
@@ -92,14 +100,14 @@ export function renderReport(r) {
   p();
   const direct = r.saturation.direct;
   p(
-    "| target | req/s | vs direct | wrk p50 ms | wrk p99 ms | errors | cpu0 busy | cpu1 busy | proxy CPU | backend CPU | proxy CPU µs/req | other procs |",
+    "| target | req/s | rounds | vs direct | wrk p50 ms | wrk p99 ms | errors | cpu0 busy | cpu1 busy | proxy CPU | backend CPU | proxy CPU µs/req | other procs |",
   );
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const t of targets) {
     const s = r.saturation[t.name];
     const proxy = s.cpu.processes[t.name];
     p(
-      `| ${t.name} | **${fmtInt(s.rps)}** | ${ratio(s.rps, direct?.rps)} | ${ms(s.latencyUs.p50 / 1000)} | ${ms(s.latencyUs.p99 / 1000)} | ${s.errorCount} | ${s.cpu.cores.cpu0?.busyPct}% | ${s.cpu.cores.cpu1?.busyPct}% | ${proxy ? `${proxy.cpuPct}%` : "-"} | ${s.cpu.processes.backend?.cpuPct}% | ${proxy ? Math.round((proxy.cpuSeconds / s.requests) * 1e6) : "-"} | ${others(s.cpu)} |`,
+      `| ${t.name} | **${fmtInt(s.rps)}** | ${spread(s.rounds, (x) => x.rps, fmtInt)} | ${ratio(s.rps, direct?.rps)} | ${ms(s.latencyUs.p50 / 1000)} | ${ms(s.latencyUs.p99 / 1000)} | ${s.errorCount} | ${s.cpu.cores.cpu0?.busyPct}% | ${s.cpu.cores.cpu1?.busyPct}% | ${proxy ? `${proxy.cpuPct}%` : "-"} | ${s.cpu.processes.backend?.cpuPct}% | ${proxy ? Math.round((proxy.cpuSeconds / s.requests) * 1e6) : "-"} | ${others(s.cpu)} |`,
     );
   }
   p();
@@ -140,8 +148,16 @@ export function renderReport(r) {
   // Targets
   p("## Targets (one floodgate process on one core)");
   p();
-  p("| target | goal | floodgate, access log off | result | floodgate, access log on | result |");
-  p("| --- | --- | ---: | :---: | ---: | :---: |");
+  const columns = [...FLOODGATES, ...present(YARDSTICKS)];
+  p(
+    "Each cell is the measured value and whether it meets the goal. floodgate is the one judged; the other columns " +
+      "hold the yardsticks of the Method section against the same goals: can anything on this machine meet them?",
+  );
+  p();
+  p(
+    `| target | goal | ${columns.map((n) => (n === "floodgate" ? "floodgate, access log off" : n === "floodgate+log" ? "floodgate, access log on" : n)).join(" | ")} |`,
+  );
+  p(`| --- | --- | ${columns.map(() => "---:").join(" | ")} |`);
   const rows = [
     [
       "non-streamed throughput",
@@ -173,26 +189,36 @@ export function renderReport(r) {
     ],
   ];
   for (const [name, goal, get, ok, fmt] of rows) {
-    const cells = FLOODGATES.map((n) => {
+    const cells = columns.map((n) => {
       const v = get(n);
-      return v === undefined || Number.isNaN(v) ? ["n/a", "-"] : [fmt(v), ok(v) ? "PASS" : "**MISS**"];
+      if (v === undefined || Number.isNaN(v)) return "n/a";
+      return `${fmt(v)} ${ok(v) ? "PASS" : "**MISS**"}`;
     });
-    p(`| ${name} | ${goal} | ${cells[0][0]} | ${cells[0][1]} | ${cells[1][0]} | ${cells[1][1]} |`);
+    p(`| ${name} | ${goal} | ${cells.join(" | ")} |`);
   }
   p();
 
-  const floor = r.saturation["node-floor"];
-  const fg = r.saturation.floodgate;
-  if (floor && fg) {
-    const perReq = (d, name) => (d.cpu.processes[name]?.cpuSeconds / d.requests) * 1e6;
-    const floorUs = perReq(floor, "node-floor");
-    const fgUs = perReq(fg, "floodgate");
-    const lat = (key, name) => added(r, key, name, "p50");
+  // Where floodgate's cost comes from: Node, then the framework, then floodgate's own features.
+  const steps = [
+    ["node-floor", "Node (node:http + undici, over direct)", "direct"],
+    ["fastify-floor", "Fastify (fastify-floor over node-floor)", "node-floor"],
+    ["floodgate", "floodgate's own (floodgate over fastify-floor)", "fastify-floor"],
+  ].filter(([n, , base]) => r.saturation[n] && (base === "direct" || r.saturation[base]));
+  if (steps.length === 3) {
+    const cpu = (n) => (r.saturation[n].cpu.processes[n]?.cpuSeconds / r.saturation[n].requests) * 1e6;
+    const lat = (key, n) => (n === "direct" ? 0 : added(r, key, n, "p50"));
+    p("Where floodgate's overhead comes from, step by step (access log off; p50 differences):");
+    p();
+    p(`| step | CPU µs/req at saturation | latency p50 at ${plan.latRate} req/s | first SSE event p50 |`);
+    p("| --- | ---: | ---: | ---: |");
+    for (const [n, what, base] of steps) {
+      p(
+        `| ${what} | ${base === "direct" ? fmtInt(cpu(n)) : `${cpu(n) - cpu(base) >= 0 ? "+" : ""}${fmtInt(cpu(n) - cpu(base))}`} | ${ms(lat("latency", n) - lat("latency", base), true)} | ${ms(lat("ttft", n) - lat("ttft", base), true)} |`,
+      );
+    }
+    p();
     p(
-      `For scale, the minimal Node proxy (node-floor) reaches ${fmtInt(floor.rps)} req/s at ${Math.round(floorUs)} µs of CPU per request and adds ` +
-        `${ms(lat("latency", "node-floor"), true)} ms (p50, ${plan.latRate} req/s) and ${ms(lat("ttft", "node-floor"), true)} ms (first SSE event) over direct: ` +
-        `that much any Node proxy pays on this machine. floodgate's own share is the rest: ${Math.round(fgUs - floorUs)} µs of CPU per request, ` +
-        `${ms(lat("latency", "floodgate") - lat("latency", "node-floor"), true)} ms p50 latency and ${ms(lat("ttft", "floodgate") - lat("ttft", "node-floor"), true)} ms to the first SSE event (access log off).`,
+      "Each step's differences carry the run-to-run noise of two measurements (about ±0.1 ms for these p50s on this VM); a step near zero is within it.",
     );
     p();
   }
@@ -216,6 +242,8 @@ function targetWhat(name, lbl) {
       return `${lbl}, one worker (master_process off) on cpu0; upstream keepalive 64, HTTP/1.1, proxy_buffering off, access_log off`;
     case "node-floor":
       return "bench/overhead/floor-proxy.mjs on cpu0 (`node --max-semi-space-size=64`, as floodgate): node:http + one undici Pool, no framework, metrics or logs; what any Node proxy pays on this machine";
+    case "fastify-floor":
+      return "the same forwarding code behind a one-route Fastify 5 app (`floor-proxy.mjs --server fastify`, raw-body JSON parser as floodgate's): what any Fastify proxy pays";
     case "floodgate":
       return "`node --max-semi-space-size=64 dist/src/main.js --config` on cpu0 (as floodgate's Dockerfile and `npm start`); log level warn, accessLog false, admin off";
     case "floodgate+log":
@@ -231,6 +259,16 @@ function targetWhat(name, lbl) {
   }
 }
 
+/** Every round's value, lowest to highest ("-" for a single round). */
+function spread(rounds, get, fmt) {
+  if (!rounds || rounds.length < 2) return "-";
+  return rounds
+    .map(get)
+    .sort((a, b) => a - b)
+    .map((v) => fmt(v))
+    .join(" / ");
+}
+
 function latencySection(p, r, key, title, targets) {
   const data = r[key];
   if (!data.direct) return;
@@ -239,9 +277,9 @@ function latencySection(p, r, key, title, targets) {
   p("From the scheduled send time:");
   p();
   p(
-    "| target | ok / sent | errors | unterminated | p50 | p90 | p99 | p99.9 | max | proxy CPU µs/req | other procs |",
+    "| target | ok / sent | errors | unterminated | p50 | p50 rounds | p90 | p99 | p99.9 | max | proxy CPU µs/req | other procs |",
   );
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const t of targets) {
     const d = data[t.name];
     if (!d) continue;
@@ -249,7 +287,7 @@ function latencySection(p, r, key, title, targets) {
     const proxy = d.cpu.processes[t.name];
     const requests = d.rate * r.meta.plan[key === "ttft" ? "sseWarmup" : "latWarmup"] + d.sent;
     p(
-      `| ${t.name} | ${d.ok} / ${d.sent} | ${d.errors} | ${d.unterminated ?? 0} | ${ms(l.p50)} | ${ms(l.p90)} | ${ms(l.p99)} | ${ms(l.p999)} | ${ms(l.max)} | ${proxy ? Math.round((proxy.cpuSeconds / requests) * 1e6) : "-"} | ${others(d.cpu)} |`,
+      `| ${t.name} | ${d.ok} / ${d.sent} | ${d.errors} | ${d.unterminated ?? 0} | ${ms(l.p50)} | ${spread(d.rounds, (x) => x.p50, ms)} | ${ms(l.p90)} | ${ms(l.p99)} | ${ms(l.p999)} | ${ms(l.max)} | ${proxy ? Math.round((proxy.cpuSeconds / requests) * 1e6) : "-"} | ${others(d.cpu)} |`,
     );
   }
   p();
@@ -617,7 +655,7 @@ function notes(r, present, label) {
       : `CPU steal stayed at or below ${steal}%, but this is still a VM: expect a few percent run-to-run spread in req/s and ~0.1 ms in the latency percentiles.`,
   );
   out.push(
-    "One run per number. p99 at 500 req/s × 10 s rests on the 50 slowest of 5,000 requests and max on one: single scheduler hiccups (GC, timer wake-ups, the VM) move them; compare p50/p90 first and re-run before trusting a p99 or max difference under ~0.5 ms.",
+    `${(r.meta.plan.rounds ?? 1) > 1 ? `Each number is the median of ${r.meta.plan.rounds} rounds (the *rounds* columns show their spread).` : "One run per number."} p99 at 500 req/s × 10 s rests on the 50 slowest of 5,000 requests and max on one: single scheduler hiccups (GC, timer wake-ups, the VM) move them; compare p50/p90 first and re-run before trusting a p99 or max difference under ~0.5 ms.`,
   );
   out.push(
     "Everything is on loopback with tiny bodies: the numbers are the proxies' per-request CPU and scheduling costs, which is the point, but a real network adds its own latency to every target alike.",

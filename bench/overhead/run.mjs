@@ -5,6 +5,8 @@
  *   direct         the backend itself
  *   nginx          nginx (one worker) in front of it, when /usr/sbin/nginx or nginx is installed
  *   node-floor     floor-proxy.mjs: node:http + undici and nothing else, the floor for a Node proxy
+ *   fastify-floor  floor-proxy.mjs --server fastify: the same behind a one-route Fastify 5 app,
+ *                  the floor for a Fastify proxy (what floodgate costs beyond it is its own)
  *   floodgate      `floodgate --config` with log level warn and no access log
  *   floodgate+log  the same with the default logging (info + access log; stdout to /dev/null)
  * and three variants of `floodgate` (same logging), each changing one thing:
@@ -21,7 +23,11 @@
  * time to the first SSE event at a fixed rate (loadgen.mjs --stream), and a CPU profile of
  * floodgate under saturation. Writes bench/overhead/REPORT.md and results/*.json.
  *
- * usage: node bench/overhead/run.mjs [--quick] [--backend trivial|sim] [--skip-nginx]
+ * Each measurement runs in rounds (3 by default), the targets taking turns within a round, so
+ * that a slow spell of this shared machine hits every target alike; the report keeps the median
+ * round and shows the spread.
+ *
+ * usage: node bench/overhead/run.mjs [--quick] [--rounds N] [--backend trivial|sim] [--skip-nginx]
  *                                    [--skip-variants] [--skip-profile] [--report FILE]
  *                                    [--patience SECONDS]
  * (`npm run bench:overhead` builds first and runs this.)
@@ -52,7 +58,7 @@ const MAIN = join(ROOT, "dist/src/main.js");
 /**
  * V8 flags every Node target runs with, as floodgate's `npm start` and Dockerfile do: a 64 MB
  * young generation, so that short-lived per-request objects die before a
- * scavenge copies them. The node-floor gets the same, so the comparison stays fair.
+ * scavenge copies them. The floors get the same, so the comparison stays fair.
  */
 const NODE_FLAGS = ["--max-semi-space-size=64"];
 const MODEL = "bench-model";
@@ -60,6 +66,8 @@ const MODEL = "bench-model";
 const { values: args } = parseArgs({
   options: {
     quick: { type: "boolean", default: false },
+    /** Rounds of every measurement (default 3; 1 with --quick). */
+    rounds: { type: "string" },
     backend: { type: "string", default: "trivial" },
     "skip-nginx": { type: "boolean", default: false },
     /** Leave out the limits and cache variants of floodgate (they run by default). */
@@ -94,6 +102,7 @@ const PLAN = args.quick
       sseSeconds: 5,
       profSeconds: 6,
     };
+PLAN.rounds = Math.max(1, Number(args.rounds ?? (args.quick ? 1 : 3)));
 const CONNECTIONS = 64;
 /** Other processes may use this fraction of one core during a measurement before it is redone. */
 const QUIET = 0.05;
@@ -463,6 +472,29 @@ function score(cpu) {
 let patienceUsedMs = 0;
 function patienceLeft() {
   return Number(args.patience) - patienceUsedMs / 1000;
+}
+
+/**
+ * One measurement's rounds as one result: the median round (by req/s, or by p50 latency), with
+ * every percentile replaced by its median over the rounds, and each round's headline numbers
+ * kept in `rounds` for the spread.
+ */
+function medianRound(list, key) {
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+  const headline = (r) => (key === "saturation" ? r.rps : r.latencyMs?.p50);
+  const sorted = [...list].sort((a, b) => headline(a) - headline(b));
+  const mid = sorted[Math.floor((sorted.length - 1) / 2)];
+  const out = {
+    ...mid,
+    rounds: list.map((r) => (key === "saturation" ? { rps: r.rps } : { ...r.latencyMs })),
+  };
+  for (const field of ["latencyMs", "serviceMs"]) {
+    if (!list.every((r) => r[field])) continue;
+    out[field] = Object.fromEntries(
+      Object.keys(mid[field]).map((q) => [q, median(list.map((r) => r[field][q]))]),
+    );
+  }
+  return out;
 }
 
 const pct = (x) => Math.round(x * 1000) / 10;
@@ -1056,6 +1088,7 @@ async function main() {
     floodgate: await freePort(),
     floodgateLog: await freePort(),
     floor: await freePort(),
+    fastifyFloor: await freePort(),
   };
   const warnings = [];
 
@@ -1124,24 +1157,23 @@ async function main() {
     });
   }
 
-  {
-    const proc = startServer("node-floor", 0, process.execPath, [
+  for (const [name, port, server, label] of [
+    ["node-floor", ports.floor, "node", "minimal Node proxy (node:http + undici)"],
+    ["fastify-floor", ports.fastifyFloor, "fastify", "minimal Fastify proxy (Fastify 5 + undici)"],
+  ]) {
+    const proc = startServer(name, 0, process.execPath, [
       ...NODE_FLAGS,
       join(HERE, "floor-proxy.mjs"),
+      "--server",
+      server,
       "--port",
-      String(ports.floor),
+      String(port),
       "--upstream",
       backendUrl,
     ]);
-    const url = `http://127.0.0.1:${ports.floor}`;
+    const url = `http://127.0.0.1:${port}`;
     await waitReady(proc, `${url}/health`);
-    targets.push({
-      name: "node-floor",
-      label: "minimal Node proxy (node:http + undici)",
-      url,
-      proc,
-      phases: ALL_PHASES,
-    });
+    targets.push({ name, label, url, proc, phases: ALL_PHASES });
   }
 
   for (const [name, port, accessLog] of [
@@ -1290,56 +1322,47 @@ async function main() {
   const measured = (t) => [...(t.proc ? [t.proc] : []), backend, ...(t.extraProcs ?? [])];
   const counts = (r) => (r.counters ? `; ${JSON.stringify(r.counters)}` : "");
 
-  for (const t of targets) {
-    log(`saturation ${t.name}: ${PLAN.satWarmup}s warm-up + ${PLAN.satSeconds}s, wrk -t1 -c${CONNECTIONS}`);
-    await wrk(t.url, PLAN.satWarmup, t.request);
-    const { result, cpu } = await measure(
-      measured(t),
-      counted(t, () => wrk(t.url, PLAN.satSeconds, t.request)),
-      log,
-    );
-    results.saturation[t.name] = { ...result, cpu };
-    log(`  ${result.rps} req/s, ${result.errorCount} errors${counts(result)}`);
-  }
-  for (const t of targets.filter((x) => x.phases.includes("latency"))) {
-    log(
-      `latency ${t.name}: ${PLAN.latRate} req/s open loop, ${PLAN.latWarmup}s warm-up + ${PLAN.latSeconds}s`,
-    );
-    const { result, cpu } = await measure(
-      measured(t),
-      counted(t, () =>
-        loadgen(
-          t.url,
-          { rate: PLAN.latRate, seconds: PLAN.latSeconds, warmup: PLAN.latWarmup, stream: false },
-          t.request,
-        ),
-      ),
-      log,
-    );
-    results.latency[t.name] = { ...result, cpu };
-    log(
-      `  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors${counts(result)}`,
-    );
-  }
-  for (const t of targets.filter((x) => x.phases.includes("ttft"))) {
-    log(
-      `first SSE event ${t.name}: ${PLAN.sseRate} req/s open loop, ${PLAN.sseWarmup}s warm-up + ${PLAN.sseSeconds}s`,
-    );
-    const { result, cpu } = await measure(
-      measured(t),
-      counted(t, () =>
-        loadgen(
-          t.url,
-          { rate: PLAN.sseRate, seconds: PLAN.sseSeconds, warmup: PLAN.sseWarmup, stream: true },
-          t.request,
-        ),
-      ),
-      log,
-    );
-    results.ttft[t.name] = { ...result, cpu };
-    log(
-      `  p50 ${result.latencyMs?.p50} ms, p99 ${result.latencyMs?.p99} ms, ${result.errors} errors${counts(result)}`,
-    );
+  const open = (t, stream) => {
+    const [rate, seconds, warmup] = stream
+      ? [PLAN.sseRate, PLAN.sseSeconds, PLAN.sseWarmup]
+      : [PLAN.latRate, PLAN.latSeconds, PLAN.latWarmup];
+    return counted(t, () => loadgen(t.url, { rate, seconds, warmup, stream }, t.request));
+  };
+  const phases = [
+    {
+      key: "saturation",
+      what: `${PLAN.satWarmup}s warm-up + ${PLAN.satSeconds}s, wrk -t1 -c${CONNECTIONS}`,
+      // The warm-up runs outside the measured window: CPU per request counts measured requests.
+      before: (t) => wrk(t.url, PLAN.satWarmup, t.request),
+      work: (t) => counted(t, () => wrk(t.url, PLAN.satSeconds, t.request)),
+      summary: (r) => `${r.rps} req/s, ${r.errorCount} errors`,
+    },
+    {
+      key: "latency",
+      what: `${PLAN.latRate} req/s open loop, ${PLAN.latWarmup}s warm-up + ${PLAN.latSeconds}s`,
+      work: (t) => open(t, false),
+      summary: (r) => `p50 ${r.latencyMs?.p50} ms, p99 ${r.latencyMs?.p99} ms, ${r.errors} errors`,
+    },
+    {
+      key: "ttft",
+      what: `first SSE event, ${PLAN.sseRate} req/s open loop, ${PLAN.sseWarmup}s warm-up + ${PLAN.sseSeconds}s`,
+      work: (t) => open(t, true),
+      summary: (r) => `p50 ${r.latencyMs?.p50} ms, p99 ${r.latencyMs?.p99} ms, ${r.errors} errors`,
+    },
+  ];
+  for (const phase of phases) {
+    const taking = targets.filter((t) => t.phases.includes(phase.key));
+    const rounds = new Map(taking.map((t) => [t.name, []]));
+    for (let round = 1; round <= PLAN.rounds; round++) {
+      for (const t of taking) {
+        log(`${phase.key} ${t.name} (round ${round}/${PLAN.rounds}): ${phase.what}`);
+        await phase.before?.(t);
+        const { result, cpu } = await measure(measured(t), phase.work(t), log);
+        rounds.get(t.name).push({ ...result, cpu });
+        log(`  ${phase.summary(result)}${counts(result)}`);
+      }
+    }
+    for (const [name, list] of rounds) results[phase.key][name] = medianRound(list, phase.key);
   }
   const quiet = targets.find((t) => t.name === "floodgate");
   results.floodgateErrors = errorLines(quiet.proc.logPath);

@@ -173,6 +173,10 @@ export class MemoryStore implements Store {
     for (const key of this.locks.keys()) if (key.startsWith(logicalPrefix)) this.locks.delete(key);
   }
 
+  async ready(): Promise<boolean> {
+    return true;
+  }
+
   async close(): Promise<void> {
     if (this.timer !== undefined) clearInterval(this.timer);
   }

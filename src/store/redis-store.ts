@@ -240,6 +240,22 @@ export class RedisStore implements Store {
     );
   }
 
+  ready(timeoutMs: number): Promise<boolean> {
+    if (this.client.status === "ready") return Promise.resolve(true);
+    // A lazyConnect client (one handed to the constructor) connects on first use.
+    if (this.client.status === "wait") this.client.connect().catch(() => undefined);
+    return new Promise((resolve) => {
+      const done = (ready: boolean) => {
+        clearTimeout(timer);
+        this.client.off("ready", onReady);
+        resolve(ready);
+      };
+      const onReady = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.client.on("ready", onReady);
+    });
+  }
+
   /** QUIT (lets replies in flight arrive) for at most 200 ms, then drops the connection. */
   async close(): Promise<void> {
     const quit = this.client.quit().catch(() => undefined);

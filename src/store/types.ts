@@ -63,6 +63,11 @@ export interface Store {
   deleteBlobsByPrefix(logicalPrefix: string): Promise<number>;
   /** Deletes every key under the prefix that starts with `logicalPrefix` (tests, admin). */
   clear?(logicalPrefix: string): Promise<void>;
+  /**
+   * Resolves true once the store can answer (Redis: connected and past its ready check; a
+   * Cluster: knowing its masters), or false after `timeoutMs` without that.
+   */
+  ready(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 

@@ -187,3 +187,40 @@ describe("when Redis fails", () => {
     await redis.restart();
   });
 });
+
+describe("at start-up", () => {
+  it("a replica listens only once Redis answers, so its first requests are decided there", async () => {
+    // A Redis that accepts the connection but does not answer yet (a slow start, a busy host).
+    redis.pause();
+    setTimeout(() => redis.resume(), 400);
+    const started = performance.now();
+    const gateway = await startGateway(
+      yaml("", 1).replace("commandTimeout: 50ms", "commandTimeout: 50ms, connectTimeout: 5s"),
+    );
+    gateways = [gateway];
+    expect(performance.now() - started).toBeGreaterThanOrEqual(350);
+    expect((await chat(gateway.url, KEY)).status).toBe(200);
+    const withoutStore = await gateway.gateway.metrics.registry.getSingleMetricAsString(
+      "floodgate_ratelimit_without_store_total",
+    );
+    expect(withoutStore).not.toMatch(/\} [1-9]/);
+    expect((await redis.cli("DBSIZE")).trim()).not.toBe("0");
+  });
+
+  it("a Redis that is down delays listening by connectTimeout at most, then onStoreError decides", async () => {
+    await redis.kill();
+    try {
+      const started = performance.now();
+      const gateway = await startGateway(
+        yaml("", 1).replace("commandTimeout: 50ms", "commandTimeout: 50ms, connectTimeout: 300ms"),
+      );
+      gateways = [gateway];
+      const waited = performance.now() - started;
+      expect(waited).toBeGreaterThanOrEqual(250);
+      expect(waited).toBeLessThan(3000);
+      expect((await chat(gateway.url, KEY)).status).toBe(200); // onStoreError: local
+    } finally {
+      await redis.restart();
+    }
+  });
+});

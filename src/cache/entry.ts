@@ -10,10 +10,12 @@
  * rebuilds the object from checked fields, so unknown fields are dropped, not carried along.
  */
 
+import { OPENAI_ROUTES, type OpenAIRoute } from "../proxy/routes.js";
+
 export const ENTRY_VERSION = 1;
 
-export const CACHE_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] as const;
-export type CacheRoute = (typeof CACHE_ROUTES)[number];
+/** Every OpenAI route's answers can be cached. */
+export type CacheRoute = OpenAIRoute;
 
 /** Embeddings report no completion tokens: store completion_tokens 0 for them. */
 export interface CachedUsage {
@@ -117,7 +119,7 @@ function isFiniteNumber(x: unknown): x is number {
 }
 
 function isRoute(x: unknown): x is CacheRoute {
-  return typeof x === "string" && (CACHE_ROUTES as readonly string[]).includes(x);
+  return typeof x === "string" && (OPENAI_ROUTES as readonly string[]).includes(x);
 }
 
 function isCount(x: unknown): x is number {

@@ -4,7 +4,7 @@
  * GET /v1/models, and the configured pass-through prefixes.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { CachedAnswer, CacheRoute } from "../cache/entry.js";
+import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
 import { answerFromJson, answerFromStream, cacheDirectives, render } from "../cache/respond.js";
 import { type CacheStatus, entryKey, type Flight, type ResponseCache } from "../cache/response-cache.js";
@@ -20,9 +20,8 @@ import { estimateTokens, usageTotal } from "../tokens/estimate.js";
 import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
 import { Exchange } from "./exchange.js";
 import { type ForwardHooks, type ForwardResult, forward } from "./forwarder.js";
+import { OPENAI_ROUTES, type OpenAIRoute } from "./routes.js";
 import { UsageTap } from "./usage-tap.js";
-
-export const OPENAI_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] as const;
 
 export interface ProxyDeps {
   config: GatewayConfig;
@@ -171,7 +170,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     request: FastifyRequest,
     reply: FastifyReply,
     pool: UpstreamPool,
-    route: string,
+    route: OpenAIRoute,
     json: Json,
   ): { key: string; revalidate: boolean } | undefined {
     const directives = cacheDirectives(request.headers["cache-control"]);
@@ -223,12 +222,12 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     request: FastifyRequest,
     leader: Extract<Flight, { role: "leader" }>,
     pool: UpstreamPool,
-    route: string,
+    route: OpenAIRoute,
     model: string,
     result: ForwardResult,
     tap: UsageTap | undefined,
   ): void {
-    const common = { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() };
+    const common = { route, model, config: pool.config.cache, now: Date.now() };
     if (result.status !== 200) {
       void leader.finish(undefined);
     } else if (result.kind === "buffered") {
@@ -247,7 +246,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   function refreshInBackground(
     request: FastifyRequest,
     pool: UpstreamPool,
-    route: string,
+    route: OpenAIRoute,
     json: Json,
     key: string,
   ): void {
@@ -278,7 +277,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         if (result.kind === "stream") result.body.destroy();
         else if (result.status === 200) {
           const answer = answerFromJson(
-            { route: route as CacheRoute, model, config: pool.config.cache, now: Date.now() },
+            { route, model, config: pool.config.cache, now: Date.now() },
             result.body,
           );
           if (answer) await deps.cache.put(key, answer, pool.config.cache.maxEntrySize);
@@ -296,7 +295,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   async function reserveTokens(
     request: FastifyRequest,
     reply: FastifyReply,
-    route: string,
+    route: OpenAIRoute,
     json: Json,
   ): Promise<Reservation | undefined> {
     const tenant = request.gw.tenant;

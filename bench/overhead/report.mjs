@@ -231,7 +231,40 @@ export function renderReport(r) {
   p();
   for (const note of notes(r, present, label)) p(`- ${note}`);
   p();
-  return out.join("\n");
+  return alignTables(out.join("\n"));
+}
+
+/**
+ * Pads every Markdown table's cells to its columns' widths (Biome does not format Markdown),
+ * so that the report reads as a table in a terminal too. Right-aligned columns (`---:`) are
+ * padded on the left.
+ */
+export function alignTables(markdown) {
+  const lines = markdown.split("\n");
+  for (let start = 0; start < lines.length; start++) {
+    if (!lines[start].startsWith("|")) continue;
+    let end = start;
+    while (end < lines.length && lines[end].startsWith("|")) end++;
+    const rows = lines.slice(start, end).map((l) =>
+      l
+        .slice(1, -1)
+        .split(" | ")
+        .map((c) => c.trim()),
+    );
+    const isRule = (row) => row.every((c) => /^:?-+:?$/.test(c));
+    const rule = rows.find(isRule);
+    const width = rows[0].map((_, k) =>
+      Math.max(3, ...rows.filter((r) => !isRule(r)).map((r) => (r[k] ?? "").length)),
+    );
+    const right = width.map((_, k) => rule?.[k]?.endsWith(":") ?? false);
+    const cells = (row) =>
+      isRule(row)
+        ? width.map((w, k) => (right[k] ? `${"-".repeat(w - 1)}:` : "-".repeat(w)))
+        : width.map((w, k) => (right[k] ? (row[k] ?? "").padStart(w) : (row[k] ?? "").padEnd(w)));
+    for (let i = start; i < end; i++) lines[i] = `| ${cells(rows[i - start]).join(" | ")} |`;
+    start = end;
+  }
+  return lines.join("\n");
 }
 
 function targetWhat(name, lbl) {

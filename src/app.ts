@@ -279,7 +279,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       // A replica that took traffic before its Redis connection was up would decide its first
       // requests by onStoreError, not by the shared limits. It waits for the store first, for at
       // most connectTimeout: a Redis that is down must not keep the gateway from serving.
-      if (store.kind === "redis" && !(await store.ready(config.store.connectTimeout))) {
+      if (!(await store.ready(config.store.connectTimeout))) {
         logger.warn(
           { connectTimeout: config.store.connectTimeout },
           "store not ready within connectTimeout: listening anyway; limits follow onStoreError until it connects",

@@ -203,8 +203,8 @@ export function renderReport(r) {
     ["node-floor", "Node (node:http + undici, over direct)", "direct"],
     ["fastify-floor", "Fastify (fastify-floor over node-floor)", "node-floor"],
     ["floodgate", "floodgate's own (floodgate over fastify-floor)", "fastify-floor"],
-  ].filter(([n, , base]) => r.saturation[n] && (base === "direct" || r.saturation[base]));
-  if (steps.length === 3) {
+  ];
+  if (steps.every(([n]) => r.saturation[n])) {
     const cpu = (n) => (r.saturation[n].cpu.processes[n]?.cpuSeconds / r.saturation[n].requests) * 1e6;
     const lat = (key, n) => (n === "direct" ? 0 : added(r, key, n, "p50"));
     p("Where floodgate's overhead comes from, step by step (access log off; p50 differences):");

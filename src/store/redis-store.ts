@@ -242,8 +242,7 @@ export class RedisStore implements Store {
 
   ready(timeoutMs: number): Promise<boolean> {
     if (this.client.status === "ready") return Promise.resolve(true);
-    // A lazyConnect client (one handed to the constructor) connects on first use.
-    if (this.client.status === "wait") this.client.connect().catch(() => undefined);
+    this.connectIfLazy();
     return new Promise((resolve) => {
       const done = (ready: boolean) => {
         clearTimeout(timer);
@@ -367,10 +366,14 @@ export class RedisStore implements Store {
     }
   }
 
+  /** A lazyConnect client (one handed to the constructor) connects on first use. */
+  private connectIfLazy(): void {
+    if (this.client.status === "wait") this.client.connect().catch(() => undefined);
+  }
+
   private async whenReady(): Promise<void> {
     if (this.client.status === "ready" || !CONNECTING.has(this.client.status)) return;
-    // A lazyConnect client (one handed to the constructor) connects on first use.
-    if (this.client.status === "wait") this.client.connect().catch(() => undefined);
+    this.connectIfLazy();
     if (this.statusChange === undefined) {
       this.statusChange = new Promise<void>((resolve) => (this.settleStatusChange = resolve));
     }

@@ -11,7 +11,8 @@ import { StoreUnavailableError } from "../../../src/store/types.js";
 import { startRedis, startRedisCluster, type TestRedis, type TestRedisCluster } from "../../helpers/redis.js";
 import { redisStoreConfig } from "./store-config.js";
 
-const COMMAND_TIMEOUT = 200;
+// Generous: 1,200 concurrent writes on a busy two-core machine can take a few hundred ms.
+const COMMAND_TIMEOUT = 1000;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const bytes = (text: string) => Buffer.from(text);
 

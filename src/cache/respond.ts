@@ -37,16 +37,8 @@ interface Common {
   now: number;
 }
 
-/** An entry from a complete non-streamed 200 answer, or undefined when it is not one (size is checked on store). */
-export function answerFromJson(c: Common, body: Buffer): CachedAnswer | undefined {
-  let json: unknown;
-  try {
-    json = JSON.parse(body.toString("utf8"));
-  } catch {
-    return undefined;
-  }
-  if (json === null || typeof json !== "object" || Array.isArray(json)) return undefined;
-  const record = json as Record<string, unknown>;
+/** An entry from a complete non-streamed 200 answer, parsed (size is checked on store). */
+export function answerFromJson(c: Common, record: Record<string, unknown>): CachedAnswer {
   const usage = normalizeUsage(record.usage);
   return {
     v: 1,

@@ -64,6 +64,21 @@ const Server = Section(
     headersTimeout: Duration("10s", "time a client has to send its request head"),
     keepAliveTimeout: Duration("75s", "idle time before a client connection is closed"),
     shutdownGrace: Duration("30s", "how long in-flight requests may run after SIGTERM"),
+    sendTimeout: Duration(
+      "30s",
+      "a client that takes nothing of its answer for this long is cut off (it holds memory and a slot)",
+    ),
+    maxConnections: Type.Integer({
+      minimum: 1,
+      default: 10000,
+      description: "client connections at once; a request on a connection past it gets 503 and a close",
+    }),
+    maxJsonDepth: Type.Integer({
+      minimum: 1,
+      maximum: 1000,
+      default: 64,
+      description: "deepest nesting of arrays and objects in a JSON body (400 beyond)",
+    }),
     trustProxy: Type.Array(Type.String(), {
       default: [],
       description: "addresses or CIDRs of proxies whose X-Forwarded-For is believed",
@@ -343,6 +358,18 @@ const CircuitBreaker = Section(
   "a circuit breaker per backend",
 );
 
+const Response = Section(
+  {
+    maxSize: Size("16mb", "a larger non-streamed answer is a 502 upstream_bad_response (retried)"),
+    maxEventSize: Size("1mb", "an SSE event longer than this passes through unparsed"),
+    requireDone: Type.Boolean({
+      default: true,
+      description: "an event stream must end with data: [DONE]; else the client gets an error event",
+    }),
+  },
+  "what the gateway accepts from a backend on the OpenAI routes",
+);
+
 const Fallback = Type.Union([
   Name,
   Type.Object(
@@ -400,6 +427,7 @@ const Pool = Type.Object(
     slowStart: SlowStart,
     loadSignals: LoadSignals,
     retry: Retry,
+    response: Response,
     dnsRefresh: Duration("10s", "how often discovered backends are re-resolved"),
     cache: Cache,
   },

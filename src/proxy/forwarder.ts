@@ -16,11 +16,17 @@
  * by `attempts`, and outlier detection ejects the backend at its first refused connect.
  *
  * Non-streamed answers on the OpenAI routes are read whole before anything is sent (they are
- * small, and the backend sends them at the end of generation anyway): a backend failing
- * mid-body is then retried or answered with a proper 502/504, never a cut-off body. Event
- * streams are committed at the backend's first event (configurable: at its headers), so a
- * backend that fails before its first token is retried too; after that they are relayed as
- * they arrive, as are pass-through bodies.
+ * small, and the backend sends them at the end of generation anyway), up to `response.maxSize`:
+ * a backend failing mid-body, an answer too large, or a 2xx that is not a complete JSON object
+ * (an HTML error page, a body cut short) is then retried or answered with a proper 502/504,
+ * never passed on as a success. Event streams are committed at the backend's first event
+ * (configurable: at its headers), so a backend that fails before its first token is retried
+ * too; after that they are relayed as they arrive, through a StreamTap that checks they end
+ * with `[DONE]`; pass-through bodies are relayed untouched.
+ *
+ * On the OpenAI routes the backend is asked for `Accept-Encoding: identity`: the gateway parses
+ * those bodies, and must never parse a compressed one. An encoded answer there anyway is a bad
+ * response.
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
@@ -34,9 +40,9 @@ import { backoffMs } from "../upstream/retry-budget.js";
 import type { Exchange } from "./exchange.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { ResponseRelay } from "./relay.js";
+import { StreamTap } from "./stream-tap.js";
 import { UpstreamCall } from "./upstream-call.js";
 import { toGatewayError } from "./upstream-errors.js";
-import type { UsageTap } from "./usage-tap.js";
 
 export interface ForwardInput {
   pool: UpstreamPool;
@@ -48,17 +54,36 @@ export interface ForwardInput {
   requestId: string;
   clientIp: string;
   stripAuthorization: boolean;
-  /** Relay any response as it arrives (pass-through routes); else read it whole unless SSE. */
+  /**
+   * Relay any response as it arrives, untouched (pass-through routes); else (the OpenAI routes)
+   * read it whole unless SSE, and check what the backend sent.
+   */
   streamAny: boolean;
-  /** Reads usage out of an event stream (token budgets). */
-  tap?: UsageTap;
+  /** For an event stream's tap: drop the usage-only chunk, record for the cache. */
+  tap?: { strip: boolean; recordLimit?: number };
+  /** How long a client may read nothing before it is cut off. */
+  sendTimeout: number;
   /** A relayed stream ended; `failure` is set when it ended with an error event. */
   onStreamEnd?(failure: GatewayError | undefined): void;
 }
 
 export type ForwardResult =
-  | { kind: "buffered"; status: number; headers: Record<string, string | string[]>; body: Buffer }
-  | { kind: "stream"; status: number; headers: Record<string, string | string[]>; body: Readable };
+  | {
+      kind: "buffered";
+      status: number;
+      headers: Record<string, string | string[]>;
+      body: Buffer;
+      /** A 2xx on an OpenAI route: the body parsed (it was checked to be a JSON object). */
+      json?: Record<string, unknown>;
+    }
+  | {
+      kind: "stream";
+      status: number;
+      headers: Record<string, string | string[]>;
+      body: Readable;
+      /** An OpenAI event stream's tap: after the end, its usage, recording and completeness. */
+      tap?: StreamTap;
+    };
 
 export interface ForwardHooks {
   /** The backend answered with headers after this many seconds. */
@@ -174,6 +199,7 @@ async function attempt(
     stripAuthorization: input.stripAuthorization,
     extra: backend.extraHeaders,
     contentLength: Buffer.isBuffer(input.body) ? input.body.length : undefined,
+    identity: !input.streamAny,
   });
   const sentAt = performance.now();
   const call = new UpstreamCall();
@@ -188,7 +214,7 @@ async function attempt(
     // The breaker sees connect and first byte only: the call resolves at the response headers.
     await backend.breaker.call(async () => {
       try {
-        await call.start(backend.dispatcher, options);
+        await call.start(backend.dispatcher, options, pool.config.timeouts.firstByte);
       } catch (err) {
         throw exchange.abortReason === "client" ? new ClientGone(err) : err;
       }
@@ -219,10 +245,27 @@ async function attempt(
   pool.record(backend, status >= 500 ? "http_5xx" : status >= 400 ? "http_4xx" : "success");
 
   const sse = isEventStream(call.headers);
+  if (!input.streamAny && isEncoded(call.headers)) {
+    call.abort(new Error("encoded answer"));
+    return failed(
+      errors
+        .upstreamBadResponse()
+        .causedBy(new Error(`the backend sent content-encoding ${call.headers["content-encoding"]}`)),
+    );
+  }
   if (status < 300 && (input.streamAny || sse)) {
     // Stream commit point: hold the response until the first event, so a backend that fails
     // before its first token is retried instead of breaking the client's stream.
     const awaitsCommit = sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny;
+    const response = pool.config.response;
+    const tap =
+      sse && !input.streamAny
+        ? new StreamTap({
+            strip: input.tap?.strip,
+            recordLimit: input.tap?.recordLimit,
+            maxEventSize: response.maxEventSize,
+          })
+        : undefined;
     const relay = new ResponseRelay(
       call,
       exchange,
@@ -232,7 +275,9 @@ async function attempt(
         input.onStreamEnd?.(r.failure);
       },
       awaitsCommit,
-      sse ? input.tap : undefined,
+      input.sendTimeout,
+      tap,
+      response.requireDone,
     );
     if (awaitsCommit) {
       try {
@@ -248,14 +293,28 @@ async function attempt(
       status,
       headers: downstreamResponseHeaders(call.headers, !sse),
       body: relay,
+      tap,
     };
   }
 
+  const maxSize = pool.config.response.maxSize;
   let body: Buffer;
   try {
-    body = call.completeBody() ?? (await call.body());
+    body = call.completeBody() ?? (await call.body(maxSize));
   } catch (err) {
     return failed(err);
+  }
+  let json: Record<string, unknown> | undefined;
+  if (!input.streamAny && status < 300) {
+    // An OpenAI answer reported as a success must be one: a complete JSON object.
+    json = body.length <= maxSize ? parseObject(body) : undefined;
+    if (json === undefined) {
+      return failed(
+        errors
+          .upstreamBadResponse()
+          .causedBy(new Error(`a ${status} answer that is not a JSON object of at most ${maxSize} bytes`)),
+      );
+    }
   }
   exchange.bytesOut = body.length;
   const result: ForwardResult = {
@@ -263,6 +322,7 @@ async function attempt(
     status,
     headers: downstreamResponseHeaders(call.headers, false),
     body,
+    json,
   };
   if (RETRY_STATUSES.has(status)) return { reason: `status_${status}`, answer: { result } };
   exchange.settle();
@@ -294,6 +354,22 @@ export function retryAfterMs(headers: Record<string, string | string[] | undefin
   if (/^\d+(\.\d+)?$/.test(value.trim())) return Number(value) * 1000;
   const date = Date.parse(value);
   return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+function parseObject(body: Buffer): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(body.toString("utf8"));
+    return value !== null && typeof value === "object" && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isEncoded(headers: Record<string, string | string[] | undefined>): boolean {
+  const encoding = headers["content-encoding"];
+  return encoding !== undefined && encoding !== "identity" && encoding !== "";
 }
 
 function isEventStream(headers: Record<string, string | string[] | undefined>): boolean {

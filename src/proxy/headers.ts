@@ -40,6 +40,8 @@ export interface UpstreamHeaderOptions {
   stripAuthorization: boolean;
   extra: ReadonlyArray<readonly [string, string]>;
   contentLength?: number;
+  /** Ask for an unencoded answer (the gateway parses it): the client's Accept-Encoding stays here. */
+  identity?: boolean;
 }
 
 export function upstreamRequestHeaders(
@@ -59,6 +61,7 @@ export function upstreamRequestHeaders(
   out["x-forwarded-for"] = prior ? `${prior}, ${options.clientIp}` : options.clientIp;
   out["x-request-id"] = options.requestId;
   if (options.contentLength !== undefined) out["content-length"] = String(options.contentLength);
+  if (options.identity) out["accept-encoding"] = "identity";
   for (const [key, value] of options.extra) out[key] = value;
   return out;
 }

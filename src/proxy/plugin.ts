@@ -19,9 +19,10 @@ import type { Reservation, TokenBudgets } from "../ratelimit/token-budget.js";
 import { estimateTokens, usageTotal } from "../tokens/estimate.js";
 import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
 import { Exchange } from "./exchange.js";
-import { type ForwardHooks, type ForwardResult, forward } from "./forwarder.js";
+import { type ForwardHooks, type ForwardInput, type ForwardResult, forward } from "./forwarder.js";
 import { OPENAI_ROUTES, type OpenAIRoute } from "./routes.js";
-import { UsageTap } from "./usage-tap.js";
+import { guardSlowReader } from "./send-timeout.js";
+import type { StreamTap } from "./stream-tap.js";
 
 export interface ProxyDeps {
   config: GatewayConfig;
@@ -44,7 +45,7 @@ interface Outbound {
   path: string;
   body: ForwardResult["body"] | null;
   streamAny: boolean;
-  tap?: UsageTap;
+  tap?: ForwardInput["tap"];
 }
 
 type Json = Record<string, unknown>;
@@ -126,12 +127,12 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       // Settling tokens and recording for the cache both need a stream's usage: it is asked for
       // on the client's behalf when it did not ask (and then removed from what it receives).
       let upstreamJson = json;
-      let tap: UsageTap | undefined;
+      let tap: Outbound["tap"];
       if ((reservation || leader) && ctx.stream) {
         const options = isJson(json.stream_options) ? json.stream_options : {};
         const asked = options.include_usage === true;
         if (!asked) upstreamJson = { ...json, stream_options: { ...options, include_usage: true } };
-        tap = new UsageTap(!asked, leader !== undefined);
+        tap = { strip: !asked, recordLimit: leader ? pool.config.cache.maxEntrySize : undefined };
       }
       const path = route + queryOf(request.url);
       const chain = ctx.tenant?.fallback === false ? [] : fallbackChain(pool);
@@ -159,9 +160,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         await reservation?.settle(0);
         return sendCached(request, reply, pool, staleForError, "STALE");
       }
-      if (reservation) settleWhenDone(request, reservation, result, tap);
-      if (leader) recordWhenDone(request, leader, pool, route, model, result, tap);
-      return send(reply, result);
+      if (reservation) settleWhenDone(request, reservation, result);
+      if (leader) recordWhenDone(request, leader, pool, route, model, result);
+      return send(reply, result, deps.config.server.sendTimeout);
     });
   }
 
@@ -214,7 +215,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     );
     reply.code(200).header("content-type", out.contentType);
     if (request.gw.stream) reply.header("cache-control", "no-cache");
-    return reply.send(out.body);
+    reply.send(out.body);
+    guardSlowReader(reply.raw, deps.config.server.sendTimeout);
+    return reply;
   }
 
   /** Stores a complete 200 answer when it ends; anything else lands the flight empty. */
@@ -225,14 +228,14 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
     route: OpenAIRoute,
     model: string,
     result: ForwardResult,
-    tap: UsageTap | undefined,
   ): void {
     const common = { route, model, config: pool.config.cache, now: Date.now() };
     if (result.status !== 200) {
       void leader.finish(undefined);
     } else if (result.kind === "buffered") {
-      void leader.finish(answerFromJson(common, result.body));
+      void leader.finish(result.json ? answerFromJson(common, result.json) : undefined);
     } else {
+      const tap = result.tap;
       whenStreamDone(request, () => {
         const complete = tap?.done === true && request.gw.error === undefined;
         void leader.finish(
@@ -269,16 +272,17 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
             clientIp,
             stripAuthorization: deps.authEnabled,
             streamAny: false,
+            sendTimeout: deps.config.server.sendTimeout,
           },
           exchange,
           hooks,
         );
         // A backend that streams although asked not to: nobody reads it, so free it at once.
         if (result.kind === "stream") result.body.destroy();
-        else if (result.status === 200) {
+        else if (result.status === 200 && result.json) {
           const answer = answerFromJson(
             { route, model, config: pool.config.cache, now: Date.now() },
-            result.body,
+            result.json,
           );
           if (answer) await deps.cache.put(key, answer, pool.config.cache.maxEntrySize);
         }
@@ -322,13 +326,9 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
   }
 
   /** Buffered answers settle now, streams when they end; a failed answer used nothing. */
-  function settleWhenDone(
-    request: FastifyRequest,
-    reservation: Reservation,
-    result: ForwardResult,
-    tap?: UsageTap,
-  ): void {
+  function settleWhenDone(request: FastifyRequest, reservation: Reservation, result: ForwardResult): void {
     if (result.kind === "stream") {
+      const tap: StreamTap | undefined = result.tap;
       whenStreamDone(request, () => void reservation.settle(tap?.total));
       // The client may leave before the stream ends: the reservation then stands.
       request.gw.cleanups.push(() => void reservation.settle(tap?.total));
@@ -338,13 +338,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       void reservation.settle(0);
       return;
     }
-    let used: number | undefined;
-    try {
-      used = usageTotal((JSON.parse(result.body.toString("utf8")) as { usage?: unknown }).usage);
-    } catch {
-      used = undefined;
-    }
-    void reservation.settle(used);
+    void reservation.settle(usageTotal(result.json?.usage));
   }
 
   /**
@@ -408,6 +402,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
         stripAuthorization: deps.authEnabled,
         streamAny: out.streamAny,
         tap: out.tap,
+        sendTimeout: deps.config.server.sendTimeout,
         onStreamEnd: (failure) => {
           request.gw.error = failure;
           request.gw.streamEnded = true;
@@ -442,7 +437,8 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
       // A streamed upload cannot be sent twice: only bodiless requests may fall back.
       const chain =
         route.fallback && body === null && request.gw.tenant?.fallback !== false ? fallbackChain(pool) : [];
-      return send(reply, await serve(request, reply, pool, chain, () => ({ path, body, streamAny: true })));
+      const result = await serve(request, reply, pool, chain, () => ({ path, body, streamAny: true }));
+      return send(reply, result, deps.config.server.sendTimeout);
     };
     scope.all(prefix === "" ? "/" : prefix, handler);
     scope.all(`${prefix}/*`, handler);
@@ -489,8 +485,12 @@ function withModel(body: Json, model: string): Buffer {
   return Buffer.from(JSON.stringify({ ...body, model }));
 }
 
-function send(reply: FastifyReply, result: ForwardResult): FastifyReply {
-  return reply.code(result.status).headers(result.headers).send(result.body);
+function send(reply: FastifyReply, result: ForwardResult, sendTimeout: number): FastifyReply {
+  reply.code(result.status).headers(result.headers).send(result.body);
+  if (result.kind === "buffered") guardSlowReader(reply.raw, sendTimeout);
+  // A relayed body is watched by the relay while it holds data; then what the socket still holds.
+  else result.body.once("end", () => guardSlowReader(reply.raw, sendTimeout));
+  return reply;
 }
 
 function queryOf(url: string): string {

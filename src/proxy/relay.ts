@@ -4,7 +4,13 @@
  * - an event stream gets an SSE `error` event and a clean end, which OpenAI SDKs raise as an
  *   error, instead of a silently truncated stream;
  * - any other body is destroyed, so the client's connection is cut and it sees the failure.
- * When the client leaves, the upstream request is aborted at once so the GPU stops generating.
+ * When the client leaves, the upstream request is aborted at once so the GPU stops generating,
+ * and so it is when the client stops reading for `sendTimeout`: a reader that never drains its
+ * socket must not hold a backend slot and the relay's buffers for ever.
+ *
+ * An OpenAI event stream passes through a StreamTap, and one that ends without `data: [DONE]`
+ * (when the pool requires it) ends with an SSE error event: a stream that merely stops is a
+ * truncated answer, not a complete one.
  *
  * `started` settles at the stream commit point: it resolves with the first chunk and rejects if
  * the body fails or ends before one. When the forwarder holds the response until then
@@ -19,7 +25,7 @@ import { errors, type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
 import type { BodySink, UpstreamCall } from "./upstream-call.js";
 import { toGatewayError } from "./upstream-errors.js";
-import type { UsageTap } from "./usage-tap.js";
+import type { StreamTap } from "./stream-tap.js";
 
 export class ResponseRelay extends Readable implements BodySink {
   /** Set when the backend failed before its body ended. */
@@ -32,6 +38,7 @@ export class ResponseRelay extends Readable implements BodySink {
   /** Cleared when the forwarder discards the relay before the commit point. */
   private live = true;
   private done = false;
+  private stall: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly source: UpstreamCall,
@@ -40,8 +47,12 @@ export class ResponseRelay extends Readable implements BodySink {
     private readonly onDone: (relay: ResponseRelay) => void,
     /** The forwarder awaits `started` and handles a failure before it (retry or error answer). */
     private readonly awaitsCommit: boolean,
-    /** Reads usage from the events (and may drop the usage-only one) as they pass. */
-    private readonly tap?: UsageTap,
+    /** How long the client may read nothing while the relay holds data for it. */
+    private readonly sendTimeoutMs: number,
+    /** Parses an OpenAI event stream as it passes (end, usage, recording). */
+    readonly tap?: StreamTap,
+    /** The stream must end with `data: [DONE]`. */
+    private readonly requireDone = false,
   ) {
     super();
     this.started = new Promise<void>((resolve, reject) => {
@@ -49,6 +60,7 @@ export class ResponseRelay extends Readable implements BodySink {
       this.rejectStart = reject;
     });
     this.started.catch(() => undefined);
+    this.once("end", () => this.clearStall());
     source.attach(this);
   }
 
@@ -67,8 +79,16 @@ export class ResponseRelay extends Readable implements BodySink {
       this.rejectStart(errors.upstreamBadResponse());
       if (this.awaitsCommit || !this.live) return;
     }
-    const rest = this.tap?.flush();
-    if (rest && rest.length > 0) this.forward(rest);
+    const tap = this.tap;
+    if (tap) {
+      // The rest goes out as it is: feeding it back through the tap would hold it again.
+      const rest = tap.end();
+      if (rest.length > 0) this.pushOut(rest);
+      if (this.requireDone && !tap.done) {
+        this.fail(errors.upstreamBadResponse().causedBy(new Error("the stream ended without data: [DONE]")));
+        return;
+      }
+    }
     this.push(null);
     this.finish();
   }
@@ -90,15 +110,34 @@ export class ResponseRelay extends Readable implements BodySink {
   private forward(chunk: Buffer): boolean {
     const out = this.tap ? this.tap.process(chunk) : chunk;
     if (out.length === 0) return true;
+    return this.pushOut(out);
+  }
+
+  private pushOut(out: Buffer): boolean {
     this.exchange.bytesOut += out.length;
-    return this.push(out);
+    if (this.push(out)) return true;
+    // The client is not keeping up. Armed only under backpressure, so it costs nothing otherwise.
+    this.stall ??= setTimeout(
+      () => this.destroy(new Error(`the client read nothing for ${this.sendTimeoutMs} ms`)),
+      this.sendTimeoutMs,
+    );
+    return false;
   }
 
   override _read(): void {
+    this.clearStall();
     this.source.resume();
   }
 
+  private clearStall(): void {
+    if (this.stall) {
+      clearTimeout(this.stall);
+      this.stall = undefined;
+    }
+  }
+
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.clearStall();
     if (!this.source.finished) {
       this.exchange.abort("client");
       this.source.abort(new Error("the client went away"));

@@ -6,6 +6,11 @@
  * stream has exactly one consumer (the relay), fed chunk by chunk with backpressure through
  * undici's pause and resume.
  *
+ * The pool's first-byte timeout is undici's headersTimeout, which starts only once the request
+ * is written to a socket. A request that has to wait for a connection first gets a timer of its
+ * own from dispatch, so the wait counts against the same bound (a request dispatched onto an
+ * idle connection, the usual case, is written synchronously and needs none).
+ *
  * `start()` resolves at the response headers. Chunks, the end and an error can arrive before a
  * consumer attaches (undici parses the headers and the first chunk in one go, before the
  * promise's continuation runs): they are held and handed over on attach, so nothing falls
@@ -13,7 +18,7 @@
  * in the pool's queue: the caller learns at once, undici when the request leaves the queue.
  */
 import type { IncomingHttpHeaders } from "node:http";
-import type { Dispatcher } from "undici";
+import { type Dispatcher, errors as undiciErrors } from "undici";
 
 /** The one consumer of a body. */
 export interface BodySink {
@@ -40,14 +45,25 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private failedEarly: Error | undefined;
   /** The body ended or failed (or the call was aborted): nothing more will arrive. */
   finished = false;
+  /** Bounds the wait for a connection plus the wait for headers (see above). */
+  private queueTimer: NodeJS.Timeout | undefined;
 
-  /** Sends the request; resolves at the response headers, rejects when none come. */
-  start(dispatcher: Dispatcher, options: Dispatcher.DispatchOptions): Promise<UpstreamCall> {
+  /** Sends the request; resolves at the response headers, rejects when none come within firstByteMs. */
+  start(dispatcher: Dispatcher, options: Dispatcher.DispatchOptions, firstByteMs: number): Promise<UpstreamCall> {
     return new Promise<UpstreamCall>((resolve, reject) => {
       this.resolveHead = resolve;
       this.rejectHead = reject;
-      if (this.abortedWith) reject(this.abortedWith);
-      else dispatcher.dispatch(options, this);
+      if (this.abortedWith) {
+        reject(this.abortedWith);
+        return;
+      }
+      dispatcher.dispatch(options, this);
+      if (this.controller === undefined && this.rejectHead !== undefined) {
+        this.queueTimer = setTimeout(
+          () => this.abort(new undiciErrors.HeadersTimeoutError("no response headers within the first-byte timeout")),
+          firstByteMs,
+        );
+      }
     });
   }
 
@@ -73,13 +89,27 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     return held.length === 1 ? held[0] : Buffer.concat(held);
   }
 
-  /** Reads the whole body. */
-  body(): Promise<Buffer> {
+  /**
+   * Reads the whole body, at most maxBytes of it: past that (or a Content-Length saying so) the
+   * call is aborted and the promise rejects with undici's ResponseExceededMaxSizeError.
+   */
+  body(maxBytes: number): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
+      const declared = Number(this.headers["content-length"]);
+      if (declared > maxBytes) {
+        this.attach({ onData: () => true, onEnd: () => reject(tooLarge(maxBytes)), onError: reject });
+        this.abort(tooLarge(maxBytes));
+        return;
+      }
       const chunks: Buffer[] = [];
       let length = 0;
       this.attach({
-        onData(chunk) {
+        onData: (chunk) => {
+          if (length + chunk.length > maxBytes) {
+            chunks.length = 0;
+            this.abort(tooLarge(maxBytes));
+            return true;
+          }
           chunks.push(chunk);
           length += chunk.length;
           return true;
@@ -119,6 +149,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     headers: IncomingHttpHeaders,
   ): void {
     if (statusCode < 200) return; // informational: the real answer follows
+    this.clearQueueTimer();
     this.statusCode = statusCode;
     this.headers = headers;
     const resolve = this.resolveHead;
@@ -148,9 +179,17 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     this.fail(err);
   }
 
+  private clearQueueTimer(): void {
+    if (this.queueTimer) {
+      clearTimeout(this.queueTimer);
+      this.queueTimer = undefined;
+    }
+  }
+
   private fail(err: Error): void {
     if (this.finished) return;
     this.finished = true;
+    this.clearQueueTimer();
     const reject = this.rejectHead;
     if (reject) {
       this.resolveHead = undefined;
@@ -161,4 +200,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.sink) this.sink.onError(err);
     else this.failedEarly = err;
   }
+}
+
+function tooLarge(maxBytes: number): Error {
+  return new undiciErrors.ResponseExceededMaxSizeError(`the answer exceeds ${maxBytes} bytes`);
 }

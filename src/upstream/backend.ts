@@ -76,7 +76,9 @@ export class Backend implements BalancerBackend {
     this.origin = parsed.origin;
     this.basePath = parsed.pathname.replace(/\/+$/, "");
     this.weight = config.weight;
-    this.maxConcurrency = config.maxConcurrency ?? Number.POSITIVE_INFINITY;
+    // A slot is a connection (no pipelining): past maxConnections a request would wait inside
+    // undici, unseen by the balancer and the timeouts, so the slots stop there.
+    this.maxConcurrency = Math.min(config.maxConcurrency ?? Number.POSITIVE_INFINITY, config.maxConnections);
     this.backup = config.backup;
     this.engine = config.engine;
     this.extraHeaders = Object.entries(config.headers).map(([k, v]) => [k.toLowerCase(), v] as const);

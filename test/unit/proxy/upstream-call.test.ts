@@ -45,16 +45,16 @@ describe("UpstreamCall", () => {
 
     it("resolves at the headers and reads the body whole", async () => {
       const call = new UpstreamCall();
-      await call.start(pool, POST);
+      await call.start(pool, POST, 60_000);
       expect(call.statusCode).toBe(200);
       expect(call.headers["x-seen"]).toBe("yes");
-      expect((await call.body()).toString()).toBe("whole answer");
+      expect((await call.body(1 << 20)).toString()).toBe("whole answer");
       expect(call.finished).toBe(true);
     });
 
     it("a body that arrived whole is there without waiting, and only once", async () => {
       const call = new UpstreamCall();
-      await call.start(pool, POST);
+      await call.start(pool, POST, 60_000);
       await new Promise((r) => setTimeout(r, 50));
       expect(call.completeBody()?.toString()).toBe("whole answer");
       expect(call.completeBody()).toBeUndefined();
@@ -68,7 +68,7 @@ describe("UpstreamCall", () => {
 
     it("holds what arrived before a consumer attached and hands it over, end included", async () => {
       const call = new UpstreamCall();
-      await call.start(pool, POST);
+      await call.start(pool, POST, 60_000);
       // Let the body and its end arrive with nobody listening.
       await new Promise((r) => setTimeout(r, 50));
       const sink = collector();
@@ -86,7 +86,7 @@ describe("UpstreamCall", () => {
     });
     pool = new Pool(upstream.url);
     const call = new UpstreamCall();
-    await call.start(pool, POST);
+    await call.start(pool, POST, 60_000);
     const sink = collector();
     call.attach(sink);
     await expect.poll(() => sink.chunks.length).toBe(1);
@@ -102,11 +102,11 @@ describe("UpstreamCall", () => {
     });
     pool = new Pool(upstream.url, { connections: 1 });
     const first = new UpstreamCall();
-    void first.start(pool, POST).catch(() => undefined);
+    void first.start(pool, POST, 60_000).catch(() => undefined);
     await expect.poll(() => upstream.received.length).toBe(1);
 
     const queued = new UpstreamCall();
-    const head = queued.start(pool, POST);
+    const head = queued.start(pool, POST, 60_000);
     const reason = new Error("the total timeout passed");
     queued.abort(reason);
     await expect(head).rejects.toBe(reason);
@@ -125,7 +125,7 @@ describe("UpstreamCall", () => {
     });
     pool = new Pool(upstream.url);
     const call = new UpstreamCall();
-    await call.start(pool, POST);
+    await call.start(pool, POST, 60_000);
     let received = 0;
     let ended = false;
     call.attach({

@@ -20,7 +20,9 @@ import { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig } from "./config/index.js";
 import { newContext, type RequestContext } from "./context.js";
 import { errors, GatewayError } from "./errors.js";
+import { fromFastifyError } from "./http-errors.js";
 import { Metrics } from "./metrics/metrics.js";
+import { jsonBodyProblem } from "./proxy/json-body.js";
 import { registerProxy } from "./proxy/plugin.js";
 import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
@@ -142,14 +144,27 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   app.removeContentTypeParser("text/plain");
   // The body is kept as received so it can be forwarded without re-serialising it.
   app.removeContentTypeParser("application/json");
+  const maxJsonDepth = config.server.maxJsonDepth;
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (request, body, done) => {
     const raw = body as Buffer;
     request.rawBody = raw;
+    const problem = jsonBodyProblem(raw, maxJsonDepth);
+    if (problem) return done(errors.invalidJson(problem), undefined);
     try {
       done(null, JSON.parse(raw.toString("utf8")));
     } catch (err) {
       done(errors.invalidJson(err instanceof Error ? err.message : "unparsable"), undefined);
     }
+  });
+
+  // Client connections past server.maxConnections are accepted (so they can be told), and each
+  // request on one is answered 503 with Retry-After and the connection closed.
+  const maxConnections = config.server.maxConnections;
+  const overCap = new WeakSet<Socket>();
+  let connections = 0;
+  app.server.on("connection", (socket: Socket) => {
+    if (++connections > maxConnections) overCap.add(socket);
+    socket.once("close", () => connections--);
   });
 
   // A callback hook, not an async one: every request runs it, and a promise per request is
@@ -159,6 +174,10 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     reply.header("x-request-id", request.id);
     reply.raw.on("close", () => onClosed(request, reply));
     if (closing) return done(errors.shuttingDown());
+    if (connections > maxConnections && overCap.has(request.raw.socket)) {
+      reply.header("connection", "close");
+      return done(errors.tooManyConnections(maxConnections));
+    }
     if (apiKeys.enabled && request.routeOptions.config.public !== true) {
       try {
         const { tenant, keyId } = apiKeys.authenticate(request.headers);
@@ -198,7 +217,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
   });
   app.setErrorHandler(async (err: FastifyError | GatewayError, request, reply) => {
-    const gw = toGatewayError(err, request);
+    const gw = fromFastifyError(err, request);
     request.gw ??= newContext();
     request.gw.error = gw;
     // A client that left is not a gateway failure: its access line (499) says enough.
@@ -341,26 +360,16 @@ function quietLogs(): LogController {
   return new LogController({ disableRequestLogging: true, requestIdLogLabel: "requestId" });
 }
 
-/** Fastify's own errors (body parsing, limits) in the catalogue's terms. */
-function toGatewayError(err: FastifyError | GatewayError, request: FastifyRequest): GatewayError {
-  if (err instanceof GatewayError) return err;
-  switch (err.code) {
-    case "FST_ERR_CTP_BODY_TOO_LARGE":
-      return errors.bodyTooLarge(Number(/\d+/.exec(err.message)?.[0] ?? 0));
-    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return errors.unsupportedMediaType(request.headers["content-type"] ?? "(none)");
-    case "FST_ERR_CTP_EMPTY_JSON_BODY":
-      return errors.invalidJson("the body is empty");
-  }
-  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
-    return errors.invalidRequest(err.message);
-  }
-  return errors.internal();
-}
-
 /** Errors Node's HTTP parser raises before Fastify sees a request: still the OpenAI shape. */
 function writeClientError(err: NodeJS.ErrnoException, socket: Socket): void {
   if (err.code === "ECONNRESET" || socket.destroyed) return;
+  // A pipelined bad request behind one whose answer is under way: writing a response now would
+  // land in the middle of that answer. Close the connection instead, as Node itself does.
+  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+  if (inFlight?.headersSent) {
+    socket.destroy(err);
+    return;
+  }
   let gw: GatewayError;
   if (err.code === "HPE_HEADER_OVERFLOW") gw = errors.headersTooLarge();
   else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") {

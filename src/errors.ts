@@ -141,6 +141,14 @@ export const errors = {
       "The gateway is shutting down; retry.",
       UPSTREAM_RETRY_MS,
     ),
+  tooManyConnections: (max: number) =>
+    new GatewayError(
+      503,
+      "server_error",
+      "too_many_connections",
+      `The gateway holds its maximum of ${max} client connections; retry on a new connection.`,
+      UPSTREAM_RETRY_MS,
+    ),
   upstreamUnavailable: () =>
     new GatewayError(
       502,

@@ -5,6 +5,15 @@
  * Waiters on another replica's lock poll for the entry; when the lock expires first, they go
  * upstream on their own. The cache is best effort: a store error is a miss, never a failure.
  *
+ * The LRU holds entries encoded (the bytes the store holds too), so its bound is what it really
+ * holds: a decoded answer is an object tree several times its JSON size, which a byte bound on
+ * the JSON does not see. A hit decodes its entry (one JSON.parse of the entry).
+ *
+ * Followers of an in-process flight wait at most `waitMs` (the pool's first-byte timeout: no
+ * longer than the backend itself may take to start answering), then go upstream on their own.
+ * When the leader fails, the first follower still waiting becomes the leader, so a failure
+ * costs one more upstream call, not one per follower.
+ *
  * Logical keys are `cache:<scope>:<model>:<sha256>` (scope and model URI-encoded), so a purge by
  * tenant is one prefix and a purge by model is one prefix per scope.
  */
@@ -32,6 +41,11 @@ export type Flight =
   | { role: "leader"; finish(answer: CachedAnswer | undefined): Promise<void> }
   | { role: "follower"; answer: CachedAnswer | undefined };
 
+/** The requests waiting on one key's leader in this replica. */
+interface FlightState {
+  waiters: ((outcome: CachedAnswer | "lead") => void)[];
+}
+
 const POLL_MS = 25;
 
 export function entryKey(scope: string, model: string, hash: string): string {
@@ -39,8 +53,8 @@ export function entryKey(scope: string, model: string, hash: string): string {
 }
 
 export class ResponseCache {
-  private readonly lru: ByteLru<CachedAnswer>;
-  private readonly flights = new Map<string, Promise<CachedAnswer | undefined>>();
+  private readonly lru: ByteLru<Buffer>;
+  private readonly flights = new Map<string, FlightState>();
   private readonly owner = randomUUID();
   /** Bytes this replica wrote to the shared store, by key, until they expire (for metrics). */
   private readonly written = new Map<string, { bytes: number; until: number }>();
@@ -51,7 +65,7 @@ export class ResponseCache {
     private readonly events: CacheEvents = {},
     private readonly now: () => number = Date.now,
   ) {
-    this.lru = new ByteLru<CachedAnswer>(memoryBytes, (reason) => this.events.evicted?.(reason));
+    this.lru = new ByteLru<Buffer>(memoryBytes, (reason) => this.events.evicted?.(reason));
   }
 
   get memoryBytes(): number {
@@ -73,10 +87,11 @@ export class ResponseCache {
   /** The entry, fresh or stale (within its stale window), from memory or the store. */
   async lookup(key: string): Promise<Lookup> {
     const now = this.now();
-    let entry = this.lru.get(key, now);
+    const blob = this.lru.get(key, now);
+    let entry = blob ? decodeEntry(blob) : undefined;
     if (!entry && this.store.kind !== "memory") {
       const found = await this.fetch(key);
-      if (found) this.lru.set(key, found.entry, found.bytes, found.entry.staleUntil);
+      if (found) this.lru.set(key, found.blob, found.blob.length, found.entry.staleUntil);
       entry = found?.entry;
     }
     if (!entry) return {};
@@ -87,26 +102,33 @@ export class ResponseCache {
 
   /**
    * Joins the flight for a missing key. The first caller in this replica leads (and, with a
-   * shared store, takes the cross-replica lock); the others wait for its answer.
+   * shared store, takes the cross-replica lock); the others wait for its answer, at most waitMs.
    */
-  async join(key: string, config: CacheConfig): Promise<Flight> {
-    const pending = this.flights.get(key);
-    if (pending) {
-      this.events.waited?.();
-      return { role: "follower", answer: await pending };
+  async join(key: string, config: CacheConfig, waitMs: number): Promise<Flight> {
+    const flight = this.flights.get(key);
+    if (!flight) {
+      const state: FlightState = { waiters: [] };
+      this.flights.set(key, state);
+      return this.lead(key, state, config);
     }
-    let resolve: (a: CachedAnswer | undefined) => void = () => {};
-    this.flights.set(
-      key,
-      new Promise<CachedAnswer | undefined>((r) => {
-        resolve = r;
-      }),
-    );
-    const done = (answer: CachedAnswer | undefined) => {
-      this.flights.delete(key);
-      resolve(answer);
-    };
+    this.events.waited?.();
+    const outcome = await new Promise<CachedAnswer | "lead" | undefined>((resolve) => {
+      const waiter = (o: CachedAnswer | "lead") => {
+        clearTimeout(timer);
+        resolve(o);
+      };
+      const timer = setTimeout(() => {
+        const i = flight.waiters.indexOf(waiter);
+        if (i !== -1) flight.waiters.splice(i, 1);
+        resolve(undefined);
+      }, waitMs);
+      flight.waiters.push(waiter);
+    });
+    if (outcome === "lead") return this.lead(key, flight, config);
+    return { role: "follower", answer: outcome };
+  }
 
+  private async lead(key: string, flight: FlightState, config: CacheConfig): Promise<Flight> {
     let locked = false;
     if (this.store.kind !== "memory") {
       locked = await this.store.acquireLock(key, this.owner, config.lockTimeout).catch(() => {
@@ -116,12 +138,15 @@ export class ResponseCache {
       if (!locked) {
         const answer = await this.awaitOther(key, config.lockTimeout);
         if (answer) {
-          done(answer);
+          this.land(key, flight, answer);
           return { role: "follower", answer };
         }
         this.events.lockTimedOut?.();
       }
     }
+    const unlock = async () => {
+      if (locked) await this.store.releaseLock(key, this.owner).catch(() => undefined);
+    };
     let finished = false;
     return {
       role: "leader",
@@ -130,16 +155,35 @@ export class ResponseCache {
       finish: async (answer) => {
         if (finished) return;
         finished = true;
+        const encoded = answer ? this.encodeWithin(answer, config.maxEntrySize) : undefined;
+        if (!answer || !encoded) {
+          // The lock goes first, so the next leader can take it.
+          await unlock();
+          this.land(key, flight, undefined);
+          return;
+        }
         try {
-          const encoded = answer ? this.encodeWithin(answer, config.maxEntrySize) : undefined;
-          if (answer && encoded) this.putMemory(key, answer, encoded);
-          done(encoded ? answer : undefined);
-          if (answer && encoded) await this.putStore(key, answer, encoded);
+          this.putMemory(key, answer, encoded);
+          this.land(key, flight, answer);
+          await this.putStore(key, answer, encoded);
         } finally {
-          if (locked) await this.store.releaseLock(key, this.owner).catch(() => undefined);
+          await unlock();
         }
       },
     };
+  }
+
+  /** The leader is done: its answer to every waiter, or, without one, the lead to the next. */
+  private land(key: string, flight: FlightState, answer: CachedAnswer | undefined): void {
+    if (answer) {
+      this.flights.delete(key);
+      for (const waiter of flight.waiters) waiter(answer);
+      flight.waiters.length = 0;
+      return;
+    }
+    const next = flight.waiters.shift();
+    if (next) next("lead");
+    else this.flights.delete(key);
   }
 
   /**
@@ -159,7 +203,7 @@ export class ResponseCache {
   }
 
   private putMemory(key: string, answer: CachedAnswer, encoded: Buffer): void {
-    this.lru.set(key, answer, encoded.length, answer.staleUntil);
+    this.lru.set(key, encoded, encoded.length, answer.staleUntil);
   }
 
   private async putStore(key: string, answer: CachedAnswer, bytes: Buffer): Promise<void> {
@@ -194,12 +238,12 @@ export class ResponseCache {
     return removed;
   }
 
-  /** An entry from the store, with its size (the blob's length: no need to encode it again). */
-  private async fetch(key: string): Promise<{ entry: CachedAnswer; bytes: number } | undefined> {
+  /** An entry from the store, with the blob it came from (what the LRU keeps). */
+  private async fetch(key: string): Promise<{ entry: CachedAnswer; blob: Buffer } | undefined> {
     try {
       const blob = await this.store.getBlob(key);
       const entry = blob ? decodeEntry(blob) : undefined;
-      return entry && blob ? { entry, bytes: blob.length } : undefined;
+      return entry && blob ? { entry, blob } : undefined;
     } catch {
       this.events.storeError?.("get");
       return undefined;
@@ -213,7 +257,7 @@ export class ResponseCache {
       await new Promise((r) => setTimeout(r, POLL_MS));
       const found = await this.fetch(key);
       if (found && this.now() < found.entry.freshUntil) {
-        this.lru.set(key, found.entry, found.bytes, found.entry.staleUntil);
+        this.lru.set(key, found.blob, found.blob.length, found.entry.staleUntil);
         return found.entry;
       }
     }

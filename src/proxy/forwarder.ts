@@ -330,8 +330,9 @@ async function attempt(
 
   function failed(err: unknown): RetryableFailure {
     const error = toGatewayError(err, exchange.abortReason);
-    if (exchange.abortReason !== undefined) {
-      // The client left or the total timeout passed: nothing to retry, and not the backend's fault.
+    if (exchange.abortReason !== undefined || error.statusCode < 500) {
+      // The client left, the total timeout passed, or the client's own body failed (too
+      // large): nothing to retry, and not the backend's fault.
       return { reason: "aborted", answer: { error } };
     }
     const kind: AttemptOutcome = CONNECT_ERRORS.has(errorCode(err)) ? "connect_failure" : "gateway_failure";

@@ -3,6 +3,7 @@
  * reservation → concurrency lease → forward, with the pool's fallback chain → settle),
  * GET /v1/models, and the configured pass-through prefixes.
  */
+import { pipeline, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
@@ -102,7 +103,7 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
           }
           if (age < pool.config.cache.staleIfError) staleForError = found.stale;
         }
-        const flight = await deps.cache.join(cache.key, pool.config.cache);
+        const flight = await deps.cache.join(cache.key, pool.config.cache, pool.config.timeouts.firstByte);
         if (flight.role === "follower" && flight.answer)
           return sendCached(request, reply, pool, flight.answer, "HIT");
         if (flight.role === "leader") {
@@ -416,9 +417,21 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
 
   if (deps.config.routes.length > 0) {
     app.register(async (scope) => {
-      // Pass-through bodies are streamed to the backend untouched, whatever their type.
+      // Pass-through bodies are streamed to the backend untouched, whatever their type, and
+      // within server.bodyLimit like every other body: a declared length over it is refused at
+      // once, a chunked body is cut (413) when it passes it.
+      const limit = deps.config.server.bodyLimit;
       scope.removeAllContentTypeParsers();
-      scope.addContentTypeParser("*", (_request, payload, done) => done(null, payload));
+      scope.addContentTypeParser("*", (request, payload, done) => {
+        const declared = request.headers["content-length"];
+        if (declared === undefined) {
+          const limited = new BodyLimit(limit);
+          pipeline(payload, limited, () => undefined);
+          return done(null, limited);
+        }
+        if (Number(declared) > limit) return done(errors.bodyTooLarge(limit), undefined);
+        done(null, payload);
+      });
       for (const route of deps.config.routes) registerPassThrough(scope, route);
     });
   }
@@ -446,6 +459,19 @@ export function registerProxy(app: FastifyInstance, deps: ProxyDeps): void {
 }
 
 const RETRYABLE_STATUS = new Set([429, 502, 503, 504]);
+
+/** Passes a body through until it exceeds `limit` bytes, then fails with a 413. */
+class BodyLimit extends Transform {
+  private seen = 0;
+  constructor(private readonly limit: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.limit) callback(errors.bodyTooLarge(this.limit));
+    else callback(null, chunk);
+  }
+}
 
 /**
  * The pool could not serve, so the next pool in the chain should try: no backend could take

@@ -23,9 +23,9 @@
 import { Readable } from "node:stream";
 import { errors, type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
+import type { StreamTap } from "./stream-tap.js";
 import type { BodySink, UpstreamCall } from "./upstream-call.js";
 import { toGatewayError } from "./upstream-errors.js";
-import type { StreamTap } from "./stream-tap.js";
 
 export class ResponseRelay extends Readable implements BodySink {
   /** Set when the backend failed before its body ended. */

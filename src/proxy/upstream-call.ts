@@ -49,7 +49,11 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private queueTimer: NodeJS.Timeout | undefined;
 
   /** Sends the request; resolves at the response headers, rejects when none come within firstByteMs. */
-  start(dispatcher: Dispatcher, options: Dispatcher.DispatchOptions, firstByteMs: number): Promise<UpstreamCall> {
+  start(
+    dispatcher: Dispatcher,
+    options: Dispatcher.DispatchOptions,
+    firstByteMs: number,
+  ): Promise<UpstreamCall> {
     return new Promise<UpstreamCall>((resolve, reject) => {
       this.resolveHead = resolve;
       this.rejectHead = reject;
@@ -60,7 +64,10 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
       dispatcher.dispatch(options, this);
       if (this.controller === undefined && this.rejectHead !== undefined) {
         this.queueTimer = setTimeout(
-          () => this.abort(new undiciErrors.HeadersTimeoutError("no response headers within the first-byte timeout")),
+          () =>
+            this.abort(
+              new undiciErrors.HeadersTimeoutError("no response headers within the first-byte timeout"),
+            ),
           firstByteMs,
         );
       }

@@ -148,4 +148,50 @@ describe("UpstreamCall", () => {
     }
     expect(received).toBe(64 * big.length);
   });
+
+  it("the first-byte timeout covers the wait for a connection, not only the wait on a socket", async () => {
+    upstream = await startUpstream(() => {
+      // Holds every request: the pool's only connection stays busy.
+    });
+    pool = new Pool(upstream.url, { connections: 1, headersTimeout: 60_000 });
+    const first = new UpstreamCall();
+    const firstHead = first.start(pool, POST, 60_000).catch((err: unknown) => err);
+    await expect.poll(() => upstream.received.length).toBe(1);
+    const queued = new UpstreamCall();
+    // Dispatched onto a busy pool: its own timer bounds the wait (undici's starts on a socket).
+    const err = await queued.start(pool, POST, 200).catch((e: unknown) => e);
+    expect((err as { code?: string }).code).toBe("UND_ERR_HEADERS_TIMEOUT");
+    // The first, on its socket, is still waiting: only the queued call timed out.
+    expect(first.finished).toBe(false);
+    first.abort(new Error("done"));
+    await firstHead;
+  });
+
+  it("body(max): an answer past max bytes, or declaring more, is cut with ResponseExceededMaxSizeError", async () => {
+    const big = Buffer.alloc(64 * 1024, 0x61);
+    upstream = await startUpstream((req, res) => {
+      if (req.url === "/declared") {
+        res.writeHead(200, { "content-length": String(1 << 30) });
+        res.write(big);
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      const pump = () => {
+        while (!res.destroyed && res.write(big)) {
+          // keep writing until the socket pushes back
+        }
+        if (!res.destroyed) res.once("drain", pump);
+      };
+      pump();
+    });
+    pool = new Pool(upstream.url);
+    for (const path of ["/endless", "/declared"]) {
+      const call = new UpstreamCall();
+      await call.start(pool, { ...POST, path }, 60_000);
+      const err = await call.body(1 << 20).catch((e: unknown) => e);
+      expect((err as { code?: string }).code).toBe("UND_ERR_RES_EXCEEDED_MAX_SIZE");
+    }
+    // Both answers were cut off at the backend.
+    await expect.poll(() => upstream.received.filter((r) => r.abortedAt !== undefined).length).toBe(2);
+  });
 });

@@ -12,6 +12,12 @@
  * any event while recording) is decoded to text. So a 20 MB event costs one pass over 20 MB,
  * not a rescan of everything pending on every chunk.
  *
+ * Written here rather than on eventsource-parser (the well-kept SSE parser): that library parses
+ * decoded text into events, so the gateway could not pass the backend's bytes on verbatim (line
+ * ends, comments, field order) nor drop one event from them. Measured on this machine with a
+ * chat stream of 200 one-event chunks: 1.0 µs per event here, 0.65 µs for eventsource-parser 3.1
+ * parsing alone; for one 20 MB line in 64 KB chunks, 9 ms here and 256 ms there.
+ *
  * Bytes pass on verbatim, a whole event at a time, the moment its empty line arrives. An event
  * still open past `maxEventSize` passes on as it arrives, unparsed, until its end: the gateway
  * never holds more than that of one event. At the end of the stream the open rest passes on as
@@ -57,10 +63,18 @@ export class StreamTap {
   /** The open line's bytes (views into the chunks). */
   private line: Buffer[] = [];
   private lineBytes = 0;
-  /** The open event's `data:` values. */
-  private data: Buffer[] = [];
+  /** The open event's `data:` values, as ranges of buffers (no views made per line). */
+  private dataBufs: Buffer[] = [];
+  private dataFrom: number[] = [];
+  private dataTo: number[] = [];
+  /** A `data:` value of the open event mentions "usage". */
+  private dataUsage = false;
+  /** Where the chunk being processed next mentions "usage" from the last line on (-1: nowhere; -2: not looked yet). */
+  private usageAt = -2;
   /** The last chunk ended in CR: an LF first in the next one belongs to it. */
   private skipLF = false;
+  /** That CR ended an event (kept: true, dropped: false), so the LF goes with it. */
+  private lfEndsEvent: boolean | undefined;
   private startedAt: number | undefined;
 
   constructor(options: StreamTapOptions) {
@@ -73,12 +87,23 @@ export class StreamTap {
   /** The bytes to pass on now: every event this chunk completed (the usage-only one may be dropped). */
   process(chunk: Buffer): Buffer {
     const n = chunk.length;
+    // What passes: `first` alone in the usual case, else the list.
+    let first: Buffer | undefined;
     let out: Buffer[] | undefined;
     let pos = 0;
     let eventStart = 0;
+    this.usageAt = -2;
     if (this.skipLF) {
       this.skipLF = false;
-      if (n > 0 && chunk[0] === LF) pos = 1;
+      if (n > 0 && chunk[0] === LF) {
+        pos = 1;
+        // The CR that ended the last chunk ended an event: this LF is that event's last byte.
+        if (this.lfEndsEvent !== undefined) {
+          eventStart = 1;
+          if (this.lfEndsEvent) first = chunk.subarray(0, 1);
+        }
+      }
+      this.lfEndsEvent = undefined;
     }
     let nextLF = chunk.indexOf(LF, pos);
     let nextCR = chunk.indexOf(CR, pos);
@@ -95,41 +120,61 @@ export class StreamTap {
         if (next === n) this.skipLF = true;
         else if (chunk[next] === LF) next++;
       }
-      const empty = this.lineBytes === 0 && end === pos;
-      if (!empty) {
+      if (this.lineBytes > 0) {
+        // The line began in an earlier chunk.
         this.addToLine(chunk, pos, end);
         this.endLine();
+      } else if (end > pos) {
+        if (!this.passing) this.dataValue(chunk, pos, end, true);
+      } else {
+        // An empty line: the event is complete.
+        const keep = this.passing || this.endEvent();
+        if (this.skipLF) this.lfEndsEvent = keep;
+        if (keep) {
+          if (this.held.length > 0) {
+            out ??= [];
+            for (const part of this.held) out.push(part);
+            this.held.length = 0;
+          }
+          if (out === undefined && first === undefined) {
+            first = eventStart === 0 && next === n ? chunk : chunk.subarray(eventStart, next);
+          } else {
+            out ??= [];
+            if (first) out.push(first);
+            first = undefined;
+            out.push(chunk.subarray(eventStart, next));
+          }
+        }
+        this.held.length = 0;
+        this.heldBytes = 0;
+        this.passing = false;
+        eventStart = next;
       }
       pos = next;
-      if (!empty) continue;
-      // An empty line: the event is complete.
-      const keep = this.passing || this.endEvent();
-      if (keep) {
-        out ??= [];
-        for (const part of this.held) out.push(part);
-        out.push(chunk.subarray(eventStart, pos));
-      }
-      this.held = [];
-      this.heldBytes = 0;
-      this.passing = false;
-      eventStart = pos;
     }
     if (eventStart < n) {
       const rest = eventStart === 0 ? chunk : chunk.subarray(eventStart);
       if (this.passing) {
         out ??= [];
+        if (first) out.push(first);
+        first = undefined;
         out.push(rest);
       } else {
         this.held.push(rest);
         this.heldBytes += rest.length;
         if (this.heldBytes > this.maxEventSize) {
           out ??= [];
+          if (first) out.push(first);
+          first = undefined;
           for (const part of this.held) out.push(part);
           this.startPassing();
         }
       }
     }
-    return join(out);
+    // Usually one whole event or a run of them: a view of the chunk, no copy.
+    if (out === undefined) return first ?? EMPTY;
+    if (first) out.push(first);
+    return out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
   }
 
   /** The stream ended: what is still open passes on as it is, its last event parsed if it can be. */
@@ -139,16 +184,24 @@ export class StreamTap {
     const rest = this.held;
     this.held = [];
     this.heldBytes = 0;
-    return this.endEvent() ? join(rest) : EMPTY;
+    if (!this.endEvent() || rest.length === 0) return EMPTY;
+    return rest.length === 1 ? (rest[0] as Buffer) : Buffer.concat(rest);
   }
 
   private startPassing(): void {
-    this.held = [];
+    this.held.length = 0;
     this.heldBytes = 0;
     this.passing = true;
-    this.line = [];
+    this.line.length = 0;
     this.lineBytes = 0;
-    this.data = [];
+    this.clearData();
+  }
+
+  private clearData(): void {
+    this.dataBufs.length = 0;
+    this.dataFrom.length = 0;
+    this.dataTo.length = 0;
+    this.dataUsage = false;
   }
 
   private addToLine(chunk: Buffer, from: number, to: number): void {
@@ -157,29 +210,56 @@ export class StreamTap {
     if (!this.passing) this.line.push(chunk.subarray(from, to));
   }
 
+  /** A line that spanned chunks is complete. */
   private endLine(): void {
     const parts = this.line;
-    this.line = [];
-    this.lineBytes = 0;
-    if (this.passing) return;
     const line = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
-    if (line.length < DATA.length || line.compare(DATA, 0, DATA.length, 0, DATA.length) !== 0) return;
-    const from = line[DATA.length] === 0x20 ? DATA.length + 1 : DATA.length;
-    this.data.push(line.subarray(from));
+    parts.length = 0;
+    this.lineBytes = 0;
+    if (!this.passing) this.dataValue(line, 0, line.length, false);
+  }
+
+  /** Keeps the value of a `data:` line (bytes from..to of buf, without its line end). */
+  private dataValue(buf: Buffer, from: number, to: number, inChunk: boolean): void {
+    if (to - from < DATA.length || buf.compare(DATA, 0, DATA.length, from, from + DATA.length) !== 0) return;
+    const start = buf[from + DATA.length] === 0x20 ? from + DATA.length + 1 : from + DATA.length;
+    this.dataBufs.push(buf);
+    this.dataFrom.push(start);
+    this.dataTo.push(to);
+    if (this.dataUsage) return;
+    if (!inChunk) {
+      this.dataUsage = buf.indexOf(USAGE, start) !== -1;
+      return;
+    }
+    // One forward search per chunk, however many lines it holds.
+    if (this.usageAt === -2 || (this.usageAt >= 0 && this.usageAt < start))
+      this.usageAt = buf.indexOf(USAGE, start);
+    this.dataUsage = this.usageAt >= 0 && this.usageAt + USAGE.length <= to;
   }
 
   /** Whether the event that just ended passes on. */
   private endEvent(): boolean {
-    const parts = this.data;
-    if (parts.length === 0) return true;
-    this.data = [];
-    if (parts.length === 1 && DONE.equals(parts[0] as Buffer)) {
+    const bufs = this.dataBufs;
+    const count = bufs.length;
+    if (count === 0) return true;
+    const from = this.dataFrom;
+    const to = this.dataTo;
+    const first = bufs[0] as Buffer;
+    const from0 = from[0] as number;
+    const to0 = to[0] as number;
+    if (count === 1 && to0 - from0 === DONE.length && first.compare(DONE, 0, DONE.length, from0, to0) === 0) {
+      this.clearData();
       this.done = true;
       return true;
     }
-    const mentionsUsage = parts.some((p) => p.indexOf(USAGE) !== -1);
-    if (this.events === undefined && !mentionsUsage) return true;
-    const data = parts.length === 1 ? (parts[0] as Buffer).toString("utf8") : parts.join("\n");
+    const mentionsUsage = this.dataUsage;
+    if (this.events === undefined && !mentionsUsage) {
+      this.clearData();
+      return true;
+    }
+    let data = first.toString("utf8", from0, to0);
+    for (let i = 1; i < count; i++) data += `\n${(bufs[i] as Buffer).toString("utf8", from[i], to[i])}`;
+    this.clearData();
     if (this.events) this.record(data);
     if (!mentionsUsage) return true;
     let parsed: { usage?: unknown; choices?: unknown[] };
@@ -207,9 +287,4 @@ export class StreamTap {
     this.startedAt ??= now;
     this.events?.push({ data, at: Math.round(now - this.startedAt) });
   }
-}
-
-function join(parts: Buffer[] | undefined): Buffer {
-  if (parts === undefined || parts.length === 0) return EMPTY;
-  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
 }

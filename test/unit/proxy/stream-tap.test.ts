@@ -140,7 +140,7 @@ describe("StreamTap", () => {
           if (!strip) expect(whole.text).toBe(text);
         },
       ),
-      { numRuns: 300 },
+      { numRuns: 1000 },
     );
   });
 

@@ -3,7 +3,7 @@
  * reservation → concurrency lease → forward, with the pool's fallback chain → settle),
  * GET /v1/models, and the configured pass-through prefixes.
  */
-import { pipeline, Transform, type TransformCallback } from "node:stream";
+import { pipeline, type Readable, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
@@ -22,7 +22,7 @@ import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
 import { Exchange } from "./exchange.js";
 import { type ForwardHooks, type ForwardInput, type ForwardResult, forward } from "./forwarder.js";
 import { OPENAI_ROUTES, type OpenAIRoute } from "./routes.js";
-import { guardSlowReader } from "./send-timeout.js";
+import { guardSlowReader, SLICE, SlicedBody } from "./send-timeout.js";
 import type { StreamTap } from "./stream-tap.js";
 
 export interface ProxyDeps {
@@ -511,12 +511,24 @@ function withModel(body: Json, model: string): Buffer {
   return Buffer.from(JSON.stringify({ ...body, model }));
 }
 
+/** Sends an answer, watching for a client that stops taking it (see send-timeout.ts). */
 function send(reply: FastifyReply, result: ForwardResult, sendTimeout: number): FastifyReply {
-  reply.code(result.status).headers(result.headers).send(result.body);
-  if (result.kind === "buffered") guardSlowReader(reply.raw, sendTimeout);
-  // A relayed body is watched by the relay while it holds data; then what the socket still holds.
-  else result.body.once("end", () => guardSlowReader(reply.raw, sendTimeout));
-  return reply;
+  reply.code(result.status).headers(result.headers);
+  if (result.kind === "buffered" && result.body.length <= SLICE) {
+    reply.send(result.body);
+    guardSlowReader(reply.raw, sendTimeout);
+    return reply;
+  }
+  let body: Readable;
+  if (result.kind === "buffered") {
+    reply.header("content-length", String(result.body.length));
+    body = new SlicedBody(result.body, sendTimeout);
+  } else {
+    body = result.body;
+  }
+  // The body is watched while it has data to give; then what the socket still holds.
+  body.once("end", () => guardSlowReader(reply.raw, sendTimeout));
+  return reply.send(body);
 }
 
 function queryOf(url: string): string {

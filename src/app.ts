@@ -23,11 +23,13 @@ import { errors, GatewayError } from "./errors.js";
 import { fromFastifyError } from "./http-errors.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
-import { registerProxy } from "./proxy/plugin.js";
+import { registerOpenAIRoutes } from "./proxy/openai-routes.js";
+import { registerPassThrough } from "./proxy/pass-through.js";
 import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
 import { RequestLimits } from "./ratelimit/request-limits.js";
 import { TokenBudgets } from "./ratelimit/token-budget.js";
+import { forwarding, openAIPath, type PathDeps, passThroughPathFor } from "./request-path.js";
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
@@ -201,16 +203,22 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   app.register(async (scope) => {
     const limits = await RequestLimits.register(scope, config, guard, metrics.limitEvents());
-    registerProxy(scope, {
+    const deps: PathDeps = {
       config,
       upstreams,
       metrics,
+      logger,
       authEnabled: apiKeys.enabled,
       limits,
       budgets,
       concurrency,
       cache,
-    });
+    };
+    // The request paths: the ordered stages of src/request-path.ts, built once from the config.
+    const forward = forwarding(deps);
+    registerOpenAIRoutes(scope, openAIPath(deps, forward), upstreams, config.server.sendTimeout);
+    const passThrough = new Map(config.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
+    registerPassThrough(scope, config, passThrough, forward);
   });
 
   app.setNotFoundHandler(async (request) => {
@@ -225,18 +233,18 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     if (gw.statusCode >= 500 && !clientGone) {
       logger.error({ requestId: request.id, code: gw.code, err: gw.upstreamCause ?? err }, "request failed");
     }
+    // What the stages said before the refusal (limit state, cache status) goes with it.
+    if (request.gw.headers) reply.headers(request.gw.headers);
     return reply.code(gw.statusCode).headers(gw.headers()).send(gw.body());
   });
 
   function onClosed(request: FastifyRequest, reply: FastifyReply): void {
     const ctx = request.gw;
     const finished = reply.raw.writableFinished;
-    if (!finished && ctx.exchange) {
-      // The client left first: stop the backend's work now.
-      ctx.exchange.abort("client");
-      ctx.exchange.settle();
-    }
-    for (const cleanup of ctx.cleanups) cleanup();
+    ctx.delivered = finished;
+    // The client left first: stop the backend's work now, then the way back.
+    if (!finished) ctx.exchange?.abort("client");
+    ctx.path?.close(ctx);
     const status = finished ? reply.statusCode : 499;
     const seconds = (performance.now() - ctx.startedAt) / 1000;
     const route = ctx.route ?? request.routeOptions.url ?? "unmatched";

@@ -1,9 +1,36 @@
-/** What the stages learn about a request, for the stages after them and for the access log. */
+/**
+ * What the stages learn about a request, for the stages after them, their way back, and the
+ * access log: the state that the request path (src/stages/stage.ts) runs on.
+ */
+import type { IncomingHttpHeaders } from "node:http";
 import type { Tenant } from "./auth/api-keys.js";
+import type { CachedAnswer } from "./cache/entry.js";
+import type { Flight } from "./cache/response-cache.js";
 import type { GatewayError } from "./errors.js";
 import type { Exchange } from "./proxy/exchange.js";
+import type { ForwardResult } from "./proxy/forwarder.js";
+import type { Lease } from "./ratelimit/concurrency.js";
+import type { Reservation } from "./ratelimit/token-budget.js";
+import type { PathProgress, RequestPath } from "./stages/stage.js";
+import type { UpstreamPool } from "./upstream/pool.js";
 
-export interface RequestContext {
+export type Json = Record<string, unknown>;
+
+/** What a request path answers with: a backend's answer, or a cached one. */
+export type PathAnswer = ForwardResult | { kind: "cached"; answer: CachedAnswer };
+
+/** The parts of the HTTP request the stages read (no Fastify types). */
+export interface Incoming {
+  id: string;
+  method: string;
+  url: string;
+  ip: string;
+  headers: IncomingHttpHeaders;
+  /** The JSON body as received (forwarded as is when nothing rewrites it). */
+  rawBody: Buffer | undefined;
+}
+
+export interface RequestContext extends PathProgress {
   /** performance.now() when the request arrived. */
   startedAt: number;
   /** The route template, set by the handlers (Fastify's routeOptions builds an object per read). */
@@ -12,21 +39,44 @@ export interface RequestContext {
   /** A short digest of the API key: limits can count per key without ever storing one. */
   keyId: string | undefined;
   model: string | undefined;
+  /** The pool that serves the request (its name, for logs and metrics). */
   pool: string | undefined;
   stream: boolean;
   /** What the response cache did: HIT, MISS, STALE or BYPASS (cache-enabled pools only). */
   cache: string | undefined;
   /** The fallback pool that served the request, if the model's own pool could not. */
   fallback: string | undefined;
+  /** The exchange of the pool being tried. */
   exchange: Exchange | undefined;
-  /** The error sent to the client (or ending its stream), for the log. */
+  /** The error sent to the client (or ending its stream), for the log and the way back. */
   error: GatewayError | undefined;
-  /** Run when a relayed stream ends (token settlement); see whenStreamDone in the proxy. */
-  onStreamDone: (() => void) | undefined;
-  /** The relayed stream has ended (it can before the handler gets its result). */
-  streamEnded: boolean;
-  /** Run once when the client connection closes, however the request ended (lease release). */
-  cleanups: (() => void)[];
+
+  /** The request path this request runs, and how far it got. */
+  path: RequestPath<RequestContext, PathAnswer> | undefined;
+  incoming: Incoming | undefined;
+  /** The parsed OpenAI body (route stage on). */
+  body: Json | undefined;
+  /** A pass-through route's body, as Fastify handed it (a stream, or nothing). */
+  passBody: unknown;
+  /** The pool the route stage chose. */
+  target: UpstreamPool | undefined;
+  /** Response headers the stages set (limits, budgets, cache status, fallback). */
+  headers: Record<string, string> | undefined;
+  /** The answer the path produced. */
+  answer: PathAnswer | undefined;
+  /** The whole response reached the client's socket (set when the connection is done). */
+  delivered: boolean;
+
+  // What each stage took, for its own way back.
+  reservation: Reservation | undefined;
+  lease: Lease | undefined;
+  flight: Extract<Flight, { role: "leader" }> | undefined;
+  /** An expired entry still good enough when no backend can serve (staleIfError). */
+  staleForError: CachedAnswer | undefined;
+  /** The body sent upstream, when a stage rewrote it (usage asked for on the client's behalf). */
+  upstreamBody: Json | undefined;
+  /** An event stream's tap options: strip the usage chunk, record for the cache. */
+  tap: { strip: boolean; recordLimit?: number } | undefined;
 }
 
 export function newContext(): RequestContext {
@@ -42,9 +92,24 @@ export function newContext(): RequestContext {
     cache: undefined,
     exchange: undefined,
     error: undefined,
-    onStreamDone: undefined,
-    streamEnded: false,
-    cleanups: [],
+    path: undefined,
+    entered: 0,
+    running: false,
+    closed: false,
+    unwound: false,
+    incoming: undefined,
+    body: undefined,
+    passBody: undefined,
+    target: undefined,
+    headers: undefined,
+    answer: undefined,
+    delivered: false,
+    reservation: undefined,
+    lease: undefined,
+    flight: undefined,
+    staleForError: undefined,
+    upstreamBody: undefined,
+    tap: undefined,
   };
 }
 

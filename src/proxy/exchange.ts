@@ -7,6 +7,7 @@
  * an event that rarely fires should cost nothing on every request).
  */
 import type { Backend } from "../upstream/backend.js";
+import type { UpstreamPool } from "../upstream/pool.js";
 import type { RetryBudget } from "../upstream/retry-budget.js";
 import type { UpstreamCall } from "./upstream-call.js";
 
@@ -14,7 +15,8 @@ export type AbortReason = "client" | "total";
 
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
-  private backend: Backend | undefined;
+  /** The backend slot of the current attempt. */
+  private slot: { pool: UpstreamPool; backend: Backend } | undefined;
   /** The pool's retry budget, counting this request as active until it settles. */
   private budget: RetryBudget | undefined;
   /** Retries this request holds in the budget. */
@@ -71,19 +73,23 @@ export class Exchange {
     this.wake?.();
   }
 
-  /** Takes a slot on the backend for the next attempt, giving back the previous one. */
-  occupy(backend: Backend): void {
+  /** Takes a slot in the pool for the next attempt; undefined when no backend has one free. */
+  acquire(pool: UpstreamPool, exclude?: ReadonlySet<Backend>): Backend | undefined {
     this.release();
-    this.backend = backend;
+    const backend = pool.acquire(exclude);
+    if (!backend) return undefined;
+    this.slot = { pool, backend };
     this.backendName = backend.name;
     this.attempts++;
-    backend.inFlight++;
+    return backend;
   }
 
-  /** The current attempt is over: its backend slot is free. */
+  /** The current attempt is over: its backend slot goes back to the pool. */
   release(): void {
-    this.backend?.release();
-    this.backend = undefined;
+    const slot = this.slot;
+    if (!slot) return;
+    this.slot = undefined;
+    slot.pool.release(slot.backend);
   }
 
   /** Counts the request in the pool's retry budget until it settles. */

@@ -90,7 +90,8 @@ export interface ForwardHooks {
   onFirstByte?(pool: UpstreamPool, backend: Backend, seconds: number): void;
 }
 
-const RETRY_STATUSES = new Set([429, 502, 503, 504]);
+/** Statuses that say "busy or broken, try elsewhere": retried, and walked past to a fallback pool. */
+export const RETRY_STATUSES: ReadonlySet<number> = new Set([429, 502, 503, 504]);
 const CONNECT_ERRORS = new Set([
   "ECONNREFUSED",
   "UND_ERR_CONNECT_TIMEOUT",
@@ -131,12 +132,11 @@ export async function forward(
   exchange.joinBudget(pool.budget);
 
   for (let retry = 0; ; retry++) {
-    const backend = pool.pick(tried);
+    const backend = exchange.acquire(pool, tried);
     if (!backend) {
       exchange.settle();
       throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
     }
-    exchange.occupy(backend);
     let outcome: ForwardResult | RetryableFailure;
     try {
       outcome = await attempt(input, backend, exchange, hooks);

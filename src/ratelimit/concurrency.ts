@@ -32,6 +32,11 @@ export class ConcurrencyLimits {
 
   private readonly leaseTtl: number;
 
+  /** Some tenant has one: the stage is on. */
+  get any(): boolean {
+    return this.limits.size > 0;
+  }
+
   has(tenant: Tenant | undefined): boolean {
     return tenant !== undefined && this.limits.has(tenant.id);
   }

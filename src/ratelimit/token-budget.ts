@@ -48,6 +48,11 @@ export class TokenBudgets {
     }
   }
 
+  /** Some tenant has one: the stage is on. */
+  get any(): boolean {
+    return this.budgets.size > 0;
+  }
+
   has(tenant: Tenant | undefined): boolean {
     return tenant !== undefined && this.budgets.has(tenant.id);
   }

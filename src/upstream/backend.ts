@@ -107,15 +107,6 @@ export class Backend implements BalancerBackend {
     this.breaker.eject(durationMs, next);
   }
 
-  get full(): boolean {
-    return this.inFlight >= this.maxConcurrency;
-  }
-
-  release(): void {
-    this.inFlight--;
-    if (this.drained && this.inFlight === 0) this.onIdle?.();
-  }
-
   close(): Promise<void> {
     this.breaker.shutdown();
     return this.dispatcher.destroy();

@@ -102,12 +102,26 @@ export class UpstreamPool {
     await Promise.all(this.backends.map((b) => this.watch(b)));
   }
 
-  pick(exclude?: ReadonlySet<Backend>): Backend | undefined {
+  /**
+   * Takes a slot on the backend the balancer picks (not one in `exclude`), or undefined when no
+   * eligible backend has a free slot. Every slot taken is given back once with release(): the
+   * pair is the one place a backend's in-flight count changes, and a release is the moment a
+   * waiting request could take the slot.
+   */
+  acquire(exclude?: ReadonlySet<Backend>): Backend | undefined {
     const now = this.now();
     const b = this.balancer.pick(this.backends, { now, exclude });
-    if (b) this.events.selected?.(this.name, b.name);
-    else if (this.backends.some((x) => !x.admits(now))) this.events.breakerRejected?.(this.name);
+    if (b) {
+      b.inFlight++;
+      this.events.selected?.(this.name, b.name);
+    } else if (this.backends.some((x) => !x.admits(now))) this.events.breakerRejected?.(this.name);
     return b;
+  }
+
+  /** Gives back a slot taken with acquire(). */
+  release(b: Backend): void {
+    b.inFlight--;
+    if (b.drained && b.inFlight === 0) b.onIdle?.();
   }
 
   record(b: Backend, outcome: AttemptOutcome | "http_4xx"): void {

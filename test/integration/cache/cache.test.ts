@@ -119,7 +119,9 @@ describe("stampede", () => {
       await Promise.all(gs.map((g) => metric(g, "floodgate_cache_lock_timeouts_total")))
     ).reduce((a, b) => a + b, 0);
     expect(calls).toBeLessThanOrEqual(3);
-    expect(calls).toBe(1 + timeouts); // each extra call is a replica whose wait on the lock ran out
+    // Each replica whose wait on the lock ran out made a call; on a busy machine another may
+    // also have found the 20 ms lock lapsed and taken it, so at least, not exactly, that many.
+    expect(calls).toBeGreaterThanOrEqual(1 + timeouts);
   });
 });
 

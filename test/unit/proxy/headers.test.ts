@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "../../../src/proxy/headers.js";
-import { passThroughPath } from "../../../src/proxy/plugin.js";
+import { passThroughPath } from "../../../src/proxy/pass-through.js";
 
 describe("upstreamRequestHeaders", () => {
   const base = { requestId: "r1", clientIp: "10.1.1.1", stripAuthorization: false, extra: [] };

@@ -1,0 +1,114 @@
+/**
+ * Forwarding to a pool, then down its fallback chain while a pool cannot serve: no backend could
+ * take the request, or every try failed before a byte reached the client. An answer the client
+ * may keep (or a stream that started) ends the walk; so do the client leaving and the total
+ * timeout (a fallback would double the client's wait).
+ */
+import type { RequestContext } from "../context.js";
+import { GatewayError } from "../errors.js";
+import type { Metrics } from "../metrics/metrics.js";
+import { setHeaders } from "../stages/route.js";
+import type { UpstreamPool, Upstreams } from "../upstream/pool.js";
+import { Exchange } from "./exchange.js";
+import {
+  type ForwardHooks,
+  type ForwardInput,
+  type ForwardResult,
+  forward,
+  RETRY_STATUSES,
+} from "./forwarder.js";
+
+export interface Forwarding {
+  upstreams: Upstreams;
+  metrics: Metrics;
+  hooks: ForwardHooks;
+  /** The gateway consumed the client's credentials: they must not reach the backend. */
+  stripAuthorization: boolean;
+  sendTimeout: number;
+}
+
+export interface FallbackTarget {
+  pool: UpstreamPool;
+  model: string;
+}
+
+/** What one try at a pool sends. */
+export type Outbound = Pick<ForwardInput, "path" | "body" | "streamAny" | "tap">;
+
+/** A pool's fallback chain with each target's model: the configured one, else its first. */
+export function fallbackChain(upstreams: Upstreams, pool: UpstreamPool): FallbackTarget[] {
+  const out: FallbackTarget[] = [];
+  for (const entry of pool.config.fallback) {
+    const name = typeof entry === "string" ? entry : entry.pool;
+    const target = upstreams.pools.get(name);
+    if (!target) continue; // rejected by config validation
+    const model = (typeof entry === "string" ? undefined : entry.model) ?? target.config.models[0] ?? "";
+    out.push({ pool: target, model });
+  }
+  return out;
+}
+
+export async function serve(
+  deps: Forwarding,
+  state: RequestContext,
+  pool: UpstreamPool,
+  chain: readonly FallbackTarget[],
+  build: (target: FallbackTarget | undefined) => Outbound,
+): Promise<ForwardResult> {
+  for (let i = 0; ; i++) {
+    const target = i === 0 ? undefined : chain[i - 1];
+    const targetPool = target?.pool ?? pool;
+    let result: ForwardResult;
+    try {
+      result = await forwardTo(deps, state, targetPool, build(target));
+    } catch (err) {
+      if (i < chain.length && cannotServe(err, state)) continue;
+      throw err;
+    }
+    if (i < chain.length && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) continue;
+    if (target) {
+      setHeaders(state, { "x-floodgate-fallback": targetPool.name });
+      state.fallback = targetPool.name;
+      deps.metrics.observeFallback(pool.name, targetPool.name);
+    }
+    return result;
+  }
+}
+
+function forwardTo(
+  deps: Forwarding,
+  state: RequestContext,
+  pool: UpstreamPool,
+  out: Outbound,
+): Promise<ForwardResult> {
+  const incoming = state.incoming;
+  if (!incoming) throw new Error("a request path without its request");
+  const exchange = new Exchange(pool.config.timeouts.total);
+  state.exchange = exchange;
+  return forward(
+    {
+      pool,
+      method: incoming.method,
+      path: out.path,
+      headers: incoming.headers,
+      body: out.body,
+      requestId: incoming.id,
+      clientIp: incoming.ip,
+      stripAuthorization: deps.stripAuthorization,
+      streamAny: out.streamAny,
+      tap: out.tap,
+      sendTimeout: deps.sendTimeout,
+      onStreamEnd: (failure) => {
+        state.error = failure;
+      },
+    },
+    exchange,
+    deps.hooks,
+  );
+}
+
+/** The pool could not serve, so the next pool (or a stale answer) may: see the top. */
+export function cannotServe(err: unknown, state: RequestContext): boolean {
+  if (!(err instanceof GatewayError) || state.exchange?.abortReason !== undefined) return false;
+  return RETRY_STATUSES.has(err.statusCode) && err.code !== "upstream_total_timeout";
+}

@@ -1,0 +1,100 @@
+/**
+ * The request paths, built once from the config: the ordered list of stages each request runs,
+ * leaving out the stages the config turns off (a stage that is off costs nothing per request).
+ *
+ *   OpenAI routes:      route → request-limits → cache → token-budget → concurrency → forward
+ *   pass-through routes:        request-limits → forward (as received, any content)
+ *
+ * Each stage gives back what it took on the way back, in reverse order (src/stages/stage.ts).
+ */
+import type { FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import type { ResponseCache } from "./cache/response-cache.js";
+import type { GatewayConfig, RouteConfig } from "./config/index.js";
+import type { PathAnswer, RequestContext } from "./context.js";
+import type { Metrics } from "./metrics/metrics.js";
+import type { Forwarding } from "./proxy/fallback.js";
+import type { ForwardHooks } from "./proxy/forwarder.js";
+import { passThroughStage } from "./proxy/pass-through.js";
+import type { ConcurrencyLimits } from "./ratelimit/concurrency.js";
+import type { RequestLimits } from "./ratelimit/request-limits.js";
+import type { TokenBudgets } from "./ratelimit/token-budget.js";
+import { cacheStage } from "./stages/cache.js";
+import { concurrencyStage } from "./stages/concurrency.js";
+import { forwardStage } from "./stages/forward.js";
+import { requestLimitsStage } from "./stages/request-limits.js";
+import { routeStage } from "./stages/route.js";
+import { RequestPath, type Stage } from "./stages/stage.js";
+import { tokenBudgetStage } from "./stages/token-budget.js";
+import type { Upstreams } from "./upstream/pool.js";
+
+export type GatewayPath = RequestPath<RequestContext, PathAnswer>;
+type GatewayStage = Stage<RequestContext, PathAnswer>;
+
+export interface PathDeps {
+  config: GatewayConfig;
+  upstreams: Upstreams;
+  metrics: Metrics;
+  logger: Logger;
+  authEnabled: boolean;
+  limits: RequestLimits;
+  budgets: TokenBudgets;
+  concurrency: ConcurrencyLimits;
+  cache: ResponseCache;
+}
+
+export function forwarding(deps: PathDeps): Forwarding {
+  const hooks: ForwardHooks = {
+    onFirstByte: (pool, backend, seconds) => deps.metrics.observeFirstByte(pool.name, backend.name, seconds),
+  };
+  return {
+    upstreams: deps.upstreams,
+    metrics: deps.metrics,
+    hooks,
+    stripAuthorization: deps.authEnabled,
+    sendTimeout: deps.config.server.sendTimeout,
+  };
+}
+
+export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
+  const { config } = deps;
+  const stages: GatewayStage[] = [routeStage(deps.upstreams)];
+  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits, fastifyRequest));
+  if (Object.values(config.pools).some((p) => p.cache.enabled)) {
+    stages.push(
+      cacheStage({
+        cache: deps.cache,
+        metrics: deps.metrics,
+        hooks: forward.hooks,
+        stripAuthorization: deps.authEnabled,
+        sendTimeout: config.server.sendTimeout,
+      }),
+    );
+  }
+  if (deps.budgets.any) stages.push(tokenBudgetStage(deps.budgets, config.tokens.defaultMaxTokens));
+  if (deps.concurrency.any) stages.push(concurrencyStage(deps.concurrency));
+  stages.push(forwardStage(forward));
+  return new RequestPath(stages, pathHooks(deps.logger));
+}
+
+export function passThroughPathFor(deps: PathDeps, forward: Forwarding, route: RouteConfig): GatewayPath {
+  const stages: GatewayStage[] = [];
+  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits, fastifyRequest));
+  stages.push(passThroughStage(forward, route));
+  return new RequestPath(stages, pathHooks(deps.logger));
+}
+
+/** @fastify/rate-limit reads the Fastify request: the state's request is that object. */
+function fastifyRequest(state: RequestContext): FastifyRequest {
+  return state.incoming as FastifyRequest;
+}
+
+function pathHooks(logger: Logger) {
+  return {
+    leaveFailed: (stage: string, err: unknown) =>
+      logger.error({ stage, err }, "a stage failed on the way back"),
+    abandoned: (answer: PathAnswer) => {
+      if (answer.kind === "stream") answer.body.destroy();
+    },
+  };
+}

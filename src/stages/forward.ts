@@ -1,0 +1,56 @@
+/**
+ * Forward: the request goes to its pool (and down the fallback chain while a pool cannot serve),
+ * with the body as received unless a stage rewrote it. When no backend can serve and the cache
+ * kept an expired entry for that case (staleIfError), the entry answers instead. On the way
+ * back the exchange is settled, whatever is left of it (its backend slot, its timer).
+ */
+import type { Json, PathAnswer, RequestContext } from "../context.js";
+import { cannotServe, type Forwarding, fallbackChain, serve } from "../proxy/fallback.js";
+import { RETRY_STATUSES } from "../proxy/forwarder.js";
+import { cached } from "./cache.js";
+import type { Stage } from "./stage.js";
+
+export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer> {
+  return {
+    name: "forward",
+    async enter(state) {
+      const pool = state.target;
+      const incoming = state.incoming;
+      const body = state.upstreamBody ?? state.body;
+      if (!pool || !incoming || !body || !state.route) throw new Error("forward without a route");
+      const path = state.route + queryOf(incoming.url);
+      const chain = state.tenant?.fallback === false ? [] : fallbackChain(deps.upstreams, pool);
+      const rewritten = state.upstreamBody ? Buffer.from(JSON.stringify(state.upstreamBody)) : undefined;
+      const tap = state.tap;
+      const stale = state.staleForError;
+      try {
+        const result = await serve(deps, state, pool, chain, (target) => ({
+          path,
+          body: target ? withModel(body, target.model) : (rewritten ?? incoming.rawBody ?? null),
+          streamAny: false,
+          tap,
+        }));
+        if (stale && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) {
+          return cached(state, deps.metrics, stale, "STALE");
+        }
+        return result;
+      } catch (err) {
+        if (stale && cannotServe(err, state)) return cached(state, deps.metrics, stale, "STALE");
+        throw err;
+      }
+    },
+    leave(state) {
+      state.exchange?.settle();
+    },
+  };
+}
+
+/** The request body for a fallback pool: the same request, asking for its model. */
+function withModel(body: Json, model: string): Buffer {
+  return Buffer.from(JSON.stringify({ ...body, model }));
+}
+
+export function queryOf(url: string): string {
+  const q = url.indexOf("?");
+  return q === -1 ? "" : url.slice(q);
+}

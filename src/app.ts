@@ -17,7 +17,7 @@ import pino, { type Logger } from "pino";
 import { registerAdmin } from "./admin/plugin.js";
 import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
-import type { GatewayConfig } from "./config/index.js";
+import type { GatewayConfig, RouteConfig } from "./config/index.js";
 import { newContext, type RequestContext } from "./context.js";
 import { errors, GatewayError } from "./errors.js";
 import { fromFastifyError } from "./http-errors.js";
@@ -29,7 +29,7 @@ import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
 import { RequestLimits } from "./ratelimit/request-limits.js";
 import { TokenBudgets } from "./ratelimit/token-budget.js";
-import { forwarding, openAIPath, type PathDeps, passThroughPathFor } from "./request-path.js";
+import { forwarding, type GatewayPath, openAIPath, type PathDeps, passThroughPathFor } from "./request-path.js";
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
@@ -54,6 +54,9 @@ export interface Gateway {
   config: GatewayConfig;
   /** The shared store behind the rate limits, as the limits use it. */
   store: GuardedStore;
+  cache: ResponseCache;
+  /** The request paths (set once the app is ready): their stages, in order. */
+  readonly paths: { openai: GatewayPath; passThrough: ReadonlyMap<RouteConfig, GatewayPath> } | undefined;
   /** Listens on config.listen (and config.admin); returns the bound URLs. */
   listen(): Promise<{ url: string; adminUrl: string | undefined }>;
   close(): Promise<void>;
@@ -111,6 +114,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   metrics.watchCache(cache);
   const apiKeys = new ApiKeys(config);
   let closing = false;
+  let paths: Gateway["paths"];
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -216,9 +220,11 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     };
     // The request paths: the ordered stages of src/request-path.ts, built once from the config.
     const forward = forwarding(deps);
-    registerOpenAIRoutes(scope, openAIPath(deps, forward), upstreams, config.server.sendTimeout);
+    const openai = openAIPath(deps, forward);
+    registerOpenAIRoutes(scope, openai, upstreams, config.server.sendTimeout);
     const passThrough = new Map(config.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
     registerPassThrough(scope, config, passThrough, forward);
+    paths = { openai, passThrough };
   });
 
   app.setNotFoundHandler(async (request) => {
@@ -298,6 +304,10 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     upstreams,
     config,
     store: guard,
+    cache,
+    get paths() {
+      return paths;
+    },
     get closing() {
       return closing;
     },

@@ -68,6 +68,11 @@ export class ResponseCache {
     this.lru = new ByteLru<Buffer>(memoryBytes, (reason) => this.events.evicted?.(reason));
   }
 
+  /** Keys with a flight in progress in this replica. */
+  get flightCount(): number {
+    return this.flights.size;
+  }
+
   get memoryBytes(): number {
     return this.lru.bytes;
   }

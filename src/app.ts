@@ -19,7 +19,7 @@ import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig, RouteConfig } from "./config/index.js";
 import { newContext, type RequestContext } from "./context.js";
-import { errors, GatewayError } from "./errors.js";
+import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError } from "./http-errors.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
@@ -29,7 +29,13 @@ import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
 import { RequestLimits } from "./ratelimit/request-limits.js";
 import { TokenBudgets } from "./ratelimit/token-budget.js";
-import { forwarding, type GatewayPath, openAIPath, type PathDeps, passThroughPathFor } from "./request-path.js";
+import {
+  forwarding,
+  type GatewayPath,
+  openAIPath,
+  type PathDeps,
+  passThroughPathFor,
+} from "./request-path.js";
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
@@ -184,20 +190,11 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       reply.header("connection", "close");
       return done(errors.tooManyConnections(maxConnections));
     }
-    if (apiKeys.enabled && request.routeOptions.config.public !== true) {
-      try {
-        const { tenant, keyId } = apiKeys.authenticate(request.headers);
-        request.gw.tenant = tenant;
-        request.gw.keyId = keyId;
-      } catch (err) {
-        return done(err as Error);
-      }
-    }
     done();
   });
 
-  app.get("/healthz", { config: { public: true } }, async () => ({ status: "ok" }));
-  app.get("/readyz", { config: { public: true } }, async (_request, reply) => {
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_request, reply) => {
     const backends = upstreams.backendCount();
     if (closing || backends === 0) {
       return reply.code(503).send({ status: closing ? "shutting down" : "no backends" });
@@ -206,6 +203,19 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   });
 
   app.register(async (scope) => {
+    // API keys on the proxied routes only: the health probes and unknown URLs need none.
+    if (apiKeys.enabled) {
+      scope.addHook("onRequest", (request, _reply, done) => {
+        try {
+          const { tenant, keyId } = apiKeys.authenticate(request.headers);
+          request.gw.tenant = tenant;
+          request.gw.keyId = keyId;
+        } catch (err) {
+          return done(err as Error);
+        }
+        done();
+      });
+    }
     const limits = await RequestLimits.register(scope, config, guard, metrics.limitEvents());
     const deps: PathDeps = {
       config,
@@ -390,14 +400,8 @@ function writeClientError(err: NodeJS.ErrnoException, socket: Socket): void {
   }
   let gw: GatewayError;
   if (err.code === "HPE_HEADER_OVERFLOW") gw = errors.headersTooLarge();
-  else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") {
-    gw = new GatewayError(
-      408,
-      "invalid_request_error",
-      "request_timeout",
-      "The request was not received in time.",
-    );
-  } else gw = errors.invalidRequest("The request could not be parsed as HTTP.");
+  else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") gw = errors.requestTimeout();
+  else gw = errors.invalidRequest("The request could not be parsed as HTTP.");
   const body = JSON.stringify(gw.body());
   socket.end(
     `HTTP/1.1 ${gw.statusCode} ${STATUS_CODES[gw.statusCode] ?? "Bad Request"}\r\n` +

@@ -118,8 +118,4 @@ declare module "fastify" {
     gw: RequestContext;
     rawBody: Buffer | undefined;
   }
-  interface FastifyContextConfig {
-    /** Routes that need no API key: health probes. */
-    public?: boolean;
-  }
 }

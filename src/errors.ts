@@ -123,6 +123,28 @@ export const errors = {
       "tokens_exceed_budget",
       `The request may use ${needed} tokens, more than this key's token budget of ${burst}. Lower max_tokens or shorten the prompt.`,
     ),
+  requestTimeout: () =>
+    new GatewayError(
+      408,
+      "invalid_request_error",
+      "request_timeout",
+      "The request was not received in time.",
+    ),
+  backendNotFound: (pool: string, backend: string) =>
+    new GatewayError(
+      404,
+      "not_found_error",
+      "backend_not_found",
+      `No backend '${backend}' in pool '${pool}'.`,
+    ),
+  limiterUnavailable: () =>
+    new GatewayError(
+      503,
+      "server_error",
+      "rate_limiter_unavailable",
+      "Rate limits cannot be checked right now; retry shortly.",
+      UPSTREAM_RETRY_MS,
+    ),
   routeNotFound: (method: string, path: string) =>
     new GatewayError(404, "not_found_error", "unknown_url", `Unknown request URL: ${method} ${path}.`),
   noBackendAvailable: (pool: string, retryAfterMs: number) =>

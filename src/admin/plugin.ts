@@ -90,10 +90,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
         async (request) => {
           const pool = deps.upstreams.pools.get(request.params.pool);
           if (!pool?.setDrained(request.params.backend, drained)) {
-            throw errors.routeNotFound(
-              "POST",
-              `no backend ${request.params.backend} in pool ${request.params.pool}`,
-            );
+            throw errors.backendNotFound(request.params.pool, request.params.backend);
           }
           return { pool: pool.name, backend: request.params.backend, drained };
         },

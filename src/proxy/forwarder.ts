@@ -42,7 +42,7 @@ import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js"
 import { ResponseRelay } from "./relay.js";
 import { StreamTap } from "./stream-tap.js";
 import { UpstreamCall } from "./upstream-call.js";
-import { toGatewayError } from "./upstream-errors.js";
+import { fromUpstreamError } from "./upstream-errors.js";
 
 export interface ForwardInput {
   pool: UpstreamPool;
@@ -329,7 +329,7 @@ async function attempt(
   return result;
 
   function failed(err: unknown): RetryableFailure {
-    const error = toGatewayError(err, exchange.abortReason);
+    const error = fromUpstreamError(err, exchange.abortReason);
     if (exchange.abortReason !== undefined || error.statusCode < 500) {
       // The client left, the total timeout passed, or the client's own body failed (too
       // large): nothing to retry, and not the backend's fault.

@@ -25,7 +25,7 @@ import { errors, type GatewayError, sseErrorEvent } from "../errors.js";
 import type { Exchange } from "./exchange.js";
 import type { StreamTap } from "./stream-tap.js";
 import type { BodySink, UpstreamCall } from "./upstream-call.js";
-import { toGatewayError } from "./upstream-errors.js";
+import { fromUpstreamError } from "./upstream-errors.js";
 
 export class ResponseRelay extends Readable implements BodySink {
   /** Set when the backend failed before its body ended. */
@@ -151,7 +151,7 @@ export class ResponseRelay extends Readable implements BodySink {
       this.finish();
       return;
     }
-    this.failure = toGatewayError(err, this.exchange.abortReason);
+    this.failure = fromUpstreamError(err, this.exchange.abortReason);
     if (this.sse) {
       this.push(sseErrorEvent(this.failure));
       this.push(null);

@@ -2,7 +2,7 @@
 import { errors, GatewayError } from "../errors.js";
 import type { AbortReason } from "./exchange.js";
 
-export function toGatewayError(err: unknown, abortReason: AbortReason | undefined): GatewayError {
+export function fromUpstreamError(err: unknown, abortReason: AbortReason | undefined): GatewayError {
   if (err instanceof GatewayError) return err;
   return classify(err, abortReason).causedBy(err);
 }

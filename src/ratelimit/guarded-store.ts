@@ -7,7 +7,7 @@
  * limiting at once.
  */
 import type { StoreErrorPolicyConfig } from "../config/index.js";
-import { GatewayError } from "../errors.js";
+import { errors } from "../errors.js";
 import type { BucketResult, BucketSpec, LeaseResult, Store } from "../store/types.js";
 import { StoreUnavailableError } from "../store/types.js";
 
@@ -27,16 +27,6 @@ export interface GuardEvents {
   storeError?(operation: string): void;
   /** A decision made without the shared store, by the limit's policy. */
   withoutStore?(limit: string, policy: StoreErrorPolicyConfig): void;
-}
-
-export function limiterUnavailable(): GatewayError {
-  return new GatewayError(
-    503,
-    "server_error",
-    "rate_limiter_unavailable",
-    "Rate limits cannot be checked right now; retry shortly.",
-    1000,
-  );
 }
 
 export class GuardedStore {
@@ -157,7 +147,7 @@ export class GuardedStore {
       case "open":
         return { ...open(), source: "open" };
       case "closed":
-        throw limiterUnavailable();
+        throw errors.limiterUnavailable();
       case "local":
         return { ...(await local(this.local)), source: "local" };
     }

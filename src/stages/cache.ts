@@ -11,7 +11,6 @@ import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
 import { answerFromJson, answerFromStream, cacheDirectives } from "../cache/respond.js";
 import { type CacheStatus, entryKey, type ResponseCache } from "../cache/response-cache.js";
-import { SingleFlight } from "../cache/single-flight.js";
 import type { PathAnswer, RequestContext } from "../context.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { Exchange } from "../proxy/exchange.js";
@@ -31,7 +30,8 @@ export interface CacheStageDeps {
 }
 
 export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnswer> {
-  const refreshes = new SingleFlight<void>();
+  /** Keys being refreshed in the background: one refresh per key at a time. */
+  const refreshing = new Set<string>();
   return {
     name: "cache",
     async enter(state) {
@@ -87,36 +87,38 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
     if (!incoming || !state.body) return;
     const body = Buffer.from(JSON.stringify({ ...state.body, stream: false, stream_options: undefined }));
     const model = state.model ?? "";
-    void refreshes
-      .run(key, async () => {
-        const exchange = new Exchange(pool.config.timeouts.total);
-        const result = await forward(
-          {
-            pool,
-            method: "POST",
-            path: route,
-            headers: { ...incoming.headers },
-            body,
-            requestId: incoming.id,
-            clientIp: incoming.ip,
-            stripAuthorization: deps.stripAuthorization,
-            streamAny: false,
-            sendTimeout: deps.sendTimeout,
-          },
-          exchange,
-          deps.hooks,
+    if (refreshing.has(key)) return;
+    refreshing.add(key);
+    void (async () => {
+      const exchange = new Exchange(pool.config.timeouts.total);
+      const result = await forward(
+        {
+          pool,
+          method: "POST",
+          path: route,
+          headers: { ...incoming.headers },
+          body,
+          requestId: incoming.id,
+          clientIp: incoming.ip,
+          stripAuthorization: deps.stripAuthorization,
+          streamAny: false,
+          sendTimeout: deps.sendTimeout,
+        },
+        exchange,
+        deps.hooks,
+      );
+      // A backend that streams although asked not to: nobody reads it, so free it at once.
+      if (result.kind === "stream") result.body.destroy();
+      else if (result.status === 200 && result.json) {
+        const answer = answerFromJson(
+          { route, model, config: pool.config.cache, now: Date.now() },
+          result.json,
         );
-        // A backend that streams although asked not to: nobody reads it, so free it at once.
-        if (result.kind === "stream") result.body.destroy();
-        else if (result.status === 200 && result.json) {
-          const answer = answerFromJson(
-            { route, model, config: pool.config.cache, now: Date.now() },
-            result.json,
-          );
-          await deps.cache.put(key, answer, pool.config.cache.maxEntrySize);
-        }
-      })
-      .catch(() => undefined);
+        await deps.cache.put(key, answer, pool.config.cache.maxEntrySize);
+      }
+    })()
+      .catch(() => undefined)
+      .finally(() => refreshing.delete(key));
   }
 }
 

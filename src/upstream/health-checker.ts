@@ -18,9 +18,6 @@ const DEFAULT_PATHS: Record<Engine, string> = {
   openai: "/v1/models",
 };
 
-/** Engines whose /v1/models lists the model names they serve. */
-const LISTS_MODELS = new Set<Engine>(["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"]);
-
 export function defaultHealthPath(engine: Engine): string {
   return DEFAULT_PATHS[engine];
 }
@@ -72,15 +69,6 @@ export class HealthChecker {
     for (const b of [...this.states.keys()]) this.unwatch(b);
   }
 
-  /** Probe one backend at once (after a suspicious failure, or from tests). */
-  async checkNow(b: Backend): Promise<void> {
-    const state = this.states.get(b);
-    if (state) {
-      clearTimeout(state.timer);
-      await this.run(b, state);
-    }
-  }
-
   private async run(b: Backend, state: ProbeState): Promise<void> {
     const ok = await this.probe(b, state);
     if (this.states.get(b) !== state) return;
@@ -122,7 +110,8 @@ export class HealthChecker {
       const path = this.config.path ?? defaultHealthPath(b.engine);
       const first = await this.get(b, path, controller.signal);
       if (!first.ok) return false;
-      if (!this.config.checkModels || !LISTS_MODELS.has(b.engine)) return true;
+      // Every engine floodgate knows lists the models it serves in /v1/models.
+      if (!this.config.checkModels) return true;
       const listing = path === "/v1/models" ? first : await this.get(b, "/v1/models", controller.signal);
       // A backend without /v1/models cannot say which model it serves: the health path decides.
       if (listing.status === 404) return true;

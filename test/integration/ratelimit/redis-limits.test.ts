@@ -146,7 +146,9 @@ describe("when Redis fails", () => {
     const downStart = performance.now();
     const down = await hammer(urls, KEY, 24, 1500);
     const downSeconds = (down.lastDone - downStart) / 1000;
-    expect(Math.max(...down.outcomes.map((o) => o.ms))).toBeLessThan(50 + 250); // the command timeout, plus margin
+    // No hang: a request waits at most about the 50 ms command timeout; a hang (a command queued
+    // until Redis returns) would last the whole outage. 1 s of slack for a busy machine.
+    expect(Math.max(...down.outcomes.map((o) => o.ms))).toBeLessThan(1000);
     expect(down.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
     const admittedDown = count(down.outcomes, 200);
     expect(admittedDown).toBeLessThanOrEqual(1.1 * (BURST + RATE * downSeconds));

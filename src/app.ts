@@ -216,7 +216,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         done();
       });
     }
-    const limits = await RequestLimits.register(scope, config, guard, metrics.limitEvents());
+    const limits = new RequestLimits(config, guard, metrics.limitEvents());
     const deps: PathDeps = {
       config,
       upstreams,

@@ -7,7 +7,6 @@
  *
  * Each stage gives back what it took on the way back, in reverse order (src/stages/stage.ts).
  */
-import type { FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig, RouteConfig } from "./config/index.js";
@@ -59,7 +58,7 @@ export function forwarding(deps: PathDeps): Forwarding {
 export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
   const { config } = deps;
   const stages: GatewayStage[] = [routeStage(deps.upstreams)];
-  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits, fastifyRequest));
+  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits));
   if (Object.values(config.pools).some((p) => p.cache.enabled)) {
     stages.push(
       cacheStage({
@@ -79,14 +78,9 @@ export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
 
 export function passThroughPathFor(deps: PathDeps, forward: Forwarding, route: RouteConfig): GatewayPath {
   const stages: GatewayStage[] = [];
-  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits, fastifyRequest));
+  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits));
   stages.push(passThroughStage(forward, route));
   return new RequestPath(stages, pathHooks(deps.logger));
-}
-
-/** @fastify/rate-limit reads the Fastify request: the state's request is that object. */
-function fastifyRequest(state: RequestContext): FastifyRequest {
-  return state.incoming as FastifyRequest;
 }
 
 function pathHooks(logger: Logger) {

@@ -33,7 +33,7 @@ export interface FallbackTarget {
 }
 
 /** What one try at a pool sends. */
-export type Outbound = Pick<ForwardInput, "path" | "body" | "streamAny" | "tap">;
+export type Outbound = Pick<ForwardInput, "path" | "body" | "bodyLength" | "streamAny" | "tap">;
 
 /** A pool's fallback chain with each target's model: the configured one, else its first. */
 export function fallbackChain(upstreams: Upstreams, pool: UpstreamPool): FallbackTarget[] {
@@ -92,6 +92,7 @@ function forwardTo(
       path: out.path,
       headers: incoming.headers,
       body: out.body,
+      bodyLength: out.bodyLength,
       requestId: incoming.id,
       clientIp: incoming.ip,
       stripAuthorization: deps.stripAuthorization,

@@ -51,6 +51,8 @@ export interface ForwardInput {
   path: string;
   headers: IncomingHttpHeaders;
   body: Buffer | Readable | null;
+  /** A streamed body's declared length (Node's parser holds the client to it): sent as is, not chunked. */
+  bodyLength?: number;
   requestId: string;
   clientIp: string;
   stripAuthorization: boolean;
@@ -198,7 +200,7 @@ async function attempt(
     clientIp: input.clientIp,
     stripAuthorization: input.stripAuthorization,
     extra: backend.extraHeaders,
-    contentLength: Buffer.isBuffer(input.body) ? input.body.length : undefined,
+    contentLength: Buffer.isBuffer(input.body) ? input.body.length : input.bodyLength,
     identity: !input.streamAny,
   });
   const sentAt = performance.now();

@@ -31,7 +31,9 @@ export function passThroughStage(deps: Forwarding, route: RouteConfig): Stage<Re
         route.fallback && body === null && state.tenant?.fallback !== false
           ? fallbackChain(deps.upstreams, pool)
           : [];
-      return serve(deps, state, pool, chain, () => ({ path, body, streamAny: true }));
+      const declared = body === null ? undefined : Number(incoming.headers["content-length"]);
+      const bodyLength = declared !== undefined && Number.isInteger(declared) ? declared : undefined;
+      return serve(deps, state, pool, chain, () => ({ path, body, bodyLength, streamAny: true }));
     },
     leave(state) {
       state.exchange?.settle();

@@ -1,19 +1,16 @@
 /**
  * Request-count limits, by client IP, API key, tenant, model or for everyone, on token buckets
- * in the shared store. @fastify/rate-limit does the keying, the allow-lists and the store
- * protocol (its custom-store interface, through a store class closing over floodgate's store);
- * floodgate evaluates several limits per request with the plugin's createRateLimit() and writes
- * one set of headers and one 429 for all of them. (The plugin's own hook runs one limit per
- * request and would write one limit's headers over another's.)
+ * in the shared store. Every limit that applies to a request is taken at once; one set of
+ * headers (the tightest limit's) and one 429 answer for all of them, and a request refused by
+ * one limit gets back what the others took.
  *
- * A bucket of `burst` tokens refilled at rate/per maps onto the plugin's (max, timeWindow) as
- * max = burst and timeWindow = the time to refill a full bucket, burst × per / rate.
+ * Evaluated here, on the bucket, rather than through @fastify/rate-limit, which floodgate used
+ * before: floodgate supplied its keys, its store and its headers and 429, so the plugin only
+ * added its own bookkeeping, and its store protocol (one `incr` per limit) cannot take all of a
+ * request's limits in one store call. Measured with bench/limits/run.mjs (two limits per request,
+ * memory store, 200,000 calls × 5 rounds, CPU per request): the buckets alone 9.6 µs, through
+ * the plugin 12.3 µs, here 10.2 µs. It also let the stage drop the Fastify request.
  */
-import rateLimitPlugin, {
-  type FastifyRateLimitOptions,
-  type FastifyRateLimitStore,
-} from "@fastify/rate-limit";
-import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { GatewayConfig, RateSpecConfig, StoreErrorPolicyConfig } from "../config/index.js";
 import { errors } from "../errors.js";
 import type { BucketSpec } from "../store/types.js";
@@ -37,11 +34,23 @@ export interface LimitEvents {
   decided?(limit: string, tenant: string, allowed: boolean): void;
 }
 
-type Limiter = ReturnType<FastifyInstance["createRateLimit"]>;
+/** What a limit counts by, as the request path knows it. */
+export interface LimitSubject {
+  ip: string;
+  tenant: string | undefined;
+  keyId: string | undefined;
+  model: string | undefined;
+}
+
+/** What one limit says of one request. */
+type Outcome =
+  /** On the limit's allow-list: not counted. */
+  | { isAllowed: true }
+  | { isAllowed: false; key: string; isExceeded: boolean; remaining: number; max: number; ttl: number };
 
 interface BoundLimit {
   def: LimitDef;
-  run: Limiter;
+  allow: ReadonlySet<string> | undefined;
 }
 
 export function bucketFor(def: LimitDef, key: string): BucketSpec {
@@ -59,72 +68,22 @@ function defFromSpec(
   return { name, by, burst, ratePerSec: (spec.rate * 1000) / spec.per, policy, allowList: [], ...extra };
 }
 
-/** The store class @fastify/rate-limit instantiates; each child is bound to one limit. */
-function storeClass(guard: GuardedStore) {
-  return class FloodgateRateLimitStore implements FastifyRateLimitStore {
-    private readonly def: LimitDef | undefined;
-
-    constructor(params: FastifyRateLimitOptions) {
-      this.def = (params as { floodgateLimit?: LimitDef }).floodgateLimit;
-    }
-
-    incr(
-      key: string,
-      callback: (error: Error | null, result?: { current: number; ttl: number }) => void,
-    ): void {
-      const def = this.def;
-      if (!def) {
-        callback(new Error("rate-limit store used without a floodgate limit"));
-        return;
-      }
-      guard.take(bucketFor(def, key), 1, def.name, def.policy).then(
-        (r) =>
-          callback(null, {
-            // The plugin reads remaining = max − current, and exceeded as current > max.
-            current: r.allowed ? def.burst - Math.floor(Math.max(0, r.remaining)) : def.burst + 1,
-            ttl: r.allowed ? r.msToFull : r.msToNext,
-          }),
-        (err: Error) => callback(err),
-      );
-    }
-
-    child(params: FastifyRateLimitOptions): FastifyRateLimitStore {
-      return new FloodgateRateLimitStore(params);
-    }
-  };
-}
-
 export class RequestLimits {
   private readonly global: BoundLimit[] = [];
   private readonly perTenant = new Map<string, BoundLimit[]>();
 
-  private constructor(
-    private readonly guard: GuardedStore,
-    private readonly events: LimitEvents,
-  ) {}
-
-  /** Registers @fastify/rate-limit in `scope` and binds every configured limit. */
-  static async register(
-    scope: FastifyInstance,
+  constructor(
     config: GatewayConfig,
-    guard: GuardedStore,
-    events: LimitEvents = {},
-  ): Promise<RequestLimits> {
-    await scope.register(rateLimitPlugin, { global: false, store: storeClass(guard) });
-    const limits = new RequestLimits(guard, events);
+    private readonly guard: GuardedStore,
+    private readonly events: LimitEvents = {},
+  ) {
     const bind = (def: LimitDef): BoundLimit => ({
       def,
-      run: scope.createRateLimit({
-        max: def.burst,
-        timeWindow: Math.max(1, Math.round((def.burst / def.ratePerSec) * 1000)),
-        keyGenerator: (request) => limitKey(def.by, request),
-        allowList: [...def.allowList],
-        floodgateLimit: def,
-      } as Parameters<FastifyInstance["createRateLimit"]>[0]),
+      allow: def.allowList.length > 0 ? new Set(def.allowList) : undefined,
     });
     for (const l of config.rateLimits) {
       const models = l.models ? new Set(l.models) : undefined;
-      limits.global.push(
+      this.global.push(
         bind(defFromSpec(l.name, l.by, l, l.onStoreError, { models, allowList: l.allowList })),
       );
     }
@@ -132,14 +91,13 @@ export class RequestLimits {
       const requests = settings.limits.requests;
       if (!requests) continue;
       const specs = Array.isArray(requests) ? requests : [requests];
-      limits.perTenant.set(
+      this.perTenant.set(
         tenant,
         specs.map((spec, i) =>
           bind(defFromSpec(`tenant.requests[${i}]`, "tenant", spec, settings.limits.onStoreError)),
         ),
       );
     }
-    return limits;
   }
 
   get enabled(): boolean {
@@ -151,17 +109,16 @@ export class RequestLimits {
    * (and gives back what the others took: a refused request costs nothing); otherwise returns
    * the state of the tightest limit, for the response headers.
    */
-  async check(request: FastifyRequest): Promise<LimitState | undefined> {
-    const ctx = request.gw;
-    const model = ctx.model;
+  async check(subject: LimitSubject): Promise<LimitState | undefined> {
+    const model = subject.model;
     const applicable: BoundLimit[] = [];
     for (const l of this.global)
       if (!l.def.models || (model !== undefined && l.def.models.has(model))) applicable.push(l);
-    if (ctx.tenant) applicable.push(...(this.perTenant.get(ctx.tenant.id) ?? []));
+    if (subject.tenant) applicable.push(...(this.perTenant.get(subject.tenant) ?? []));
     if (applicable.length === 0) return undefined;
 
-    const results = await Promise.all(applicable.map((l) => l.run(request)));
-    const tenant = ctx.tenant?.id ?? "";
+    const results = await Promise.all(applicable.map((l) => this.take(l, subject)));
+    const tenant = subject.tenant ?? "";
     let tightest: LimitState | undefined;
     let exceeded: { def: LimitDef; ttl: number } | undefined;
     results.forEach((r, i) => {
@@ -190,6 +147,21 @@ export class RequestLimits {
     }
     return tightest;
   }
+
+  private async take(l: BoundLimit, subject: LimitSubject): Promise<Outcome> {
+    const { def } = l;
+    const key = limitKey(def.by, subject);
+    if (l.allow?.has(key)) return { isAllowed: true };
+    const r = await this.guard.take(bucketFor(def, key), 1, def.name, def.policy);
+    return {
+      isAllowed: false,
+      key,
+      isExceeded: !r.allowed,
+      remaining: r.allowed ? Math.floor(Math.max(0, r.remaining)) : 0,
+      max: def.burst,
+      ttl: r.allowed ? r.msToFull : r.msToNext,
+    };
+  }
 }
 
 function formatWindow(def: LimitDef): string {
@@ -198,17 +170,16 @@ function formatWindow(def: LimitDef): string {
 }
 
 /** What a limit counts by. Keys are never stored in clear: the key id is part of a digest. */
-export function limitKey(by: LimitBy, request: FastifyRequest): string {
-  const ctx = request.gw;
+export function limitKey(by: LimitBy, subject: LimitSubject): string {
   switch (by) {
     case "ip":
-      return request.ip;
+      return subject.ip;
     case "key":
-      return ctx.keyId ?? "anonymous";
+      return subject.keyId ?? "anonymous";
     case "tenant":
-      return ctx.tenant?.id ?? "anonymous";
+      return subject.tenant ?? "anonymous";
     case "model":
-      return ctx.model ?? "";
+      return subject.model ?? "";
     case "global":
       return "all";
   }

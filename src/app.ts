@@ -24,7 +24,7 @@ import { fromFastifyError } from "./http-errors.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
 import { registerOpenAIRoutes } from "./proxy/openai-routes.js";
-import { registerPassThrough } from "./proxy/pass-through.js";
+import { PassThroughTable, registerPassThrough } from "./proxy/pass-through.js";
 import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
 import { RequestLimits } from "./ratelimit/request-limits.js";
@@ -233,7 +233,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     const openai = openAIPath(deps, forward);
     registerOpenAIRoutes(scope, openai, upstreams, config.server.sendTimeout);
     const passThrough = new Map(config.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
-    registerPassThrough(scope, config, passThrough, forward);
+    const table = new PassThroughTable(passThrough);
+    registerPassThrough(scope, config, () => table, forward);
     paths = { openai, passThrough };
   });
 

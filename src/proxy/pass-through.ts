@@ -41,13 +41,42 @@ export function passThroughStage(deps: Forwarding, route: RouteConfig): Stage<Re
   };
 }
 
+/** The pass-through prefixes of one config generation, longest first, and each one's path. */
+export class PassThroughTable {
+  private readonly entries: { prefix: string; route: RouteConfig; path: GatewayPath }[];
+
+  constructor(paths: ReadonlyMap<RouteConfig, GatewayPath>) {
+    this.entries = [...paths]
+      .map(([route, path]) => ({ prefix: normalizedPrefix(route), route, path }))
+      .sort((a, b) => b.prefix.length - a.prefix.length);
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+
+  /** The route whose prefix the URL's path is in, or undefined. */
+  match(url: string): { prefix: string; route: RouteConfig; path: GatewayPath } | undefined {
+    const q = url.indexOf("?");
+    const path = q === -1 ? url : url.slice(0, q);
+    for (const e of this.entries) {
+      if (e.prefix === "" || path === e.prefix || path.startsWith(`${e.prefix}/`)) return e;
+    }
+    return undefined;
+  }
+}
+
+/**
+ * One catch-all route serves every pass-through prefix through a table lookup: Fastify's routes
+ * are fixed once the app is ready, while the table can be swapped whole (a config reload). A
+ * URL no prefix takes is the 404 it would have been.
+ */
 export function registerPassThrough(
   app: FastifyInstance,
   config: GatewayConfig,
-  paths: ReadonlyMap<RouteConfig, GatewayPath>,
+  table: () => PassThroughTable,
   deps: Forwarding,
 ): void {
-  if (config.routes.length === 0) return;
   app.register(async (scope) => {
     // Pass-through bodies are streamed to the backend untouched, whatever their type, and
     // within server.bodyLimit like every other body: a declared length over it is refused at
@@ -64,24 +93,21 @@ export function registerPassThrough(
       if (Number(declared) > limit) return done(errors.bodyTooLarge(limit), undefined);
       done(null, payload);
     });
-    for (const route of config.routes) {
-      const pool = deps.upstreams.pools.get(route.pool);
-      const path = paths.get(route);
-      if (!pool || !path) continue; // rejected by config validation
-      const prefix = normalizedPrefix(route);
-      const handler = async (request: FastifyRequest, reply: FastifyReply) => {
-        const state = request.gw;
-        state.pool = pool.name;
-        state.target = pool;
-        state.route = prefix;
-        state.incoming = request;
-        state.passBody = request.body;
-        state.path = path;
-        return sendAnswer(reply, state, await path.run(state), deps.sendTimeout);
-      };
-      scope.all(prefix === "" ? "/" : prefix, handler);
-      scope.all(`${prefix}/*`, handler);
-    }
+    const handler = async (request: FastifyRequest, reply: FastifyReply) => {
+      const entry = table().match(request.url);
+      const pool = entry ? deps.upstreams.pools.get(entry.route.pool) : undefined;
+      if (!entry || !pool) throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
+      const state = request.gw;
+      state.pool = pool.name;
+      state.target = pool;
+      state.route = entry.prefix;
+      state.incoming = request;
+      state.passBody = request.body;
+      state.path = entry.path;
+      return sendAnswer(reply, state, await entry.path.run(state), deps.sendTimeout);
+    };
+    scope.all("/", handler);
+    scope.all("/*", handler);
   });
 }
 

@@ -126,6 +126,23 @@ export async function forward(
   exchange: Exchange,
   hooks: ForwardHooks,
 ): Promise<ForwardResult> {
+  let streaming = false;
+  try {
+    const result = await tryBackends(input, exchange, hooks);
+    streaming = result.kind === "stream";
+    return result;
+  } finally {
+    // The one place an exchange ends here: a relayed stream holds its slot until it ends (the
+    // relay settles it then); any other ending is the end of the exchange.
+    if (!streaming) exchange.settle();
+  }
+}
+
+async function tryBackends(
+  input: ForwardInput,
+  exchange: Exchange,
+  hooks: ForwardHooks,
+): Promise<ForwardResult> {
   const { pool } = input;
   const policy = pool.config.retry;
   const replayable = input.body === null || Buffer.isBuffer(input.body);
@@ -135,18 +152,8 @@ export async function forward(
 
   for (let retry = 0; ; retry++) {
     const backend = exchange.acquire(pool, tried);
-    if (!backend) {
-      exchange.settle();
-      throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
-    }
-    let outcome: ForwardResult | RetryableFailure;
-    try {
-      outcome = await attempt(input, backend, exchange, hooks);
-    } catch (err) {
-      // Not an upstream failure (those come back as outcomes): a bug must not hold the slot.
-      exchange.settle();
-      throw err;
-    }
+    if (!backend) throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
+    const outcome = await attempt(input, backend, exchange, hooks);
     if (!("reason" in outcome)) return outcome;
 
     const answer = outcome.answer;
@@ -156,11 +163,7 @@ export async function forward(
       exchange.abortReason === undefined &&
       (outcome.gone === true || takeBudget());
     if (!canRetry) {
-      if ("error" in answer) {
-        exchange.settle();
-        throw answer.error;
-      }
-      exchange.settle();
+      if ("error" in answer) throw answer.error;
       return answer.result;
     }
     if (tried) tried.add(backend);
@@ -168,14 +171,12 @@ export async function forward(
     pool.noteRetry(outcome.reason);
     const delay = backoffMs(retry, policy.backoffBase, policy.backoffMax);
     if (delay >= exchange.remainingMs()) {
-      exchange.settle();
       if ("error" in answer) throw answer.error;
       return answer.result;
     }
     exchange.release();
     await exchange.pause(delay);
     if (exchange.abortReason !== undefined) {
-      exchange.settle();
       throw exchange.abortReason === "total" ? errors.upstreamTimeout("total") : errors.upstreamUnavailable();
     }
   }
@@ -327,7 +328,6 @@ async function attempt(
     json,
   };
   if (RETRY_STATUSES.has(status)) return { reason: `status_${status}`, answer: { result } };
-  exchange.settle();
   return result;
 
   function failed(err: unknown): RetryableFailure {

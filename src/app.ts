@@ -3,7 +3,7 @@
  * order, and the admin app beside it. Nothing listens until listen() is called.
  */
 import { randomUUID } from "node:crypto";
-import { type IncomingMessage, STATUS_CODES } from "node:http";
+import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import Fastify, {
   type FastifyBaseLogger,
@@ -11,16 +11,16 @@ import Fastify, {
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
-  LogController,
 } from "fastify";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { registerAdmin } from "./admin/plugin.js";
 import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig, RouteConfig } from "./config/index.js";
 import { newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
-import { fromFastifyError } from "./http-errors.js";
+import { fromFastifyError, writeClientError } from "./http-errors.js";
+import { combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
 import { registerOpenAIRoutes } from "./proxy/openai-routes.js";
@@ -39,7 +39,7 @@ import {
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
-import { type UpstreamEvents, Upstreams } from "./upstream/pool.js";
+import { Upstreams } from "./upstream/pool.js";
 
 export interface GatewayOptions {
   /** A pino logger to use; by default one is made from config.log. */
@@ -71,25 +71,6 @@ export interface Gateway {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/**
- * JSON lines on stdout, written asynchronously in batches: a synchronous write per access line
- * cost about a fifth of the gateway's throughput. Buffered lines are flushed at shutdown and,
- * by pino, at process exit.
- */
-export function createLogger(log: GatewayConfig["log"], destination?: pino.DestinationStream): Logger {
-  return pino(
-    {
-      level: log.level,
-      base: { service: "floodgate" },
-      redact: {
-        paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
-        censor: "[redacted]",
-      },
-    },
-    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
-  );
-}
 
 export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(config.log);
@@ -354,58 +335,4 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       logger.flush();
     },
   };
-}
-
-/** Upstream state changes worth a log line: they explain traffic shifts after the fact. */
-function upstreamLogEvents(logger: Logger): UpstreamEvents {
-  return {
-    ejected: (pool, backend, reason, durationMs) =>
-      logger.warn({ pool, backend, reason, durationMs }, "backend ejected"),
-    healthChanged: (pool, backend, healthy) =>
-      healthy
-        ? logger.info({ pool, backend }, "backend healthy")
-        : logger.warn({ pool, backend }, "backend unhealthy"),
-    backendsChanged: (pool, added, removed) => logger.info({ pool, added, removed }, "backends discovered"),
-    discoveryError: (pool, message, err) => logger.error({ pool, err }, message),
-  };
-}
-
-/** Calls every listener's hook in turn. */
-function combineEvents(...all: UpstreamEvents[]): UpstreamEvents {
-  const keys = new Set(all.flatMap((e) => Object.keys(e) as (keyof UpstreamEvents)[]));
-  const out: Record<string, (...args: never[]) => void> = {};
-  for (const key of keys) {
-    const fns = all.map((e) => e[key]).filter((f): f is NonNullable<typeof f> => f !== undefined) as ((
-      ...args: unknown[]
-    ) => void)[];
-    out[key] = (...args: never[]) => {
-      for (const fn of fns) fn(...args);
-    };
-  }
-  return out as UpstreamEvents;
-}
-
-function quietLogs(): LogController {
-  return new LogController({ disableRequestLogging: true, requestIdLogLabel: "requestId" });
-}
-
-/** Errors Node's HTTP parser raises before Fastify sees a request: still the OpenAI shape. */
-function writeClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-  if (err.code === "ECONNRESET" || socket.destroyed) return;
-  // A pipelined bad request behind one whose answer is under way: writing a response now would
-  // land in the middle of that answer. Close the connection instead, as Node itself does.
-  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
-  if (inFlight?.headersSent) {
-    socket.destroy(err);
-    return;
-  }
-  let gw: GatewayError;
-  if (err.code === "HPE_HEADER_OVERFLOW") gw = errors.headersTooLarge();
-  else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") gw = errors.requestTimeout();
-  else gw = errors.invalidRequest("The request could not be parsed as HTTP.");
-  const body = JSON.stringify(gw.body());
-  socket.end(
-    `HTTP/1.1 ${gw.statusCode} ${STATUS_CODES[gw.statusCode] ?? "Bad Request"}\r\n` +
-      `Connection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
 }

@@ -1,4 +1,6 @@
-/** Fastify's own errors in the catalogue's terms, for the gateway and the admin listener alike. */
+/** Fastify's and Node's HTTP errors in the catalogue's terms, for the gateway and the admin listener alike. */
+import { STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
 import type { FastifyError, FastifyRequest } from "fastify";
 import { errors, GatewayError } from "./errors.js";
 
@@ -18,4 +20,25 @@ export function fromFastifyError(err: FastifyError | GatewayError, request: Fast
     return errors.invalidRequest(err.message);
   }
   return errors.internal();
+}
+
+/** Errors Node's HTTP parser raises before Fastify sees a request: still the OpenAI shape. */
+export function writeClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  // A pipelined bad request behind one whose answer is under way: writing a response now would
+  // land in the middle of that answer. Close the connection instead, as Node itself does.
+  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+  if (inFlight?.headersSent) {
+    socket.destroy(err);
+    return;
+  }
+  let gw: GatewayError;
+  if (err.code === "HPE_HEADER_OVERFLOW") gw = errors.headersTooLarge();
+  else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") gw = errors.requestTimeout();
+  else gw = errors.invalidRequest("The request could not be parsed as HTTP.");
+  const body = JSON.stringify(gw.body());
+  socket.end(
+    `HTTP/1.1 ${gw.statusCode} ${STATUS_CODES[gw.statusCode] ?? "Bad Request"}\r\n` +
+      `Connection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
 }

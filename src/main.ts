@@ -7,10 +7,11 @@
  */
 import { parseArgs } from "node:util";
 import pino from "pino";
-import { buildGateway, createLogger } from "./app.js";
+import { buildGateway } from "./app.js";
 import { ConfigError, formatDuration, type GatewayConfig, loadConfigFile } from "./config/index.js";
 import { runDemo } from "./demo.js";
 import { shutdownOnSignal } from "./lifecycle.js";
+import { createLogger } from "./logging.js";
 import { runSimCli } from "./sim/cli.js";
 
 const USAGE = `usage:

@@ -87,9 +87,11 @@ export class StreamTap {
   /** The bytes to pass on now: every event this chunk completed (the usage-only one may be dropped). */
   process(chunk: Buffer): Buffer {
     const n = chunk.length;
-    // What passes: `first` alone in the usual case, else the list.
-    let first: Buffer | undefined;
+    // What passes: a run of this chunk's bytes (runStart..runEnd, kept events back to back, the
+    // usual case: one view, no copy), after `out` when earlier parts come first.
     let out: Buffer[] | undefined;
+    let runStart = -1;
+    let runEnd = -1;
     let pos = 0;
     let eventStart = 0;
     this.usageAt = -2;
@@ -100,7 +102,10 @@ export class StreamTap {
         // The CR that ended the last chunk ended an event: this LF is that event's last byte.
         if (this.lfEndsEvent !== undefined) {
           eventStart = 1;
-          if (this.lfEndsEvent) first = chunk.subarray(0, 1);
+          if (this.lfEndsEvent) {
+            runStart = 0;
+            runEnd = 1;
+          }
         }
       }
       this.lfEndsEvent = undefined;
@@ -132,18 +137,17 @@ export class StreamTap {
         if (this.skipLF) this.lfEndsEvent = keep;
         if (keep) {
           if (this.held.length > 0) {
+            // It began in an earlier chunk (so no run is open yet): its first part goes first.
             out ??= [];
             for (const part of this.held) out.push(part);
-            this.held.length = 0;
           }
-          if (out === undefined && first === undefined) {
-            first = eventStart === 0 && next === n ? chunk : chunk.subarray(eventStart, next);
-          } else {
-            out ??= [];
-            if (first) out.push(first);
-            first = undefined;
-            out.push(chunk.subarray(eventStart, next));
-          }
+          if (runStart === -1) runStart = eventStart;
+          runEnd = next;
+        } else if (runStart !== -1) {
+          // Dropped: the run so far goes out, the next one starts after this event.
+          out ??= [];
+          out.push(chunk.subarray(runStart, runEnd));
+          runStart = -1;
         }
         this.held.length = 0;
         this.heldBytes = 0;
@@ -153,27 +157,25 @@ export class StreamTap {
       pos = next;
     }
     if (eventStart < n) {
-      const rest = eventStart === 0 ? chunk : chunk.subarray(eventStart);
       if (this.passing) {
-        out ??= [];
-        if (first) out.push(first);
-        first = undefined;
-        out.push(rest);
+        if (runStart === -1) runStart = eventStart;
+        runEnd = n;
       } else {
-        this.held.push(rest);
-        this.heldBytes += rest.length;
+        this.held.push(eventStart === 0 ? chunk : chunk.subarray(eventStart));
+        this.heldBytes += n - eventStart;
         if (this.heldBytes > this.maxEventSize) {
           out ??= [];
-          if (first) out.push(first);
-          first = undefined;
+          if (runStart !== -1) out.push(chunk.subarray(runStart, runEnd));
+          runStart = -1;
           for (const part of this.held) out.push(part);
           this.startPassing();
         }
       }
     }
-    // Usually one whole event or a run of them: a view of the chunk, no copy.
-    if (out === undefined) return first ?? EMPTY;
-    if (first) out.push(first);
+    const run =
+      runStart === -1 ? undefined : runStart === 0 && runEnd === n ? chunk : chunk.subarray(runStart, runEnd);
+    if (out === undefined) return run ?? EMPTY;
+    if (run) out.push(run);
     return out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
   }
 

@@ -5,7 +5,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Tenant } from "./auth/api-keys.js";
 import type { CachedAnswer } from "./cache/entry.js";
-import type { Flight } from "./cache/response-cache.js";
+import type { Flight, Hit } from "./cache/response-cache.js";
 import type { GatewayError } from "./errors.js";
 import type { Exchange } from "./proxy/exchange.js";
 import type { ForwardResult } from "./proxy/forwarder.js";
@@ -17,7 +17,7 @@ import type { UpstreamPool } from "./upstream/pool.js";
 export type Json = Record<string, unknown>;
 
 /** What a request path answers with: a backend's answer, or a cached one. */
-export type PathAnswer = ForwardResult | { kind: "cached"; answer: CachedAnswer };
+export type PathAnswer = ForwardResult | { kind: "cached"; hit: Hit };
 
 /** The parts of the HTTP request the stages read (no Fastify types). */
 export interface Incoming {
@@ -72,7 +72,7 @@ export interface RequestContext extends PathProgress {
   lease: Lease | undefined;
   flight: Extract<Flight, { role: "leader" }> | undefined;
   /** An expired entry still good enough when no backend can serve (staleIfError). */
-  staleForError: CachedAnswer | undefined;
+  staleForError: Hit | undefined;
   /** The body sent upstream, when a stage rewrote it (usage asked for on the client's behalf). */
   upstreamBody: Json | undefined;
   /** An event stream's tap options: strip the usage chunk, record for the cache. */

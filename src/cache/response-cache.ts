@@ -7,7 +7,9 @@
  *
  * The LRU holds entries encoded (the bytes the store holds too), so its bound is what it really
  * holds: a decoded answer is an object tree several times its JSON size, which a byte bound on
- * the JSON does not see. A hit decodes its entry (one JSON.parse of the entry).
+ * the JSON does not see. A hit for a streamed request decodes its entry; a hit for a
+ * non-streamed one is served from the answer's JSON body, rendered once at its first such hit
+ * and kept beside the entry (counted in the bound too), so the usual hit decodes nothing.
  *
  * Followers of an in-process flight wait at most `waitMs` (the pool's first-byte timeout: no
  * longer than the backend itself may take to start answering), then go upstream on their own.
@@ -22,6 +24,7 @@ import type { CacheConfig } from "../config/index.js";
 import type { Store } from "../store/types.js";
 import { type CachedAnswer, decodeEntry, encodeEntry } from "./entry.js";
 import { ByteLru, type EvictReason } from "./lru.js";
+import { streamToJson } from "./render.js";
 
 export type CacheStatus = "HIT" | "MISS" | "STALE" | "BYPASS";
 
@@ -32,9 +35,26 @@ export interface CacheEvents {
   storeError?(operation: string): void;
 }
 
+/** A cache hit: the JSON body a non-streamed client gets, or the entry itself. */
+export interface Hit {
+  freshUntil: number;
+  /** Rendered for a non-streamed request. */
+  body?: Buffer;
+  /** Decoded when the body alone does not serve (a streamed request, a follower's answer). */
+  answer?: CachedAnswer;
+}
+
 export interface Lookup {
-  fresh?: CachedAnswer;
-  stale?: CachedAnswer;
+  fresh?: Hit;
+  stale?: Hit;
+}
+
+/** What the memory tier holds per key: the encoded entry, its lifetimes, and the rendered body once asked for. */
+interface Stored {
+  blob: Buffer;
+  freshUntil: number;
+  staleUntil: number;
+  json?: Buffer;
 }
 
 export type Flight =
@@ -53,7 +73,7 @@ export function entryKey(scope: string, model: string, hash: string): string {
 }
 
 export class ResponseCache {
-  private readonly lru: ByteLru<Buffer>;
+  private readonly lru: ByteLru<Stored>;
   private readonly flights = new Map<string, FlightState>();
   private readonly owner = randomUUID();
   /** Bytes this replica wrote to the shared store, by key, until they expire (for metrics). */
@@ -65,7 +85,7 @@ export class ResponseCache {
     private readonly events: CacheEvents = {},
     private readonly now: () => number = Date.now,
   ) {
-    this.lru = new ByteLru<Buffer>(memoryBytes, (reason) => this.events.evicted?.(reason));
+    this.lru = new ByteLru<Stored>(memoryBytes, (reason) => this.events.evicted?.(reason));
   }
 
   /** Keys with a flight in progress in this replica. */
@@ -90,19 +110,41 @@ export class ResponseCache {
   }
 
   /** The entry, fresh or stale (within its stale window), from memory or the store. */
-  async lookup(key: string): Promise<Lookup> {
+  async lookup(key: string, wantJson: boolean): Promise<Lookup> {
     const now = this.now();
-    const blob = this.lru.get(key, now);
-    let entry = blob ? decodeEntry(blob) : undefined;
-    if (!entry && this.store.kind !== "memory") {
+    let stored = this.lru.get(key, now);
+    let entry: CachedAnswer | undefined;
+    if (!stored && this.store.kind !== "memory") {
       const found = await this.fetch(key);
-      if (found) this.lru.set(key, found.blob, found.blob.length, found.entry.staleUntil);
-      entry = found?.entry;
+      if (found) {
+        entry = found.entry;
+        stored = this.remember(key, found.blob, entry);
+      }
     }
-    if (!entry) return {};
-    if (now < entry.freshUntil) return { fresh: entry };
-    if (now < entry.staleUntil) return { stale: entry };
+    if (!stored) return {};
+    let hit: Hit;
+    if (wantJson && stored.json) {
+      hit = { freshUntil: stored.freshUntil, body: stored.json };
+    } else {
+      entry ??= decodeEntry(stored.blob);
+      if (!entry) return {};
+      hit = { freshUntil: stored.freshUntil, answer: entry };
+      if (wantJson) {
+        hit.body = Buffer.from(JSON.stringify(entry.json ?? streamToJson(entry)));
+        // Kept for the next non-streamed hit, and weighed with the entry.
+        stored.json = hit.body;
+        this.lru.set(key, stored, stored.blob.length + hit.body.length, stored.staleUntil);
+      }
+    }
+    if (now < stored.freshUntil) return { fresh: hit };
+    if (now < stored.staleUntil) return { stale: hit };
     return {};
+  }
+
+  private remember(key: string, blob: Buffer, entry: CachedAnswer): Stored {
+    const stored: Stored = { blob, freshUntil: entry.freshUntil, staleUntil: entry.staleUntil };
+    this.lru.set(key, stored, blob.length, entry.staleUntil);
+    return stored;
   }
 
   /**
@@ -208,7 +250,7 @@ export class ResponseCache {
   }
 
   private putMemory(key: string, answer: CachedAnswer, encoded: Buffer): void {
-    this.lru.set(key, encoded, encoded.length, answer.staleUntil);
+    this.remember(key, encoded, answer);
   }
 
   private async putStore(key: string, answer: CachedAnswer, bytes: Buffer): Promise<void> {
@@ -262,7 +304,7 @@ export class ResponseCache {
       await new Promise((r) => setTimeout(r, POLL_MS));
       const found = await this.fetch(key);
       if (found && this.now() < found.entry.freshUntil) {
-        this.lru.set(key, found.blob, found.blob.length, found.entry.staleUntil);
+        this.remember(key, found.blob, found.entry);
         return found.entry;
       }
     }

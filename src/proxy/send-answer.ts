@@ -14,16 +14,25 @@ export function sendAnswer(
 ): FastifyReply {
   if (state.headers) reply.headers(state.headers);
   if (answer.kind === "cached") {
-    const options = isJson(state.body?.stream_options) ? state.body.stream_options : {};
-    const out = render(
-      answer.answer,
-      state.stream,
-      options.include_usage === true,
-      state.target?.config.cache.replay === "paced",
-    );
-    reply.code(200).header("content-type", out.contentType);
-    if (state.stream) reply.header("cache-control", "no-cache");
-    reply.send(out.body);
+    const { hit } = answer;
+    reply.code(200);
+    if (!state.stream && hit.body) {
+      // The usual hit: the JSON body rendered once for the entry, sent as is.
+      reply.header("content-type", "application/json").send(hit.body);
+    } else if (hit.answer) {
+      const options = isJson(state.body?.stream_options) ? state.body.stream_options : {};
+      const out = render(
+        hit.answer,
+        state.stream,
+        options.include_usage === true,
+        state.target?.config.cache.replay === "paced",
+      );
+      reply.header("content-type", out.contentType);
+      if (state.stream) reply.header("cache-control", "no-cache");
+      reply.send(out.body);
+    } else {
+      throw new Error("a cache hit with neither a body nor an entry");
+    }
     guardSlowReader(reply.raw, sendTimeout);
     return reply;
   }

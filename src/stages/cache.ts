@@ -10,7 +10,7 @@
 import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
 import { answerFromJson, answerFromStream, cacheDirectives } from "../cache/respond.js";
-import { type CacheStatus, entryKey, type ResponseCache } from "../cache/response-cache.js";
+import { type CacheStatus, entryKey, type Hit, type ResponseCache } from "../cache/response-cache.js";
 import type { PathAnswer, RequestContext } from "../context.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { Exchange } from "../proxy/exchange.js";
@@ -49,7 +49,7 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
       const model = state.model ?? "";
       const key = entryKey(scope, model, cacheKey({ scope, pool: pool.name, model, route, body }));
       if (!directives.noCache) {
-        const found = await deps.cache.lookup(key);
+        const found = await deps.cache.lookup(key, !state.stream);
         if (found.fresh) return cached(state, deps.metrics, found.fresh, "HIT");
         if (found.stale) {
           const age = Date.now() - found.stale.freshUntil;
@@ -61,8 +61,14 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
         }
       }
       const flight = await deps.cache.join(key, config, pool.config.timeouts.firstByte);
-      if (flight.role === "follower" && flight.answer)
-        return cached(state, deps.metrics, flight.answer, "HIT");
+      if (flight.role === "follower" && flight.answer) {
+        return cached(
+          state,
+          deps.metrics,
+          { freshUntil: flight.answer.freshUntil, answer: flight.answer },
+          "HIT",
+        );
+      }
       if (flight.role === "leader") {
         state.flight = flight;
         tapStream(state, config.maxEntrySize);
@@ -141,12 +147,7 @@ export function markCache(state: RequestContext, metrics: Metrics, status: Cache
   metrics.observeCache(state.pool ?? "", status);
 }
 
-export function cached(
-  state: RequestContext,
-  metrics: Metrics,
-  answer: CachedAnswer,
-  status: CacheStatus,
-): PathAnswer {
+export function cached(state: RequestContext, metrics: Metrics, hit: Hit, status: CacheStatus): PathAnswer {
   markCache(state, metrics, status);
-  return { kind: "cached", answer };
+  return { kind: "cached", hit };
 }

@@ -74,12 +74,19 @@ describe("ResponseCache memory", () => {
     expect(heapGrown).toBeLessThan(bound / 4);
   });
 
-  it("a hit decodes the entry it stored, equal to what was put", async () => {
+  it("a hit decodes the entry it stored, equal to what was put; a non-streamed hit decodes nothing", async () => {
     const c = cache();
     const a = answer("hello");
     await c.put("cache:t:m:k", a, 1 << 20);
     expect(c.memoryBytes).toBe(encodeEntry(a).length);
-    expect((await c.lookup("cache:t:m:k")).fresh).toEqual(a);
+    expect((await c.lookup("cache:t:m:k", false)).fresh?.answer).toEqual(a);
+    // A non-streamed hit gets the JSON body, rendered once and then kept (and counted) beside it.
+    const first = (await c.lookup("cache:t:m:k", true)).fresh?.body;
+    expect(JSON.parse(first?.toString() ?? "")).toEqual(a.json);
+    expect(c.memoryBytes).toBe(encodeEntry(a).length + (first?.length ?? 0));
+    const again = await c.lookup("cache:t:m:k", true);
+    expect(again.fresh?.body).toBe(first);
+    expect(again.fresh?.answer).toBeUndefined(); // nothing decoded
   });
 });
 

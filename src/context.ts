@@ -4,7 +4,6 @@
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Tenant } from "./auth/api-keys.js";
-import type { CachedAnswer } from "./cache/entry.js";
 import type { Flight, Hit } from "./cache/response-cache.js";
 import type { GatewayError } from "./errors.js";
 import type { Exchange } from "./proxy/exchange.js";

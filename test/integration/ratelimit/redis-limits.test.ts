@@ -63,7 +63,8 @@ describe("one tenant, three gateways, one Redis", () => {
     expect(admitted + limited).toBe(run.outcomes.length); // nothing else: no 5xx
     const upper = BURST + RATE * ((run.lastDone - run.firstSent) / 1000) + 1;
     const lower = 0.99 * (BURST + RATE * ((run.lastSent - run.firstDone) / 1000));
-    expect(run.outcomes.length).toBeGreaterThan(5 * upper); // it was a surge
+    // It was a surge: at least twice what the limit admits (more on a quiet machine).
+    expect(run.outcomes.length).toBeGreaterThan(2 * upper);
     expect(admitted).toBeLessThanOrEqual(upper);
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(lower));
   });

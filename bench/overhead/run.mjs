@@ -16,6 +16,11 @@
  *                            two bucket scripts (EVALSHA) per request
  *   floodgate+cache-hit      the pool's response cache on, and `"temperature": 0` in the body:
  *                            after the first request every answer is a cache HIT
+ * With --baseline DIR (another floodgate checkout, built: DIR/dist/src/main.js), the same run
+ * also starts floodgate, floodgate+log and floodgate+memory-limits from DIR, as floodgate@base,
+ * floodgate+log@base and floodgate+memory-limits@base: same configs, flags and core, each taking
+ * its turn right after its counterpart. This machine's speed drifts between runs, so a build is
+ * only compared with another measured in the same rounds (the report's "Before and after").
  * Proxies run on core 0; the backend, redis-server and the load generators (wrk, loadgen.mjs)
  * on core 1.
  *
@@ -29,7 +34,7 @@
  *
  * usage: node bench/overhead/run.mjs [--quick] [--rounds N] [--backend trivial|sim] [--skip-nginx]
  *                                    [--skip-variants] [--skip-profile] [--report FILE]
- *                                    [--patience SECONDS]
+ *                                    [--patience SECONDS] [--baseline DIR]
  * (`npm run bench:overhead` builds first and runs this.)
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -76,6 +81,8 @@ const { values: args } = parseArgs({
     report: { type: "string", default: join(HERE, "REPORT.md") },
     /** Seconds the whole run may spend waiting for other processes to calm down and redoing. */
     patience: { type: "string", default: "40" },
+    /** Another floodgate checkout, built, to measure beside this one (the @base targets). */
+    baseline: { type: "string" },
   },
 });
 
@@ -484,9 +491,21 @@ function medianRound(list, key) {
   const headline = (r) => (key === "saturation" ? r.rps : r.latencyMs?.p50);
   const sorted = [...list].sort((a, b) => headline(a) - headline(b));
   const mid = sorted[Math.floor((sorted.length - 1) / 2)];
+  // A saturation round keeps its requests and every process's CPU time too: the report's
+  // before-and-after takes ratios to the floor within each round, not between medians.
   const out = {
     ...mid,
-    rounds: list.map((r) => (key === "saturation" ? { rps: r.rps } : { ...r.latencyMs })),
+    rounds: list.map((r) =>
+      key === "saturation"
+        ? {
+            rps: r.rps,
+            requests: r.requests,
+            cpuSeconds: Object.fromEntries(
+              Object.entries(r.cpu.processes).map(([n, c]) => [n, c.cpuSeconds]),
+            ),
+          }
+        : { ...r.latencyMs },
+    ),
   };
   for (const field of ["latencyMs", "serviceMs"]) {
     if (!list.every((r) => r[field])) continue;
@@ -1072,11 +1091,24 @@ const WRK = findBinary(["wrk", "/usr/bin/wrk"]);
 const NGINX = args["skip-nginx"] ? undefined : findBinary(["/usr/sbin/nginx", "nginx"]);
 const REDIS = args["skip-variants"] ? undefined : findBinary(["redis-server", "/usr/bin/redis-server"]);
 const ALL_PHASES = ["saturation", "latency", "ttft"];
+/** What a target started from the --baseline build is called: its counterpart's name + this. */
+const BASE_SUFFIX = "@base";
+const BASELINE = args.baseline ? baselineBuild(resolve(args.baseline)) : undefined;
+
+/** The --baseline checkout: its entry point and, when it is a git checkout, its commit. */
+function baselineBuild(dir) {
+  const git = (a) => spawnSync("git", ["-C", dir, ...a], { encoding: "utf8" }).stdout?.trim() ?? "";
+  const commit = git(["rev-parse", "HEAD"]) || null;
+  const dirty = commit !== null && git(["status", "--porcelain", "--", "src"]) !== "";
+  return { dir, main: join(dir, "dist/src/main.js"), commit, dirty };
+}
 
 async function main() {
   if (!existsSync(MAIN)) throw new Error(`${relative(ROOT, MAIN)} is missing: run \`npm run build\` first`);
   if (!WRK) throw new Error("wrk is not installed (Debian: apt-get install wrk)");
   if (!["trivial", "sim"].includes(args.backend)) throw new Error("--backend must be trivial or sim");
+  if (BASELINE && !existsSync(BASELINE.main))
+    throw new Error(`--baseline: ${BASELINE.main} is missing: build that checkout first`);
   tmp = mkdtempSync(join(os.tmpdir(), "floodgate-bench-"));
   const startedAt = new Date();
   const log = (msg) =>
@@ -1176,25 +1208,36 @@ async function main() {
     targets.push({ name, label, url, proc, phases: ALL_PHASES });
   }
 
+  // The builds a floodgate target starts from: this checkout's, and the baseline's when given.
+  // A baseline target follows its counterpart in the list, so in every round the two run one
+  // right after the other.
+  const builds = [
+    { suffix: "", main: MAIN, label: "" },
+    ...(BASELINE ? [{ suffix: BASE_SUFFIX, main: BASELINE.main, label: ", baseline build" }] : []),
+  ];
   for (const [name, port, accessLog] of [
     ["floodgate", ports.floodgate, false],
     ["floodgate+log", ports.floodgateLog, true],
   ]) {
-    const config = join(tmp, `${name}.yaml`);
-    writeFileSync(config, gatewayYaml(port, ports.backend, accessLog));
-    // Access log lines go to /dev/null; the quiet variant's stdout is kept to count error lines.
-    const proc = startServer(name, 0, process.execPath, [...NODE_FLAGS, MAIN, "--config", config], {
-      stdout: accessLog ? "/dev/null" : undefined,
-    });
-    const url = `http://127.0.0.1:${port}`;
-    await waitReady(proc, `${url}/healthz`);
-    targets.push({
-      name,
-      label: accessLog ? "floodgate, access log on (info)" : "floodgate, access log off (warn)",
-      url,
-      proc,
-      phases: ALL_PHASES,
-    });
+    for (const build of builds) {
+      const own = name + build.suffix;
+      const listen = build.suffix ? await freePort() : port;
+      const config = join(tmp, `${own}.yaml`);
+      writeFileSync(config, gatewayYaml(listen, ports.backend, accessLog));
+      // Access log lines go to /dev/null; the quiet variant's stdout is kept to count error lines.
+      const proc = startServer(own, 0, process.execPath, [...NODE_FLAGS, build.main, "--config", config], {
+        stdout: accessLog ? "/dev/null" : undefined,
+      });
+      const url = `http://127.0.0.1:${listen}`;
+      await waitReady(proc, `${url}/healthz`);
+      targets.push({
+        name: own,
+        label: `${accessLog ? "floodgate, access log on (info)" : "floodgate, access log off (warn)"}${build.label}`,
+        url,
+        proc,
+        phases: ALL_PHASES,
+      });
+    }
   }
 
   // The variants: limits on the memory store, limits on Redis, cache hits. Latency and
@@ -1217,6 +1260,8 @@ async function main() {
         variant: { limits: true },
         request: LIMITS_REQUEST,
         phases: ["saturation", "latency"],
+        // The one variant measured from the baseline build too: the request path's limits.
+        withBaseline: true,
       },
       redis && {
         name: "floodgate+redis-limits",
@@ -1238,21 +1283,24 @@ async function main() {
       },
     ].filter(Boolean);
     for (const v of variants) {
-      const port = await freePort();
-      const adminPort = await freePort();
-      const yaml = gatewayYaml(port, ports.backend, false, { ...v.variant, adminPort });
-      const config = join(tmp, `${v.name}.yaml`);
-      writeFileSync(config, yaml);
-      const proc = startServer(v.name, 0, process.execPath, [...NODE_FLAGS, MAIN, "--config", config]);
-      const url = `http://127.0.0.1:${port}`;
-      await waitReady(proc, `${url}/healthz`);
-      const adminUrl = `http://127.0.0.1:${adminPort}`;
-      // Read around each measurement: Redis's or the backend's counters, and floodgate's own.
-      const counters = async () => ({
-        ...(v.own ? await v.own() : {}),
-        ...decisionCounts(await variantMetrics(adminUrl)),
-      });
-      targets.push({ ...v, url, proc, adminUrl, yaml, counters });
+      for (const build of builds.filter((b) => !b.suffix || v.withBaseline)) {
+        const name = v.name + build.suffix;
+        const port = await freePort();
+        const adminPort = await freePort();
+        const yaml = gatewayYaml(port, ports.backend, false, { ...v.variant, adminPort });
+        const config = join(tmp, `${name}.yaml`);
+        writeFileSync(config, yaml);
+        const proc = startServer(name, 0, process.execPath, [...NODE_FLAGS, build.main, "--config", config]);
+        const url = `http://127.0.0.1:${port}`;
+        await waitReady(proc, `${url}/healthz`);
+        const adminUrl = `http://127.0.0.1:${adminPort}`;
+        // Read around each measurement: Redis's or the backend's counters, and floodgate's own.
+        const counters = async () => ({
+          ...(v.own ? await v.own() : {}),
+          ...decisionCounts(await variantMetrics(adminUrl)),
+        });
+        targets.push({ ...v, name, label: v.label + build.label, url, proc, adminUrl, yaml, counters });
+      }
     }
   }
   if (newestMtime(join(ROOT, "src")) > statSync(MAIN).mtimeMs) {
@@ -1260,6 +1308,13 @@ async function main() {
       "dist/ is older than src/: this run measures the last build, not the source (npm run bench:overhead builds first).";
     log(`WARNING ${stale}`);
     warnings.push(stale);
+  }
+  if (BASELINE && existsSync(join(BASELINE.dir, "src"))) {
+    if (newestMtime(join(BASELINE.dir, "src")) > statSync(BASELINE.main).mtimeMs) {
+      const stale = `${BASELINE.dir}/dist is older than its src/: the @base targets run that checkout's last build.`;
+      log(`WARNING ${stale}`);
+      warnings.push(stale);
+    }
   }
   const checks = {};
   for (const t of targets) {
@@ -1301,6 +1356,7 @@ async function main() {
       wrk: spawnSync(WRK, ["-v"], { encoding: "utf8" }).stdout.split("\n")[0].trim(),
       backend: args.backend,
       git: gitDescription(),
+      baseline: BASELINE ? { dir: BASELINE.dir, commit: BASELINE.commit, dirty: BASELINE.dirty } : null,
       warnings,
       pinning: PIN ? "proxies on cpu0; backend, wrk and loadgen on cpu1 (taskset)" : "none",
       plan: { ...PLAN, connections: CONNECTIONS, maxAttempts: MAX_ATTEMPTS },
@@ -1356,6 +1412,10 @@ async function main() {
     for (let round = 1; round <= PLAN.rounds; round++) {
       for (const t of taking) {
         log(`${phase.key} ${t.name} (round ${round}/${PLAN.rounds}): ${phase.what}`);
+        // An exited server drops out of `children`, and with it its log from the error report:
+        // say which one ended, how (code or signal) and what it logged, not just "fetch failed".
+        if (t.proc?.exited)
+          throw new Error(`${t.name} exited (${t.proc.exitCode}) during the run:\n${tail(t.proc.logPath)}`);
         await phase.before?.(t);
         const { result, cpu } = await measure(measured(t), phase.work(t), log);
         rounds.get(t.name).push({ ...result, cpu });

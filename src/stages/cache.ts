@@ -91,10 +91,10 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
   function refresh(state: RequestContext, pool: UpstreamPool, route: OpenAIRoute, key: string): void {
     const incoming = state.incoming;
     if (!incoming || !state.body) return;
-    const body = Buffer.from(JSON.stringify({ ...state.body, stream: false, stream_options: undefined }));
-    const model = state.model ?? "";
     if (refreshing.has(key)) return;
     refreshing.add(key);
+    const body = Buffer.from(JSON.stringify({ ...state.body, stream: false, stream_options: undefined }));
+    const model = state.model ?? "";
     void (async () => {
       const exchange = new Exchange(pool.config.timeouts.total);
       const result = await forward(

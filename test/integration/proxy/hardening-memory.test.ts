@@ -14,6 +14,7 @@ import { postStream } from "../../helpers/sse.js";
 import {
   chunkEvent,
   completion,
+  drainOrClose,
   jsonResponse,
   startUpstream,
   type TestUpstream,
@@ -47,19 +48,6 @@ async function gateway(yaml: string): Promise<RunningGateway> {
   const gw = await startGateway(yaml);
   cleanups.unshift(() => gw.close());
   return gw;
-}
-
-/** Resolves when the socket can take more, or when it closed (then `drain` never comes). */
-function drainOrClose(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      res.off("drain", done);
-      res.off("close", done);
-      resolve();
-    };
-    res.on("drain", done);
-    res.on("close", done);
-  });
 }
 
 /** What one backend response wrote, and whether it got to the end. */

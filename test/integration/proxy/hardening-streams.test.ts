@@ -13,6 +13,7 @@ import { poolYaml, type RunningGateway, startGateway } from "../../helpers/gatew
 import {
   chunkEvent,
   completion,
+  drainOrClose,
   type Received,
   sleep,
   startUpstream,
@@ -98,17 +99,7 @@ async function postRaw(
 /** Writes `data` in `size`-byte writes, waiting for 'drain' whenever write() says so. */
 async function writeInPieces(res: ServerResponse, data: Buffer, size: number): Promise<void> {
   for (let at = 0; at < data.length && !res.destroyed; at += size) {
-    if (!res.write(data.subarray(at, at + size))) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          res.off("drain", done);
-          res.off("close", done);
-          resolve();
-        };
-        res.on("drain", done);
-        res.on("close", done);
-      });
-    }
+    if (!res.write(data.subarray(at, at + size))) await drainOrClose(res);
   }
 }
 

@@ -77,6 +77,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
   const upstreams = new Upstreams(config, {
     events: combineEvents(metrics.upstreamEvents(), upstreamLogEvents(logger)),
+    admission: metrics.admissionEvents(),
     resolver: options.resolver,
   });
   metrics.watch(upstreams);
@@ -272,6 +273,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         status,
         error: ctx.error?.code,
         durationMs: Math.round(seconds * 1e4) / 10,
+        queueMs: ctx.queuedMs > 0 ? Math.round(ctx.queuedMs * 10) / 10 : undefined,
         firstByteMs: exchange?.firstByteAt
           ? Math.round((exchange.firstByteAt - ctx.startedAt) * 10) / 10
           : undefined,
@@ -322,6 +324,15 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     },
     async close() {
       closing = true;
+      // Requests still waiting for a slot near the end of the grace are told to come back
+      // (shutting_down, with retry headers) rather than dropped when the process exits.
+      const grace = config.server.shutdownGrace;
+      const refuseQueued = setTimeout(
+        () => {
+          for (const pool of upstreams.pools.values()) pool.admission.shutdown();
+        },
+        Math.max(0, grace - Math.min(1000, grace / 10)),
+      );
       // server.close() drops the connections idle at that moment only; a keep-alive connection
       // whose request finishes later would hold shutdown until keepAliveTimeout.
       const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
@@ -329,6 +340,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         await Promise.all([app.close(), admin?.close()]);
       } finally {
         clearInterval(sweep);
+        clearTimeout(refuseQueued);
       }
       await upstreams.close();
       await guard.close();

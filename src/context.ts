@@ -47,6 +47,10 @@ export interface RequestContext extends PathProgress {
   fallback: string | undefined;
   /** The exchange of the pool being tried. */
   exchange: Exchange | undefined;
+  /** Milliseconds spent waiting for a backend slot (admission queues). */
+  queuedMs: number;
+  /** Runs once the first backend slot is held (the concurrency lease is taken at dispatch). */
+  dispatch: (() => Promise<void>) | undefined;
   /** The error sent to the client (or ending its stream), for the log and the way back. */
   error: GatewayError | undefined;
 
@@ -90,6 +94,8 @@ export function newContext(): RequestContext {
     fallback: undefined,
     cache: undefined,
     exchange: undefined,
+    queuedMs: 0,
+    dispatch: undefined,
     error: undefined,
     path: undefined,
     entered: 0,

@@ -155,6 +155,40 @@ export const errors = {
       `No backend of pool '${pool}' can take the request now; retry later.`,
       retryAfterMs,
     ),
+  /** Admission control refused the request for load (src/admission): come back after retryAfterMs. */
+  queueRefused: (
+    why: "queue_full" | "deadline_unmeetable" | "evicted" | "timed_out",
+    pool: string,
+    band: string,
+    retryAfterMs: number,
+    waitMs = 0,
+  ) => {
+    const s = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
+    const [code, message]: readonly [string, string] = (
+      {
+        queue_full: ["queue_full", `The ${band} queue of pool '${pool}' is full`],
+        deadline_unmeetable: [
+          "queue_deadline_unmeetable",
+          `Pool '${pool}' is busy: the expected wait for a slot (${s(waitMs)}) is past this request's deadline`,
+        ],
+        evicted: [
+          "queue_evicted",
+          `The request gave its place in pool '${pool}''s queue to one of higher priority`,
+        ],
+        timed_out: [
+          "queue_timeout",
+          `No slot of pool '${pool}' freed up within this request's deadline (${s(waitMs)} waited)`,
+        ],
+      } as const
+    )[why];
+    return new GatewayError(
+      503,
+      "server_error",
+      code,
+      `${message}; retry after ${Math.ceil(retryAfterMs)} ms.`,
+      retryAfterMs,
+    );
+  },
   shuttingDown: () =>
     new GatewayError(
       503,

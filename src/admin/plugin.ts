@@ -41,6 +41,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
           balancer: pool.config.balancer,
           panic: pool.balancer.panic(pool.backends, now),
           retries: { inFlight: pool.budget.retries, limit: pool.budget.limit },
+          admission: pool.admission.status(),
           backends: pool.backends.map((b) => {
             const signal = pool.lastSignal(b);
             return {

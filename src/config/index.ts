@@ -1,6 +1,7 @@
 export { ConfigError, type ConfigIssue, formatIssues, formatPath } from "./issues.js";
 export { loadConfigFile, parseConfig } from "./load.js";
 export type {
+  AdmissionConfig,
   BackendConfig,
   CacheConfig,
   CircuitBreakerConfig,
@@ -9,6 +10,7 @@ export type {
   HealthCheckConfig,
   OutlierDetectionConfig,
   PoolConfig,
+  Priority,
   RateLimitConfig,
   RateSpecConfig,
   RetryConfig,

@@ -46,6 +46,7 @@ export function parseConfig(
   }
   const issues: ConfigIssue[] = [];
   const raw = interpolateEnv(doc.toJS() ?? {}, extracted.refs, env, issues);
+  const explicitWaits = explicitMaxWaits(raw);
   if (!validate(raw)) {
     // A missing variable already explains why its value fails the schema: say it once.
     const envPaths = new Set(issues.map((i) => i.path.join("\u0000")));
@@ -54,12 +55,43 @@ export function parseConfig(
   if (issues.length === 0) {
     // Ajv has just validated `raw` against this very schema: decoding only applies the transforms.
     const decoded = TransformDecode(ConfigSchema, [], raw) as GatewayConfig;
+    fitDefaultWaits(decoded, explicitWaits);
     issues.push(...checkSemantics(decoded));
     if (issues.length === 0) return decoded;
   }
   for (const issue of issues) locate(issue, doc.contents, lineCounter);
   issues.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   throw new ConfigError(source, issues);
+}
+
+/** The admission bands whose maxWait the file sets, as "pool/band" (before defaults fill the rest). */
+function explicitMaxWaits(raw: unknown): Set<string> {
+  const out = new Set<string>();
+  const pools = (raw as { pools?: unknown } | null)?.pools;
+  if (pools === null || typeof pools !== "object") return out;
+  for (const [name, pool] of Object.entries(pools)) {
+    const bands = (pool as { admission?: { bands?: unknown } } | null)?.admission?.bands;
+    if (bands === null || typeof bands !== "object") continue;
+    for (const [band, settings] of Object.entries(bands)) {
+      if ((settings as { maxWait?: unknown } | null)?.maxWait !== undefined) out.add(`${name}/${band}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * A band's default maxWait that does not fit below its pool's total timeout (a pool configured
+ * with a short one) becomes half of it: a waiting request keeps half its time to be served. A
+ * maxWait the file sets is left as written, for the semantic check to judge.
+ */
+function fitDefaultWaits(config: GatewayConfig, explicit: Set<string>): void {
+  for (const [name, pool] of Object.entries(config.pools)) {
+    const total = pool.timeouts.total;
+    for (const [band, settings] of Object.entries(pool.admission.bands)) {
+      if (!explicit.has(`${name}/${band}`) && settings.maxWait >= total)
+        settings.maxWait = Math.floor(total / 2);
+    }
+  }
 }
 
 function pointerToPath(pointer: string): (string | number)[] {

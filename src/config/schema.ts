@@ -204,6 +204,12 @@ const TenantLimits = Type.Object(
 const Tenant = Type.Object(
   {
     priority: OneOf(Priorities, "interactive"),
+    weight: Type.Number({
+      minimum: 0.01,
+      maximum: 1000,
+      default: 1,
+      description: "share of its band's slots against other tenants while both wait (fair queuing)",
+    }),
     fallback: Type.Boolean({ default: true, description: "may be served by a fallback pool" }),
     limits: TenantLimits,
   },
@@ -265,6 +271,10 @@ const Backend = Type.Object(
       description: "added to every request to this backend",
     }),
     discovery: OneOf(["none", "dns", "srv"], "none"),
+    enginePriority: Type.Boolean({
+      default: false,
+      description: "engine vllm: send the band as vLLM's `priority` (needs --scheduling-policy priority)",
+    }),
   },
   { additionalProperties: false },
 );
@@ -405,6 +415,51 @@ const Cache = Section(
   "response cache",
 );
 
+function Band(maxWait: string, maxQueue: number, description: string) {
+  return Section(
+    {
+      maxWait: Duration(maxWait, "longest wait for a slot; a request that cannot get one by then is refused"),
+      maxQueue: Type.Integer({
+        minimum: 0,
+        default: maxQueue,
+        description: "requests of this band waiting at most",
+      }),
+    },
+    description,
+  );
+}
+
+const Admission = Section(
+  {
+    enabled: Type.Boolean({
+      default: true,
+      description: "queue for a slot instead of a 503 when backends are full",
+    }),
+    maxQueue: Type.Integer({
+      minimum: 0,
+      default: 10000,
+      description: "requests waiting in the pool, all bands; when full, a higher band evicts the lowest",
+    }),
+    bands: Section(
+      {
+        interactive: Band("1500ms", 1000, "chat and other people waiting for a first token"),
+        batch: Band("30s", 5000, "work a program waits for"),
+        background: Band("5m", 10000, "work nobody waits for"),
+      },
+      "per priority band",
+    ),
+    reserve: Type.Number({
+      minimum: 0,
+      maximum: 100,
+      default: 0,
+      description: "% of the pool's slots only the interactive band may take",
+    }),
+    defaultPriority: OneOf(Priorities, "interactive"),
+    overflow: OneOf(["refuse", "fallback"], "refuse"),
+  },
+  "admission control: a queue for the pool's slots",
+);
+
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
@@ -430,6 +485,7 @@ const Pool = Type.Object(
     response: Response,
     dnsRefresh: Duration("10s", "how often discovered backends are re-resolved"),
     cache: Cache,
+    admission: Admission,
   },
   { additionalProperties: false },
 );
@@ -491,6 +547,8 @@ export type SlowStartConfig = PoolConfig["slowStart"];
 export type RetryConfig = PoolConfig["retry"];
 export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
 export type CacheConfig = PoolConfig["cache"];
+export type AdmissionConfig = PoolConfig["admission"];
+export type Priority = (typeof Priorities)[number];
 export type RateSpecConfig = StaticDecode<typeof RateSpec>;
 export type RateLimitConfig = GatewayConfig["rateLimits"][number];
 export type StoreErrorPolicyConfig = RateLimitConfig["onStoreError"];

@@ -2,6 +2,7 @@
 import { createHash } from "node:crypto";
 import type { ConfigIssue } from "./issues.js";
 import type { GatewayConfig } from "./schema.js";
+import { formatDuration } from "./units.js";
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 
@@ -58,7 +59,23 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
         issues.push({ path, message: `two backends named "${name}"`, hint: "give each a distinct name:" });
       }
       names.add(name);
+      if (backend.enginePriority && backend.engine !== "vllm") {
+        issues.push({
+          path: [...path, "enginePriority"],
+          message: `only vLLM takes a request priority; this backend's engine is ${backend.engine}`,
+          hint: "set engine: vllm (started with --scheduling-policy priority), or remove enginePriority",
+        });
+      }
     });
+    for (const [band, settings] of Object.entries(pool.admission.bands)) {
+      if (settings.maxWait >= pool.timeouts.total) {
+        issues.push({
+          path: ["pools", poolName, "admission", "bands", band, "maxWait"],
+          message: `${formatDuration(settings.maxWait)} is not below the pool's total timeout (${formatDuration(pool.timeouts.total)})`,
+          hint: "a request that waits that long has no time left to be served: lower maxWait or raise timeouts.total",
+        });
+      }
+    }
     pool.fallback.forEach((entry, i) => {
       const target = typeof entry === "string" ? entry : entry.pool;
       const path = ["pools", poolName, "fallback", i];

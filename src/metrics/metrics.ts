@@ -6,7 +6,9 @@
  */
 
 import type { Logger } from "pino";
-import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { AdmissionEvents } from "../admission/admission.js";
+import { BAND_NAMES } from "../admission/queue.js";
 import type { CacheEvents, CacheStatus, ResponseCache } from "../cache/response-cache.js";
 import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
@@ -16,6 +18,8 @@ import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
 import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries, SeriesIndex } from "./fast.js";
 
+/** Queue waits: from a few ms (interactive) to minutes (background). */
+const WAIT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 1.5, 2, 5, 10, 30, 60, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 export interface RequestLabels {
@@ -63,6 +67,8 @@ export class Metrics {
   private readonly cacheResults: Children<Counter.Internal>;
   private readonly cacheEvictions: Children<Counter.Internal>;
   private readonly cacheWaiters: Counter;
+  private readonly admissionDecisions: Children<Counter.Internal>;
+  private readonly admissionWaits: Children<Histogram.Internal<string>>;
   private readonly cacheLockTimeouts: Counter;
   private cache: ResponseCache | undefined;
   private upstreams: Upstreams | undefined;
@@ -71,6 +77,7 @@ export class Metrics {
     const registers = [this.registry];
     if (options.processMetrics ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: "floodgate_" });
+    const metrics = this;
     const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
       new Counter({ name, help, labelNames, registers });
     this.requests = new FastCounter({
@@ -191,7 +198,6 @@ export class Metrics {
       "Waits on another replica's cache lock that ran out; the request went upstream itself.",
       [],
     );
-    const metrics = this;
     new Gauge({
       name: "floodgate_cache_bytes",
       help: "Bytes of cached answers: in this process (memory), and written to the store by it and unexpired (store).",
@@ -203,7 +209,51 @@ export class Metrics {
       },
     });
 
+    const admissionDecisions = counter(
+      "floodgate_admission_decisions_total",
+      "Admission decisions by pool, band and outcome: immediate, after_wait, queue_full, deadline_unmeetable, evicted, timed_out, cancelled, no_backend, shutting_down.",
+      ["pool", "band", "outcome"],
+    );
+    this.admissionDecisions = new Children((v) => admissionDecisions.labels(...v));
+    const waits = new Histogram({
+      name: "floodgate_admission_wait_seconds",
+      help: "Time requests waited in a pool's admission queue, however they left it.",
+      labelNames: ["pool", "band"],
+      buckets: WAIT_BUCKETS,
+      registers,
+    });
+    this.admissionWaits = new Children((v) => waits.labels(...v));
+    new Gauge({
+      name: "floodgate_admission_queue_depth",
+      help: "Requests waiting for a slot, by pool and band.",
+      labelNames: ["pool", "band"],
+      registers,
+      collect() {
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          BAND_NAMES.forEach((band, i) => {
+            this.set({ pool: pool.name, band }, pool.admission.queue.size(i));
+          });
+        }
+      },
+    });
+    new Gauge({
+      name: "floodgate_admission_drain_rate",
+      help: "Slots a pool frees per second with every slot busy (measured per busy slot × slots).",
+      labelNames: ["pool"],
+      registers,
+      collect() {
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          this.set({ pool: pool.name }, pool.admission.drainPerSecond());
+        }
+      },
+    });
+
     const perBackend = this.backendGauge.bind(this);
+    perBackend(
+      "floodgate_backend_slots",
+      "Slots (requests at once) of each backend: maxConcurrency, at most maxConnections.",
+      (b) => b.maxConcurrency,
+    );
     perBackend("floodgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", (b) =>
       b.breaker.state === "closed" ? 0 : b.breaker.state === "half_open" ? 1 : 2,
     );
@@ -274,6 +324,14 @@ export class Metrics {
       ejected: (pool, backend, reason) => this.ejections.get(pool, backend, reason).inc(),
       breakerChanged: (pool, backend, state) => this.breakerTransitions.get(pool, backend, state).inc(),
       breakerRejected: (pool) => this.breakerRejections.get(pool).inc(),
+    };
+  }
+
+  /** What admission control decides, as it decides. */
+  admissionEvents(): AdmissionEvents {
+    return {
+      decided: (pool, band, outcome) => this.admissionDecisions.get(pool, band, outcome).inc(),
+      waited: (pool, band, seconds) => this.admissionWaits.get(pool, band).observe(seconds),
     };
   }
 

@@ -6,12 +6,16 @@
  * Aborting ends the current upstream call directly (no AbortController or signal listeners:
  * an event that rarely fires should cost nothing on every request).
  */
+import { type AdmissionRequest, Ticket } from "../admission/admission.js";
 import type { Backend } from "../upstream/backend.js";
 import type { UpstreamPool } from "../upstream/pool.js";
 import type { RetryBudget } from "../upstream/retry-budget.js";
 import type { UpstreamCall } from "./upstream-call.js";
 
 export type AbortReason = "client" | "total";
+
+/** The admission request of every attempt, but for the retry flag and the backends to avoid. */
+export type Admit = Omit<AdmissionRequest<Backend>, "retry" | "exclude">;
 
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
@@ -24,6 +28,10 @@ export class Exchange {
   private readonly deadline: number;
   /** The upstream call in progress, ended by abort(). */
   private call: UpstreamCall | undefined;
+  /** The admission ticket while the request waits for a slot. */
+  private ticket: Ticket<Backend> | undefined;
+  /** Time spent waiting in admission queues. */
+  queuedMs = 0;
   /** Ends a pause() early. */
   private wake: (() => void) | undefined;
   abortReason: AbortReason | undefined;
@@ -34,9 +42,17 @@ export class Exchange {
   bytesOut = 0;
   attempts = 0;
 
-  constructor(totalTimeoutMs: number) {
+  constructor(
+    totalTimeoutMs: number,
+    /** Who waits, in which band, until when, if no slot is free (src/admission). */
+    private readonly admit: Admit,
+  ) {
     this.deadline = performance.now() + totalTimeoutMs;
     this.timer = setTimeout(() => this.abort("total"), totalTimeoutMs);
+  }
+
+  get band(): number {
+    return this.admit.band;
   }
 
   /** The call of the current attempt; if the exchange was aborted already, it ends at once. */
@@ -70,18 +86,41 @@ export class Exchange {
     if (this.abortReason !== undefined || this.settled) return;
     this.abortReason = reason;
     this.call?.abort(abortError(reason));
+    this.ticket?.cancel(abortError(reason));
     this.wake?.();
   }
 
-  /** Takes a slot in the pool for the next attempt; undefined when no backend has one free. */
-  acquire(pool: UpstreamPool, exclude?: ReadonlySet<Backend>): Backend | undefined {
+  /**
+   * A slot in the pool for the next attempt: at once when one is free, else after waiting in the
+   * pool's admission queue (a promise, only then). Throws (or rejects with) the refusal. A retry
+   * keeps the request's deadline and waits at the front of its band.
+   */
+  acquire(pool: UpstreamPool, exclude?: ReadonlySet<Backend>): Backend | Promise<Backend> {
     this.release();
-    const backend = pool.acquire(exclude);
-    if (!backend) return undefined;
+    const got = pool.acquire({ ...this.admit, retry: this.attempts > 0, exclude });
+    if (!(got instanceof Ticket)) {
+      this.hold(pool, got);
+      return got;
+    }
+    const since = performance.now();
+    this.ticket = got;
+    got.onGrant = (backend) => {
+      this.ticket = undefined;
+      this.queuedMs += performance.now() - since;
+      this.hold(pool, backend);
+    };
+    if (this.abortReason !== undefined) got.cancel(abortError(this.abortReason));
+    return got.promise.catch((err: unknown) => {
+      this.ticket = undefined;
+      this.queuedMs += performance.now() - since;
+      throw err;
+    });
+  }
+
+  private hold(pool: UpstreamPool, backend: Backend): void {
     this.slot = { pool, backend };
     this.backendName = backend.name;
     this.attempts++;
-    return backend;
   }
 
   /** The current attempt is over: its backend slot goes back to the pool. */

@@ -4,6 +4,9 @@
  * may keep (or a stream that started) ends the walk; so do the client leaving and the total
  * timeout (a fallback would double the client's wait).
  */
+
+import { LOAD_REFUSALS } from "../admission/admission.js";
+import { admitFor } from "../admission/admit.js";
 import type { RequestContext } from "../context.js";
 import { GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -33,7 +36,7 @@ export interface FallbackTarget {
 }
 
 /** What one try at a pool sends. */
-export type Outbound = Pick<ForwardInput, "path" | "body" | "bodyLength" | "streamAny" | "tap">;
+export type Outbound = Pick<ForwardInput, "path" | "body" | "bodyLength" | "streamAny" | "tap" | "json">;
 
 /** A pool's fallback chain with each target's model: the configured one, else its first. */
 export function fallbackChain(upstreams: Upstreams, pool: UpstreamPool): FallbackTarget[] {
@@ -62,9 +65,11 @@ export async function serve(
     try {
       result = await forwardTo(deps, state, targetPool, build(target));
     } catch (err) {
-      if (i < chain.length && cannotServe(err, state)) continue;
+      noteQueued(state);
+      if (i < chain.length && cannotServe(err, state) && mayOverflow(err, targetPool)) continue;
       throw err;
     }
+    noteQueued(state);
     if (i < chain.length && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) continue;
     if (target) {
       setHeaders(state, { "x-floodgate-fallback": targetPool.name });
@@ -83,7 +88,7 @@ function forwardTo(
 ): Promise<ForwardResult> {
   const incoming = state.incoming;
   if (!incoming) throw new Error("a request path without its request");
-  const exchange = new Exchange(pool.config.timeouts.total);
+  const exchange = new Exchange(pool.config.timeouts.total, admitFor(state, pool));
   state.exchange = exchange;
   return forward(
     {
@@ -102,14 +107,35 @@ function forwardTo(
       onStreamEnd: (failure) => {
         state.error = failure;
       },
+      onDispatch: state.dispatch,
+      json: out.json,
+      band: exchange.band,
     },
     exchange,
     deps.hooks,
   );
 }
 
+/** A request that waited for a slot says how long, to the client and the log. */
+function noteQueued(state: RequestContext): void {
+  const ms = state.exchange?.queuedMs ?? 0;
+  if (ms <= 0) return;
+  state.queuedMs += ms;
+  setHeaders(state, { "x-floodgate-queue-ms": String(Math.round(state.queuedMs)) });
+}
+
+/** A refusal for load walks down the chain only where the pool says so (`admission.overflow`). */
+function mayOverflow(err: unknown, pool: UpstreamPool): boolean {
+  return (
+    !(err instanceof GatewayError && LOAD_REFUSALS.has(err.code)) ||
+    pool.config.admission.overflow === "fallback"
+  );
+}
+
 /** The pool could not serve, so the next pool (or a stale answer) may: see the top. */
 export function cannotServe(err: unknown, state: RequestContext): boolean {
   if (!(err instanceof GatewayError) || state.exchange?.abortReason !== undefined) return false;
+  // A limit of the client's own (its tenant's concurrency, taken at dispatch) is not the pool's.
+  if (err.type === "rate_limit_exceeded") return false;
   return RETRY_STATUSES.has(err.statusCode) && err.code !== "upstream_total_timeout";
 }

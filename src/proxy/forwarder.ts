@@ -65,6 +65,15 @@ export interface ForwardInput {
   tap?: { strip: boolean; recordLimit?: number };
   /** How long a client may read nothing before it is cut off. */
   sendTimeout: number;
+  /**
+   * Runs once the first slot is held, before the first attempt (the tenant's concurrency lease
+   * is taken at dispatch, not while the request waits); a throw gives the slot back.
+   */
+  onDispatch?: () => Promise<void>;
+  /** The JSON body, for a backend that takes the band as the engine's priority field. */
+  json?: Record<string, unknown>;
+  /** The request's band (0 = interactive), sent as vLLM's `priority` where a backend opts in. */
+  band?: number;
   /** A relayed stream ended; `failure` is set when it ended with an error event. */
   onStreamEnd?(failure: GatewayError | undefined): void;
 }
@@ -151,8 +160,16 @@ async function tryBackends(
   exchange.joinBudget(pool.budget);
 
   for (let retry = 0; ; retry++) {
-    const backend = exchange.acquire(pool, tried);
-    if (!backend) throw errors.noBackendAvailable(pool.name, pool.retryAfterMs());
+    const slot = exchange.acquire(pool, tried);
+    const backend = slot instanceof Promise ? await waited(slot, exchange) : slot;
+    if (retry === 0 && input.onDispatch) {
+      try {
+        await input.onDispatch();
+      } catch (err) {
+        exchange.release();
+        throw err;
+      }
+    }
     const outcome = await attempt(input, backend, exchange, hooks);
     if (!("reason" in outcome)) return outcome;
 
@@ -188,6 +205,17 @@ async function tryBackends(
   }
 }
 
+/** The slot a queued request waited for; a wait the client or the total timeout ended says so. */
+async function waited(slot: Promise<Backend>, exchange: Exchange): Promise<Backend> {
+  try {
+    return await slot;
+  } catch (err) {
+    if (exchange.abortReason === "total") throw errors.upstreamTimeout("total");
+    if (exchange.abortReason === "client") throw errors.upstreamUnavailable().causedBy(err);
+    throw err;
+  }
+}
+
 /** One try on one backend: a result to send, or a failure another backend might not have. */
 async function attempt(
   input: ForwardInput,
@@ -196,12 +224,13 @@ async function attempt(
   hooks: ForwardHooks,
 ): Promise<ForwardResult | RetryableFailure> {
   const { pool } = input;
+  const requestBody = engineBody(input, backend) ?? input.body;
   const headers = upstreamRequestHeaders(input.headers, {
     requestId: input.requestId,
     clientIp: input.clientIp,
     stripAuthorization: input.stripAuthorization,
     extra: backend.extraHeaders,
-    contentLength: Buffer.isBuffer(input.body) ? input.body.length : input.bodyLength,
+    contentLength: Buffer.isBuffer(requestBody) ? requestBody.length : input.bodyLength,
     identity: !input.streamAny,
   });
   const sentAt = performance.now();
@@ -211,7 +240,7 @@ async function attempt(
     path: backend.basePath + input.path,
     method: input.method as Dispatcher.HttpMethod,
     headers,
-    body: input.body,
+    body: requestBody,
   };
   try {
     // The breaker sees connect and first byte only: the call resolves at the response headers.
@@ -341,6 +370,22 @@ async function attempt(
     pool.record(backend, kind);
     return { reason: kind, gone: GONE_ERRORS.has(errorCode(err)), answer: { error } };
   }
+}
+
+/**
+ * vLLM serves a lower `priority` first when started with `--scheduling-policy priority`, and
+ * refuses the field otherwise. A backend that opts in (`enginePriority`) gets the request's band
+ * there; for any other vLLM backend a client's own `priority` is dropped, so that no tenant can
+ * promote itself inside the engine. Undefined: the body goes as it is.
+ */
+function engineBody(input: ForwardInput, backend: Backend): Buffer | undefined {
+  const json = input.json;
+  if (backend.engine !== "vllm" || json === undefined) return undefined;
+  if (backend.config.enginePriority)
+    return Buffer.from(JSON.stringify({ ...json, priority: input.band ?? 0 }));
+  if (!("priority" in json)) return undefined;
+  const { priority: _dropped, ...rest } = json;
+  return Buffer.from(JSON.stringify(rest));
 }
 
 function errorCode(err: unknown): string {

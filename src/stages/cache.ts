@@ -7,6 +7,8 @@
  * on the way back (a complete 200 only; anything else lands the flight empty, and the next
  * follower leads).
  */
+
+import { BAND_NAMES } from "../admission/queue.js";
 import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
 import { answerFromJson, answerFromStream, cacheDirectives } from "../cache/respond.js";
@@ -28,6 +30,8 @@ export interface CacheStageDeps {
   stripAuthorization: boolean;
   sendTimeout: number;
 }
+
+const BACKGROUND = BAND_NAMES.indexOf("background");
 
 export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnswer> {
   /** Keys being refreshed in the background: one refresh per key at a time. */
@@ -96,7 +100,14 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
     const body = Buffer.from(JSON.stringify({ ...state.body, stream: false, stream_options: undefined }));
     const model = state.model ?? "";
     void (async () => {
-      const exchange = new Exchange(pool.config.timeouts.total);
+      // Nobody waits for a refresh: it takes a slot only when no one else wants it.
+      const exchange = new Exchange(pool.config.timeouts.total, {
+        band: BACKGROUND,
+        tenant: state.tenant?.id ?? "",
+        weight: 1,
+        deadline: performance.now() + pool.config.admission.bands.background.maxWait,
+        patient: false,
+      });
       const result = await forward(
         {
           pool,

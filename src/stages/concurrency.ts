@@ -1,4 +1,7 @@
-/** Concurrency: a lease on one of the tenant's slots across replicas, held until the way back. */
+/**
+ * Concurrency: a lease on one of the tenant's slots across replicas, taken at dispatch (once a
+ * backend slot is held) and held until the way back.
+ */
 import type { PathAnswer, RequestContext } from "../context.js";
 import type { ConcurrencyLimits } from "../ratelimit/concurrency.js";
 import type { Stage } from "./stage.js";
@@ -6,10 +9,14 @@ import type { Stage } from "./stage.js";
 export function concurrencyStage(concurrency: ConcurrencyLimits): Stage<RequestContext, PathAnswer> {
   return {
     name: "concurrency",
-    async enter(state) {
+    enter(state) {
       const tenant = state.tenant;
       if (!tenant || !concurrency.has(tenant)) return undefined;
-      state.lease = await concurrency.acquire(tenant);
+      // Taken when a backend slot is held, not before the request waits for one: a request in
+      // the admission queue holds none of its tenant's concurrency.
+      state.dispatch = async () => {
+        if (!state.lease) state.lease = await concurrency.acquire(tenant);
+      };
       return undefined;
     },
     leave(state) {

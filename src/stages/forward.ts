@@ -4,7 +4,7 @@
  * kept an expired entry for that case (staleIfError), the entry answers instead. On the way
  * back the exchange is settled, whatever is left of it (its backend slot, its timer).
  */
-import type { Json, PathAnswer, RequestContext } from "../context.js";
+import type { PathAnswer, RequestContext } from "../context.js";
 import { cannotServe, type Forwarding, fallbackChain, serve } from "../proxy/fallback.js";
 import { RETRY_STATUSES } from "../proxy/forwarder.js";
 import { cached } from "./cache.js";
@@ -24,12 +24,17 @@ export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer
       const tap = state.tap;
       const stale = state.staleForError;
       try {
-        const result = await serve(deps, state, pool, chain, (target) => ({
-          path,
-          body: target ? withModel(body, target.model) : (rewritten ?? incoming.rawBody ?? null),
-          streamAny: false,
-          tap,
-        }));
+        const result = await serve(deps, state, pool, chain, (target) => {
+          // A fallback pool is asked for its model: the same request, re-encoded.
+          const json = target ? { ...body, model: target.model } : body;
+          return {
+            path,
+            body: target ? Buffer.from(JSON.stringify(json)) : (rewritten ?? incoming.rawBody ?? null),
+            json,
+            streamAny: false,
+            tap,
+          };
+        });
         if (stale && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) {
           return cached(state, deps.metrics, stale, "STALE");
         }
@@ -43,11 +48,6 @@ export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer
       state.exchange?.settle();
     },
   };
-}
-
-/** The request body for a fallback pool: the same request, asking for its model. */
-function withModel(body: Json, model: string): Buffer {
-  return Buffer.from(JSON.stringify({ ...body, model }));
 }
 
 export function queryOf(url: string): string {

@@ -63,6 +63,15 @@ export class Balancer {
     return live > 0 && healthy * 100 < this.settings.panicThreshold * live;
   }
 
+  /**
+   * Some backend would be picked if it had a free slot: not drained, and healthy (or the pool is
+   * in panic). When false, waiting for a slot is pointless.
+   */
+  servable(backends: readonly BalancerBackend[], now: number): boolean {
+    if (this.panic(backends, now)) return true;
+    return backends.some((b) => !b.drained && isHealthy(b, now));
+  }
+
   pick<T extends BalancerBackend>(backends: readonly T[], options: PickOptions): T | undefined {
     const { now, exclude } = options;
     let usable = backends.filter((b) => canTake(b) && !exclude?.has(b));

@@ -3,9 +3,16 @@
  * decides which of them gets the next request: balancer, active health checks, outlier
  * detection, engine load signals, retry budget, DNS discovery.
  */
+import {
+  Admission,
+  type AdmissionEvents,
+  type AdmissionRequest,
+  type Ticket,
+} from "../admission/admission.js";
 import type { BackendConfig, GatewayConfig, PoolConfig } from "../config/index.js";
+import { GatewayError } from "../errors.js";
 import { Backend, type BackendOptions } from "./backend.js";
-import { Balancer } from "./balancer.js";
+import { Balancer, isHealthy } from "./balancer.js";
 import type { BreakerState } from "./breaker.js";
 import {
   createResolver,
@@ -40,6 +47,7 @@ export interface UpstreamOptions {
   random?: () => number;
   /** DNS resolver for discovery; default: node's, with config.dns.servers. */
   resolver?: DnsResolverLike;
+  admission?: AdmissionEvents;
 }
 
 /** Fallback Retry-After when nothing says when a backend frees up. */
@@ -56,6 +64,8 @@ export class UpstreamPool {
   private readonly discovered = new Map<string, Backend>();
   private readonly events: UpstreamEvents;
   readonly now: () => number;
+  readonly admission: Admission<Backend>;
+  private slotsInUse = 0;
   private started = false;
 
   constructor(
@@ -65,6 +75,13 @@ export class UpstreamPool {
   ) {
     this.events = options.events ?? {};
     this.now = options.now ?? (() => performance.now());
+    this.admission = new Admission<Backend>(
+      this,
+      config.admission,
+      this.now,
+      options.admission,
+      options.random,
+    );
     this.balancer = new Balancer(
       {
         kind: config.balancer,
@@ -82,9 +99,10 @@ export class UpstreamPool {
     );
     this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
     if (config.healthCheck.enabled) {
-      this.health = new HealthChecker(config.healthCheck, config.models, this.now, (b, healthy) =>
-        this.events.healthChanged?.(name, b.name, healthy),
-      );
+      this.health = new HealthChecker(config.healthCheck, config.models, this.now, (b, healthy) => {
+        this.events.healthChanged?.(name, b.name, healthy);
+        this.admission.poolChanged();
+      });
     }
     for (const b of config.backends) if (b.discovery === "none") this.add(this.makeBackend(b, b.url));
   }
@@ -103,25 +121,67 @@ export class UpstreamPool {
   }
 
   /**
-   * Takes a slot on the backend the balancer picks (not one in `exclude`), or undefined when no
-   * eligible backend has a free slot. Every slot taken is given back once with release(): the
-   * pair is the one place a backend's in-flight count changes, and a release is the moment a
-   * waiting request could take the slot.
+   * A slot on the backend the balancer picks (not one in `exclude`, while another can serve), at
+   * once when one is free and nothing waits ahead; else a Ticket that waits in the admission
+   * queue; else a refusal thrown (src/admission/admission.ts). Every slot handed out is given
+   * back once with release(): the pair is the one place a backend's in-flight count changes,
+   * and a release is the moment a waiting request takes the slot.
    */
-  acquire(exclude?: ReadonlySet<Backend>): Backend | undefined {
+  acquire(request: AdmissionRequest<Backend>): Backend | Ticket<Backend> {
+    try {
+      return this.admission.acquire(request);
+    } catch (err) {
+      const now = this.now();
+      if (isNoBackend(err) && this.backends.some((x) => !x.admits(now)))
+        this.events.breakerRejected?.(this.name);
+      throw err;
+    }
+  }
+
+  /** Gives back a slot from acquire(). */
+  release(b: Backend): void {
+    this.untake(b);
+    this.admission.released();
+  }
+
+  /** Slots in use on this pool's backends. */
+  inUse(): number {
+    return this.slotsInUse;
+  }
+
+  /** The slots of the backends that can serve now (not drained; healthy, or the pool in panic). */
+  capacity(): number {
     const now = this.now();
-    const b = this.balancer.pick(this.backends, { now, exclude });
+    const panic = this.balancer.panic(this.backends, now);
+    let n = 0;
+    for (const b of this.backends) {
+      if (!b.drained && (panic || isHealthy(b, now))) n += b.maxConcurrency;
+    }
+    return n;
+  }
+
+  servable(): boolean {
+    return this.balancer.servable(this.backends, this.now());
+  }
+
+  take(exclude?: ReadonlySet<Backend>): Backend | undefined {
+    const b = this.balancer.pick(this.backends, { now: this.now(), exclude });
     if (b) {
       b.inFlight++;
+      this.slotsInUse++;
       this.events.selected?.(this.name, b.name);
-    } else if (this.backends.some((x) => !x.admits(now))) this.events.breakerRejected?.(this.name);
+    }
     return b;
   }
 
-  /** Gives back a slot taken with acquire(). */
-  release(b: Backend): void {
+  untake(b: Backend): void {
     b.inFlight--;
+    this.slotsInUse--;
     if (b.drained && b.inFlight === 0) b.onIdle?.();
+  }
+
+  unavailableRetryAfterMs(): number {
+    return this.retryAfterMs();
   }
 
   record(b: Backend, outcome: AttemptOutcome | "http_4xx"): void {
@@ -174,6 +234,7 @@ export class UpstreamPool {
     if (!b) return false;
     b.drained = drained;
     if (!drained) b.rampFrom = this.now();
+    this.admission.poolChanged();
     return true;
   }
 
@@ -184,6 +245,7 @@ export class UpstreamPool {
     this.unwatch(b);
     b.onIdle = () => this.remove(b);
     if (b.inFlight === 0) this.remove(b);
+    this.admission.poolChanged();
   }
 
   async close(): Promise<void> {
@@ -200,6 +262,7 @@ export class UpstreamPool {
         // Readmitted by a successful probe: it ramps back in from now.
         if (state === "closed") b.rampFrom = this.now();
         this.events.breakerChanged?.(this.name, b.name, state);
+        this.admission.poolChanged();
       },
     });
   }
@@ -207,6 +270,7 @@ export class UpstreamPool {
   private add(b: Backend): void {
     this.backends.push(b);
     if (this.started) void this.watch(b);
+    this.admission.poolChanged();
   }
 
   private remove(b: Backend): void {
@@ -293,6 +357,10 @@ export class UpstreamPool {
       this.events.discoveryError?.(this.name, `first resolution of ${hostname} failed`, err);
     }
   }
+}
+
+function isNoBackend(err: unknown): boolean {
+  return err instanceof GatewayError && err.code === "no_backend_available";
 }
 
 function targetUrl(base: URL, t: DnsTarget): string {

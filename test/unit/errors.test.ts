@@ -21,6 +21,9 @@ function everyError(): GatewayError[] {
     } else if (name === "upstreamTimeout") {
       for (const phase of ["connect", "first_byte", "idle", "total"] as const)
         out.push(errors.upstreamTimeout(phase));
+    } else if (name === "queueRefused") {
+      for (const why of ["queue_full", "deadline_unmeetable", "evicted", "timed_out"] as const)
+        out.push(errors.queueRefused(why, "p", "interactive", 1000, 2000));
     } else {
       out.push((make as (...args: unknown[]) => GatewayError)("x", "y", 1000));
     }

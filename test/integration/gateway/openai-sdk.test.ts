@@ -16,7 +16,11 @@ afterEach(async () => {
   gateways = [];
 });
 
-async function setup(maxConcurrency?: number, simOptions: Parameters<typeof startSim>[0] = {}) {
+async function setup(
+  maxConcurrency?: number,
+  simOptions: Parameters<typeof startSim>[0] = {},
+  poolExtra = "",
+) {
   const sim = await startSim({
     models: ["sim-model"],
     decodeStepMs: 2,
@@ -27,7 +31,7 @@ async function setup(maxConcurrency?: number, simOptions: Parameters<typeof star
   sims.push(sim);
   const cap = maxConcurrency === undefined ? "" : `, maxConcurrency: ${maxConcurrency}`;
   const gw = await startGateway(
-    `pools: { sims: { models: [sim-model], backends: [{ url: "${sim.url}"${cap} }] } }`,
+    `pools: { sims: { models: [sim-model], backends: [{ url: "${sim.url}"${cap} }]${poolExtra} } }`,
   );
   gateways.push(gw);
   const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "unused", maxRetries: 0 });
@@ -102,10 +106,16 @@ describe("the openai npm client through floodgate", () => {
   });
 
   it("its retries wait as long as our retry-after-ms says on a 503 from the gateway", async () => {
-    // One slot; a long generation holds it, so the SDK's first attempt gets 503 no_backend_available
-    // (retry-after-ms 1000). The slot frees after ~600 ms; the SDK's own default first backoff is
-    // 0.375–0.5 s, so a retry at ≥ 1 s shows it followed our header.
-    const { gw, client } = await setup(1, { decodeStepMs: 20 });
+    // One slot and no room to wait (interactive maxQueue 0); a long generation holds the slot, so
+    // the SDK's first attempt gets 503 queue_full with retry-after-ms from the drain estimate
+    // (the prior: one slot-second, 1000-1200 ms with jitter). The slot frees after ~600 ms; the
+    // SDK's own default first backoff is 0.375-0.5 s, so a retry at >= 1 s shows it followed our
+    // header.
+    const { gw, client } = await setup(
+      1,
+      { decodeStepMs: 20 },
+      ", admission: { bands: { interactive: { maxQueue: 0 } } }",
+    );
     const holder = client.chat.completions.create({
       model: "sim-model",
       messages: [{ role: "user", content: "x" }],
@@ -122,7 +132,7 @@ describe("the openai npm client through floodgate", () => {
     const waited = performance.now() - started;
     expect(res.choices[0]?.finish_reason).toBe("length");
     expect(waited).toBeGreaterThanOrEqual(990);
-    expect(waited).toBeLessThan(2500);
+    expect(waited).toBeLessThan(4000);
     await holder;
     // Exactly one refused attempt, then success: the retry came from the SDK, paced by us.
     const metrics = await gw.gateway.metrics.registry.getSingleMetricAsString("floodgate_requests_total");

@@ -411,7 +411,8 @@ describe("issue 16 item 2: recording a cacheable stream is bounded", () => {
 });
 
 describe("issue 16 item 11: past a backend's maxConnections", () => {
-  it("a third request gets a fast 503 no_backend_available while two streams hold both connections", async () => {
+  /** A backend whose streams hold their connection until released. */
+  async function holdingBackend() {
     let release: () => void = () => {};
     const released = new Promise<void>((resolve) => {
       release = resolve;
@@ -426,17 +427,13 @@ describe("issue 16 item 11: past a backend's maxConnections", () => {
       await released;
       res.end(`${chunkEvent(1, "released")}data: [DONE]\n\n`);
     });
-    const gw = await gateway(`pools:
-  main:
-    models: [test-model]
-    backends:
-      - { url: "${upstream.url}", maxConnections: 2 }
-`);
+    return { upstream, release: () => release() };
+  }
 
-    const order: string[] = [];
+  function holdTwo(url: string, order: string[]) {
     let firstEvents = 0;
     const held = [0, 1].map((i) =>
-      postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }), {
+      postStream(`${url}/v1/chat/completions`, chat({ stream: true }), {
         onEvent: (e) => {
           if (e.data.includes("held")) firstEvents++;
         },
@@ -445,7 +442,57 @@ describe("issue 16 item 11: past a backend's maxConnections", () => {
         return r;
       }),
     );
-    await waitFor(() => firstEvents === 2, "both held streams started");
+    return { held, started: () => firstEvents === 2 };
+  }
+
+  it("a third request waits for a connection in the admission queue, unseen by the backend, and is served when one frees", async () => {
+    const { upstream, release } = await holdingBackend();
+    const gw = await gateway(`pools:
+  main:
+    models: [test-model]
+    backends:
+      - { url: "${upstream.url}", maxConnections: 2 }
+    admission: { bands: { interactive: { maxWait: 60s } } }
+`);
+    const order: string[] = [];
+    const { held, started } = holdTwo(gw.url, order);
+    await waitFor(started, "both held streams started");
+
+    const third = post(`${gw.url}/v1/chat/completions`, chat()).then((r) => {
+      order.push("third answered");
+      return r;
+    });
+    const pool = gw.gateway.upstreams.pools.get("main");
+    await waitFor(() => pool?.admission.queue.total === 1, "the third request queued");
+    expect(upstream.received).toHaveLength(2); // the third has not reached the backend
+
+    release();
+    const streams = await Promise.all(held);
+    const answer = await third;
+    expect(answer.status).toBe(200);
+    expect(answer.json()).toMatchObject({ choices: [{ message: { content: "hi" } }] });
+    expect(Number(answer.headers["x-floodgate-queue-ms"])).toBeGreaterThanOrEqual(0);
+    expect(order.indexOf("third answered")).toBeGreaterThan(0);
+    for (const s of streams) {
+      expect(s.status).toBe(200);
+      expect(s.events.map((e) => e.data).at(-1)).toBe("[DONE]");
+    }
+    expect(upstream.received).toHaveLength(3);
+    expect(pool?.backends[0]?.inFlight).toBe(0);
+  });
+
+  it("with admission off, a third request gets a fast 503 no_backend_available while two streams hold both connections", async () => {
+    const { upstream, release } = await holdingBackend();
+    const gw = await gateway(`pools:
+  main:
+    models: [test-model]
+    backends:
+      - { url: "${upstream.url}", maxConnections: 2 }
+    admission: { enabled: false }
+`);
+    const order: string[] = [];
+    const { held, started } = holdTwo(gw.url, order);
+    await waitFor(started, "both held streams started");
 
     const third = await post(`${gw.url}/v1/chat/completions`, chat());
     order.push("third answered");

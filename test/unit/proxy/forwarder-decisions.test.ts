@@ -31,7 +31,7 @@ describe("retryAfterMs", () => {
 describe("cannotServe (the fallback walk goes on)", () => {
   const state = (abort?: "client" | "total") => {
     const s = newContext();
-    const ex = new Exchange(60_000);
+    const ex = new Exchange(60_000, { band: 0, tenant: "", weight: 1, deadline: 0, patient: false });
     if (abort) ex.abort(abort);
     s.exchange = ex;
     return s;

@@ -1,0 +1,379 @@
+/**
+ * Admission control for one pool: a request that finds no free slot waits for one instead of
+ * being refused, in the order of queue.ts, and is refused at once (not after waiting out its
+ * deadline) when the wait it faces cannot fit its deadline.
+ *
+ *   acquire ─▶ nothing waits ahead and a backend has a free slot ─▶ that slot, synchronously
+ *           └▶ the pool cannot serve at all (no healthy backend) ─▶ no_backend_available (the
+ *              caller falls back); else the band is full ─▶ queue_full; the estimated wait is
+ *              past the deadline ─▶ queue_deadline_unmeetable; the pool's queue is full ─▶ the
+ *              newest request of the lowest band below is evicted (queue_evicted), or
+ *              queue_full when there is none; else a Ticket that waits
+ *   release ─▶ the freed slot goes to the head of the queue (the wake-up is the release itself)
+ *
+ * The wait estimate is (requests ahead + 1) ÷ drain rate, with requests ahead from the queue's
+ * order and the drain rate measured (drain-rate.ts). Refusals say when to come back: the
+ * estimated time until the work now waiting at or above the band has drained, with up to 20%
+ * jitter so that refused clients do not return in one wave, capped at a minute (or the band's
+ * maxWait, if longer).
+ *
+ * A lower band takes a slot only when no higher band waits, and never one of the slots the
+ * `reserve` keeps for the interactive band.
+ */
+import type { AdmissionConfig } from "../config/index.js";
+import { errors, type GatewayError } from "../errors.js";
+import { DrainRate } from "./drain-rate.js";
+import { AdmissionQueue, BAND_NAMES, type BandName, type QueueEntry } from "./queue.js";
+
+/** What admission needs of a pool. */
+export interface SlotSource<B> {
+  readonly name: string;
+  /** A slot on the backend the balancer picks, or undefined when none has one free. */
+  take(exclude?: ReadonlySet<B>): B | undefined;
+  /** Gives back a slot take() gave, unused (no completion). */
+  untake(b: B): void;
+  /** Some backend could serve if it had a free slot (healthy, not drained). */
+  servable(): boolean;
+  /** Slots in use, and the slots of the backends that can serve. */
+  inUse(): number;
+  capacity(): number;
+  /** When to come back if nothing can serve (breakers, Retry-After of backends). */
+  unavailableRetryAfterMs(): number;
+}
+
+export interface AdmissionRequest<B> {
+  band: number;
+  tenant: string;
+  weight: number;
+  /** Monotonic ms by which a slot must be handed over. */
+  deadline: number;
+  /** A retry after a backend's 429/503: front of its band, same deadline. */
+  retry: boolean;
+  /** Work a job runs: never refused on the estimate, only by its deadline or a full queue. */
+  patient: boolean;
+  exclude?: ReadonlySet<B>;
+}
+
+export type AdmissionOutcome =
+  | "immediate"
+  | "after_wait"
+  | "queue_full"
+  | "deadline_unmeetable"
+  | "evicted"
+  | "timed_out"
+  | "cancelled"
+  | "no_backend"
+  | "shutting_down";
+
+export interface AdmissionEvents {
+  decided?(pool: string, band: BandName, outcome: AdmissionOutcome): void;
+  /** A request left the queue (any way) after waiting this long. */
+  waited?(pool: string, band: BandName, seconds: number): void;
+}
+
+/** The error codes of load refusals (a pool may send them down its fallback chain). */
+export const LOAD_REFUSALS: ReadonlySet<string> = new Set([
+  "queue_full",
+  "queue_deadline_unmeetable",
+  "queue_evicted",
+  "queue_timeout",
+]);
+
+const RETRY_AFTER_CAP_MS = 60_000;
+const RETRY_AFTER_MIN_MS = 10;
+
+/** A request waiting for a slot. */
+export class Ticket<B> implements QueueEntry {
+  readonly band: number;
+  readonly tenant: string;
+  readonly weight: number;
+  readonly deadline: number;
+  readonly retry: boolean;
+  readonly exclude: ReadonlySet<B> | undefined;
+  seq = 0;
+  waiting = false;
+  timer: NodeJS.Timeout | undefined;
+  readonly promise: Promise<B>;
+  /** Called with the slot as it is handed over, before the promise resolves. */
+  onGrant: ((b: B) => void) | undefined;
+  private resolve!: (b: B) => void;
+  private reject!: (err: Error) => void;
+
+  constructor(
+    request: AdmissionRequest<B>,
+    readonly enqueuedAt: number,
+    private readonly admission: Admission<B>,
+  ) {
+    this.band = request.band;
+    this.tenant = request.tenant;
+    this.weight = request.weight;
+    this.deadline = request.deadline;
+    this.retry = request.retry;
+    this.exclude = request.exclude;
+    this.promise = new Promise<B>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  /** The client left or the exchange timed out: out of the queue now, rejected with err. */
+  cancel(err: Error): void {
+    this.admission.cancel(this, err);
+  }
+
+  grant(b: B): void {
+    clearTimeout(this.timer);
+    this.onGrant?.(b);
+    this.resolve(b);
+  }
+
+  fail(err: Error): void {
+    clearTimeout(this.timer);
+    this.reject(err);
+  }
+}
+
+export class Admission<B> {
+  readonly queue = new AdmissionQueue<Ticket<B>>();
+  readonly drain: DrainRate;
+  private pumping = false;
+
+  constructor(
+    private readonly source: SlotSource<B>,
+    readonly config: AdmissionConfig,
+    private readonly now: () => number,
+    private readonly events: AdmissionEvents = {},
+    private readonly random: () => number = Math.random,
+  ) {
+    this.drain = new DrainRate(now());
+  }
+
+  get enabled(): boolean {
+    return this.config.enabled;
+  }
+
+  /** A slot now, a Ticket to wait on, or a refusal thrown (GatewayError). */
+  acquire(request: AdmissionRequest<B>): B | Ticket<B> {
+    const band = request.band;
+    if (this.queue.ahead(band, request.tenant, request.weight, true) === 0 && this.mayTake(band)) {
+      const b = this.take(request.exclude);
+      if (b !== undefined) {
+        this.decided(band, "immediate");
+        return b;
+      }
+    }
+    if (!this.source.servable()) {
+      this.decided(band, "no_backend");
+      throw errors.noBackendAvailable(this.source.name, this.source.unavailableRetryAfterMs());
+    }
+    if (!this.config.enabled) {
+      // No queue: the fast 503 of a full pool, which its fallback chain may take.
+      this.decided(band, "no_backend");
+      throw errors.noBackendAvailable(this.source.name, this.retryAfterMs(band));
+    }
+    const now = this.now();
+    const settings = this.settings(band);
+    if (this.queue.size(band) >= settings.maxQueue) return this.refuse(band, "queue_full");
+    if (now >= request.deadline) return this.refuse(band, "timed_out", 0);
+    if (!request.patient && this.drain.measured) {
+      const wait = this.estimateMs(this.queue.ahead(band, request.tenant, request.weight, request.retry));
+      if (now + wait > request.deadline) return this.refuse(band, "deadline_unmeetable", wait);
+    }
+    if (this.queue.total >= this.config.maxQueue) {
+      const victim = this.queue.newestBelow(band);
+      if (!victim) return this.refuse(band, "queue_full");
+      this.queue.remove(victim);
+      this.left(victim, "evicted");
+      victim.fail(
+        errors.queueRefused(
+          "evicted",
+          this.source.name,
+          BAND_NAMES[victim.band] ?? "background",
+          this.retryAfterMs(victim.band),
+        ),
+      );
+    }
+    const ticket = new Ticket(request, now, this);
+    this.queue.push(ticket);
+    ticket.timer = setTimeout(() => this.expire(ticket), request.deadline - now);
+    return ticket;
+  }
+
+  /** A slot was given back: the drain rate counts it, and the queue's head may take it. */
+  released(): void {
+    this.drain.note(this.now(), this.source.inUse() + 1, true);
+    if (this.queue.total > 0) this.pump();
+  }
+
+  /** A backend's health, breaker or membership changed: serve the queue, or send it elsewhere. */
+  poolChanged(): void {
+    if (this.queue.total === 0) return;
+    if (!this.source.servable()) {
+      const retryAfter = this.source.unavailableRetryAfterMs();
+      this.refuseAll("no_backend", () => errors.noBackendAvailable(this.source.name, retryAfter));
+    } else {
+      this.pump();
+    }
+  }
+
+  /** Shutdown: every waiting request is told to come back (never dropped). */
+  shutdown(): void {
+    this.refuseAll("shutting_down", () => errors.shuttingDown());
+  }
+
+  cancel(ticket: Ticket<B>, err: Error): void {
+    if (!ticket.waiting) return;
+    this.queue.remove(ticket);
+    this.left(ticket, "cancelled");
+    ticket.fail(err);
+  }
+
+  /** When a client refused in this band should come back (ms). */
+  retryAfterMs(band: number): number {
+    const ms = this.estimateMs(this.queue.sizeAtOrAbove(band));
+    const cap = Math.max(RETRY_AFTER_CAP_MS, this.settings(band).maxWait);
+    const jittered = ms * (1 + 0.2 * this.random());
+    return Math.round(Math.min(cap, Math.max(RETRY_AFTER_MIN_MS, jittered)));
+  }
+
+  /** Expected ms until `ahead` waiting requests and then one more have been handed slots. */
+  estimateMs(ahead: number): number {
+    const perSecond = this.drainPerSecond();
+    if (perSecond <= 0) return Number.POSITIVE_INFINITY;
+    return ((ahead + 1) / perSecond) * 1000;
+  }
+
+  /** Slots freed per second with every slot busy: per busy slot × the slots that can serve. */
+  drainPerSecond(): number {
+    return this.drain.perSlotPerSecond * this.source.capacity();
+  }
+
+  status(): AdmissionStatus {
+    const waiting = {} as Record<BandName, number>;
+    const estimatedWaitMs = {} as Record<BandName, number | null>;
+    BAND_NAMES.forEach((name, band) => {
+      waiting[name] = this.queue.size(band);
+      const ms = this.estimateMs(this.queue.sizeAtOrAbove(band));
+      estimatedWaitMs[name] = Number.isFinite(ms) ? Math.round(ms) : null;
+    });
+    return {
+      enabled: this.config.enabled,
+      waiting,
+      estimatedWaitMs,
+      slotsInUse: this.source.inUse(),
+      slotCapacity: this.source.capacity(),
+      drainPerSecond: Math.round(this.drainPerSecond() * 100) / 100,
+      drainMeasured: this.drain.measured,
+    };
+  }
+
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.queue.total > 0) {
+        const inUse = this.source.inUse();
+        const b = this.take(undefined);
+        if (b === undefined) return;
+        const ticket = this.queue.pop((band) => this.mayTakeWith(band, inUse));
+        if (!ticket) {
+          this.untake(b);
+          return;
+        }
+        let slot = b;
+        if (ticket.exclude?.has(b)) {
+          // A retry would rather not go back where it just failed: another free slot if any.
+          const other = this.take(ticket.exclude);
+          if (other !== undefined && !ticket.exclude.has(other)) {
+            this.untake(b);
+            slot = other;
+          } else if (other !== undefined) {
+            this.untake(other);
+          }
+        }
+        this.left(ticket, "after_wait");
+        ticket.grant(slot);
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private take(exclude: ReadonlySet<B> | undefined): B | undefined {
+    const inUse = this.source.inUse();
+    const b = this.source.take(exclude);
+    if (b !== undefined) this.drain.note(this.now(), inUse, false);
+    return b;
+  }
+
+  private untake(b: B): void {
+    this.drain.note(this.now(), this.source.inUse(), false);
+    this.source.untake(b);
+  }
+
+  private mayTake(band: number): boolean {
+    return this.mayTakeWith(band, this.source.inUse());
+  }
+
+  /** Band 0 may take any free slot; a lower one none of the reserved share. */
+  private mayTakeWith(band: number, inUse: number): boolean {
+    if (band === 0 || this.config.reserve === 0) return true;
+    const capacity = this.source.capacity();
+    return inUse + 1 <= capacity - Math.floor((capacity * this.config.reserve) / 100);
+  }
+
+  private expire(ticket: Ticket<B>): void {
+    if (!ticket.waiting) return;
+    this.queue.remove(ticket);
+    const waited = this.now() - ticket.enqueuedAt;
+    this.left(ticket, "timed_out");
+    ticket.fail(
+      errors.queueRefused(
+        "timed_out",
+        this.source.name,
+        BAND_NAMES[ticket.band] ?? "interactive",
+        this.retryAfterMs(ticket.band),
+        waited,
+      ),
+    );
+  }
+
+  private refuse(band: number, outcome: "queue_full" | "deadline_unmeetable" | "timed_out", wait = 0): never {
+    this.decided(band, outcome);
+    const name = BAND_NAMES[band] ?? "interactive";
+    throw errors.queueRefused(outcome, this.source.name, name, this.retryAfterMs(band), wait);
+  }
+
+  private refuseAll(outcome: AdmissionOutcome, error: () => GatewayError): void {
+    for (const ticket of [...this.queue.entries()]) {
+      this.queue.remove(ticket);
+      this.left(ticket, outcome);
+      ticket.fail(error());
+    }
+  }
+
+  private left(ticket: Ticket<B>, outcome: AdmissionOutcome): void {
+    const band = BAND_NAMES[ticket.band] ?? "interactive";
+    this.events.waited?.(this.source.name, band, (this.now() - ticket.enqueuedAt) / 1000);
+    this.decided(ticket.band, outcome);
+  }
+
+  private decided(band: number, outcome: AdmissionOutcome): void {
+    this.events.decided?.(this.source.name, BAND_NAMES[band] ?? "interactive", outcome);
+  }
+
+  private settings(band: number): { maxWait: number; maxQueue: number } {
+    const name = BAND_NAMES[band] ?? "interactive";
+    return this.config.bands[name];
+  }
+}
+
+export interface AdmissionStatus {
+  enabled: boolean;
+  waiting: Record<BandName, number>;
+  estimatedWaitMs: Record<BandName, number | null>;
+  slotsInUse: number;
+  slotCapacity: number;
+  drainPerSecond: number;
+  drainMeasured: boolean;
+}

@@ -174,7 +174,8 @@ export class Admission<B> {
     const now = this.now();
     const settings = this.settings(band);
     if (this.queue.size(band) >= settings.maxQueue) return this.refuse(band, "queue_full");
-    if (now >= request.deadline) return this.refuse(band, "timed_out", 0);
+    // Arrived (or came back for a retry) with its deadline already past: it cannot be met.
+    if (now >= request.deadline) return this.refuse(band, "deadline_unmeetable", 0);
     if (!request.patient && this.drain.measured) {
       const wait = this.estimateMs(this.queue.ahead(band, request.tenant, request.weight, request.retry));
       if (now + wait > request.deadline) return this.refuse(band, "deadline_unmeetable", wait);
@@ -338,7 +339,7 @@ export class Admission<B> {
     );
   }
 
-  private refuse(band: number, outcome: "queue_full" | "deadline_unmeetable" | "timed_out", wait = 0): never {
+  private refuse(band: number, outcome: "queue_full" | "deadline_unmeetable", wait = 0): never {
     this.decided(band, outcome);
     const name = BAND_NAMES[band] ?? "interactive";
     throw errors.queueRefused(outcome, this.source.name, name, this.retryAfterMs(band), wait);

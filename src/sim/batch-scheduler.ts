@@ -39,6 +39,8 @@ export interface BatchTiming {
 export type ScheduleFn = (fn: () => void, ms: number) => () => void;
 
 export interface SequenceSpec {
+  /** Lower waits less (priority scheduling); 0 when absent, so that FCFS is plain arrival order. */
+  priority?: number;
   promptTokens: number;
   /** 0 for prefill-only work (embeddings): finishes at the end of its prefill step. */
   outputTokens: number;
@@ -125,7 +127,11 @@ export class BatchScheduler {
       return seq;
     }
     if (this.waiting.length >= this.options.maxQueue) return null;
-    this.waiting.push(seq);
+    // In priority order, then arrival: behind every waiting sequence of the same or a lower value.
+    const priority = spec.priority ?? 0;
+    let at = this.waiting.length;
+    while (at > 0 && ((this.waiting[at - 1] as Sequence).spec.priority ?? 0) > priority) at--;
+    this.waiting.splice(at, 0, seq);
     return seq;
   }
 

@@ -23,6 +23,8 @@ Server:
 Batching model (times in ms, multiplied by --time-scale):
   --slots N                     concurrent sequences (default 16)
   --max-queue N                 waiting requests before 503 server_busy (default 64)
+  --scheduling-policy P         fcfs, or priority: waiting requests by their priority field,
+                                lower first (default fcfs: a priority field gets 400, as vLLM)
   --prefill-ms-per-token MS     prefill cost per prompt token (default 0.1)
   --decode-step-ms MS           fixed cost of one decode step (default 15)
   --decode-ms-per-seq MS        extra step cost per running sequence (default 0.3)
@@ -59,6 +61,7 @@ const FLAGS = {
   model: { type: "string", multiple: true },
   "load-time": { type: "string" },
   seed: { type: "string" },
+  "scheduling-policy": { type: "string" },
   slots: { type: "string" },
   "max-queue": { type: "string" },
   "prefill-ms-per-token": { type: "string" },
@@ -137,6 +140,12 @@ export function parseSimArgs(argv: string[]): ParsedSimArgs {
   if (values.port !== undefined) options.port = number("port", values.port, 0, true, 65535);
   if (values.model !== undefined) options.models = values.model;
   if (values["load-time"] !== undefined) options.loadTimeMs = duration("load-time", values["load-time"]);
+  const policy = values["scheduling-policy"];
+  if (policy !== undefined) {
+    if (policy !== "fcfs" && policy !== "priority")
+      throw new Error("--scheduling-policy must be fcfs or priority");
+    options.schedulingPolicy = policy;
+  }
   if (values.seed !== undefined) options.seed = number("seed", values.seed, Number.MIN_SAFE_INTEGER, true);
   if (values.slots !== undefined) options.slots = number("slots", values.slots, 1, true);
   if (values["max-queue"] !== undefined) options.maxQueue = number("max-queue", values["max-queue"], 0, true);

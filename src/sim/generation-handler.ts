@@ -99,6 +99,7 @@ function serveStream(
     res.write(event);
   });
   const accepted = submitOrReject(rt, res, life, {
+    priority: request.priority,
     promptTokens: request.promptTokens,
     outputTokens: generation.outputTokens,
     onToken(index) {
@@ -144,6 +145,7 @@ function serveUnary(
 
   let text = "";
   const accepted = submitOrReject(rt, res, life, {
+    priority: request.priority,
     promptTokens: request.promptTokens,
     outputTokens: generation.outputTokens,
     onToken() {

@@ -28,6 +28,11 @@ export interface SimOptions {
   /** /health answers 503 for this long after start, as while a model loads. */
   loadTimeMs: number;
   seed: number;
+  /**
+   * fcfs, or priority: waiting requests in order of the request's `priority` field (lower first),
+   * as vLLM's --scheduling-policy; under fcfs a request that sends `priority` gets 400, as vLLM.
+   */
+  schedulingPolicy: "fcfs" | "priority";
   faults: Partial<SimFaults>;
 }
 
@@ -46,6 +51,7 @@ export const defaultSimOptions: SimOptions = Object.freeze({
   kvCacheTokens: 32768,
   loadTimeMs: 0,
   seed: 1,
+  schedulingPolicy: "fcfs",
   faults: {},
 });
 
@@ -88,6 +94,11 @@ export function resolveSimOptions(partial: Partial<SimOptions> = {}): SimOptions
   requireNumber("kvCacheTokens", options.kvCacheTokens, 1, true);
   requireNumber("loadTimeMs", options.loadTimeMs, 0, false);
   requireNumber("seed", options.seed, Number.MIN_SAFE_INTEGER, true);
+  if (options.schedulingPolicy !== "fcfs" && options.schedulingPolicy !== "priority") {
+    throw new RangeError(
+      `sim option schedulingPolicy must be fcfs or priority, got ${String(options.schedulingPolicy)}`,
+    );
+  }
   const faults = parseFaults(options.faults);
   if (!faults.ok) throw new RangeError(`sim option faults: ${faults.error}`);
   options.faults = faults.faults;

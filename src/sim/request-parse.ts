@@ -18,6 +18,8 @@ export interface GenerationRequest {
   includeUsage: boolean;
   deterministic: boolean;
   requestSeed: number | undefined;
+  /** vLLM's priority field (lower is served first); 0 when absent. */
+  priority: number;
 }
 
 export type EmbeddingEncoding = "float" | "base64";
@@ -88,6 +90,7 @@ export function parseGenerationRequest(
   body: unknown,
   models: readonly string[],
   maxModelLen: number,
+  priorityScheduling = false,
 ): Parsed<GenerationRequest> {
   if (!isRecord(body)) return invalid("request body must be a JSON object");
   const model = resolveModel(body, models);
@@ -130,6 +133,17 @@ export function parseGenerationRequest(
   const stream = body.stream === true;
   const includeUsage = stream && isRecord(body.stream_options) && body.stream_options.include_usage === true;
 
+  const priority = body.priority ?? 0;
+  if (priority !== 0 && !priorityScheduling) {
+    return invalid(
+      `Got priority ${JSON.stringify(priority)} but Priority scheduling is not enabled.`,
+      "priority",
+    );
+  }
+  if (typeof priority !== "number" || !Number.isInteger(priority)) {
+    return invalid("priority must be an integer", "priority");
+  }
+
   const promptTokens = countPromptTokens(body);
   const requested = promptTokens + (maxTokens ?? 0);
   if (requested > maxModelLen) {
@@ -153,6 +167,7 @@ export function parseGenerationRequest(
       includeUsage,
       deterministic: temperature === 0 || requestSeed !== undefined,
       requestSeed,
+      priority,
     },
   };
 }

@@ -176,7 +176,13 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     const parsed =
       kind === "embeddings"
         ? parseEmbeddingsRequest(body.value, options.models)
-        : parseGenerationRequest(kind, body.value, options.models, options.kvCacheTokens);
+        : parseGenerationRequest(
+            kind,
+            body.value,
+            options.models,
+            options.kvCacheTokens,
+            options.schedulingPolicy === "priority",
+          );
     if (!parsed.ok) return sendError(res, parsed.error, headers);
 
     const loadingMs = readyAt - performance.now();

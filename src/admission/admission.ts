@@ -183,16 +183,7 @@ export class Admission<B> {
     if (this.queue.total >= this.config.maxQueue) {
       const victim = this.queue.newestBelow(band);
       if (!victim) return this.refuse(band, "queue_full");
-      this.queue.remove(victim);
-      this.left(victim, "evicted");
-      victim.fail(
-        errors.queueRefused(
-          "evicted",
-          this.source.name,
-          BAND_NAMES[victim.band] ?? "background",
-          this.retryAfterMs(victim.band),
-        ),
-      );
+      this.drop(victim, "evicted", this.refusal("evicted", victim.band));
     }
     const ticket = new Ticket(request, now, this);
     this.queue.push(ticket);
@@ -223,10 +214,7 @@ export class Admission<B> {
   }
 
   cancel(ticket: Ticket<B>, err: Error): void {
-    if (!ticket.waiting) return;
-    this.queue.remove(ticket);
-    this.left(ticket, "cancelled");
-    ticket.fail(err);
+    if (ticket.waiting) this.drop(ticket, "cancelled", err);
   }
 
   /** When a client refused in this band should come back (ms). */
@@ -325,32 +313,33 @@ export class Admission<B> {
 
   private expire(ticket: Ticket<B>): void {
     if (!ticket.waiting) return;
-    this.queue.remove(ticket);
     const waited = this.now() - ticket.enqueuedAt;
-    this.left(ticket, "timed_out");
-    ticket.fail(
-      errors.queueRefused(
-        "timed_out",
-        this.source.name,
-        BAND_NAMES[ticket.band] ?? "interactive",
-        this.retryAfterMs(ticket.band),
-        waited,
-      ),
-    );
+    this.drop(ticket, "timed_out", this.refusal("timed_out", ticket.band, waited));
   }
 
   private refuse(band: number, outcome: "queue_full" | "deadline_unmeetable", wait = 0): never {
     this.decided(band, outcome);
+    throw this.refusal(outcome, band, wait);
+  }
+
+  private refusal(
+    why: "queue_full" | "deadline_unmeetable" | "evicted" | "timed_out",
+    band: number,
+    waitMs = 0,
+  ): GatewayError {
     const name = BAND_NAMES[band] ?? "interactive";
-    throw errors.queueRefused(outcome, this.source.name, name, this.retryAfterMs(band), wait);
+    return errors.queueRefused(why, this.source.name, name, this.retryAfterMs(band), waitMs);
+  }
+
+  /** A waiting ticket leaves the queue refused. */
+  private drop(ticket: Ticket<B>, outcome: AdmissionOutcome, error: Error): void {
+    this.queue.remove(ticket);
+    this.left(ticket, outcome);
+    ticket.fail(error);
   }
 
   private refuseAll(outcome: AdmissionOutcome, error: () => GatewayError): void {
-    for (const ticket of [...this.queue.entries()]) {
-      this.queue.remove(ticket);
-      this.left(ticket, outcome);
-      ticket.fail(error());
-    }
+    for (const ticket of [...this.queue.entries()]) this.drop(ticket, outcome, error());
   }
 
   private left(ticket: Ticket<B>, outcome: AdmissionOutcome): void {

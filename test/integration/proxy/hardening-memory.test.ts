@@ -430,6 +430,22 @@ describe("issue 16 item 11: past a backend's maxConnections", () => {
     return { upstream, release: () => release() };
   }
 
+  /** Two streams hold both connections of a gateway whose pool has this admission block. */
+  async function twoHeld(admission: string) {
+    const { upstream, release } = await holdingBackend();
+    const gw = await gateway(`pools:
+  main:
+    models: [test-model]
+    backends:
+      - { url: "${upstream.url}", maxConnections: 2 }
+    ${admission}
+`);
+    const order: string[] = [];
+    const { held, started } = holdTwo(gw.url, order);
+    await waitFor(started, "both held streams started");
+    return { upstream, release, gw, order, held };
+  }
+
   function holdTwo(url: string, order: string[]) {
     let firstEvents = 0;
     const held = [0, 1].map((i) =>
@@ -446,17 +462,9 @@ describe("issue 16 item 11: past a backend's maxConnections", () => {
   }
 
   it("a third request waits for a connection in the admission queue, unseen by the backend, and is served when one frees", async () => {
-    const { upstream, release } = await holdingBackend();
-    const gw = await gateway(`pools:
-  main:
-    models: [test-model]
-    backends:
-      - { url: "${upstream.url}", maxConnections: 2 }
-    admission: { bands: { interactive: { maxWait: 60s } } }
-`);
-    const order: string[] = [];
-    const { held, started } = holdTwo(gw.url, order);
-    await waitFor(started, "both held streams started");
+    const { upstream, release, gw, order, held } = await twoHeld(
+      "admission: { bands: { interactive: { maxWait: 60s } } }",
+    );
 
     const third = post(`${gw.url}/v1/chat/completions`, chat()).then((r) => {
       order.push("third answered");
@@ -482,17 +490,7 @@ describe("issue 16 item 11: past a backend's maxConnections", () => {
   });
 
   it("with admission off, a third request gets a fast 503 no_backend_available while two streams hold both connections", async () => {
-    const { upstream, release } = await holdingBackend();
-    const gw = await gateway(`pools:
-  main:
-    models: [test-model]
-    backends:
-      - { url: "${upstream.url}", maxConnections: 2 }
-    admission: { enabled: false }
-`);
-    const order: string[] = [];
-    const { held, started } = holdTwo(gw.url, order);
-    await waitFor(started, "both held streams started");
+    const { upstream, release, gw, order, held } = await twoHeld("admission: { enabled: false }");
 
     const third = await post(`${gw.url}/v1/chat/completions`, chat());
     order.push("third answered");

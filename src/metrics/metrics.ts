@@ -7,7 +7,7 @@
 
 import type { Logger } from "pino";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { AdmissionEvents } from "../admission/admission.js";
+import { ADMISSION_OUTCOMES, type AdmissionEvents } from "../admission/admission.js";
 import { BAND_NAMES } from "../admission/queue.js";
 import type { CacheEvents, CacheStatus, ResponseCache } from "../cache/response-cache.js";
 import type { GuardEvents } from "../ratelimit/guarded-store.js";
@@ -67,7 +67,6 @@ export class Metrics {
   private readonly cacheResults: Children<Counter.Internal>;
   private readonly cacheEvictions: Children<Counter.Internal>;
   private readonly cacheWaiters: Counter;
-  private readonly admissionDecisions: Children<Counter.Internal>;
   private readonly admissionWaits: Children<Histogram.Internal<string>>;
   private readonly cacheLockTimeouts: Counter;
   private cache: ResponseCache | undefined;
@@ -209,12 +208,24 @@ export class Metrics {
       },
     });
 
-    const admissionDecisions = counter(
-      "floodgate_admission_decisions_total",
-      "Admission decisions by pool, band and outcome: immediate, after_wait, queue_full, deadline_unmeetable, evicted, timed_out, cancelled, no_backend, shutting_down.",
-      ["pool", "band", "outcome"],
-    );
-    this.admissionDecisions = new Children((v) => admissionDecisions.labels(...v));
+    new Counter({
+      name: "floodgate_admission_decisions_total",
+      help: "Admission decisions by pool, band and outcome: immediate, after_wait, queue_full, deadline_unmeetable, evicted, timed_out, cancelled, no_backend, shutting_down.",
+      labelNames: ["pool", "band", "outcome"],
+      registers,
+      collect() {
+        this.reset();
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          pool.admission.decisions.forEach((row, b) => {
+            row.forEach((n, o) => {
+              if (n > 0) {
+                this.inc({ pool: pool.name, band: BAND_NAMES[b], outcome: ADMISSION_OUTCOMES[o] }, n);
+              }
+            });
+          });
+        }
+      },
+    });
     const waits = new Histogram({
       name: "floodgate_admission_wait_seconds",
       help: "Time requests waited in a pool's admission queue, however they left it.",
@@ -330,7 +341,6 @@ export class Metrics {
   /** What admission control decides, as it decides. */
   admissionEvents(): AdmissionEvents {
     return {
-      decided: (pool, band, outcome) => this.admissionDecisions.get(pool, band, outcome).inc(),
       waited: (pool, band, seconds) => this.admissionWaits.get(pool, band).observe(seconds),
     };
   }

@@ -14,6 +14,7 @@ import Fastify, {
 } from "fastify";
 import type { Logger } from "pino";
 import { registerAdmin } from "./admin/plugin.js";
+import { LOAD_REFUSALS } from "./admission/admission.js";
 import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
 import type { GatewayConfig, RouteConfig } from "./config/index.js";
@@ -229,7 +230,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     request.gw.error = gw;
     // A client that left is not a gateway failure: its access line (499) says enough.
     const clientGone = request.gw.exchange?.abortReason === "client" || reply.raw.destroyed;
-    if (gw.statusCode >= 500 && !clientGone) {
+    // Refusals for load are admission control working: the access line has their code.
+    if (gw.statusCode >= 500 && !clientGone && !LOAD_REFUSALS.has(gw.code) && gw.code !== "shutting_down") {
       logger.error({ requestId: request.id, code: gw.code, err: gw.upstreamCause ?? err }, "request failed");
     }
     // What the stages said before the refusal (limit state, cache status) goes with it.

@@ -11,8 +11,10 @@
  *              queue_full when there is none; else a Ticket that waits
  *   release ─▶ the freed slot goes to the head of the queue (the wake-up is the release itself)
  *
- * The wait estimate is (requests ahead + 1) ÷ drain rate, with requests ahead from the queue's
- * order and the drain rate measured (drain-rate.ts). Refusals say when to come back: the
+ * The wait estimate is (requests ahead + 1) ÷ the drain rate left to the band, with requests
+ * ahead from the queue's order and the drain rate measured (drain-rate.ts) less the share of
+ * freed slots the bands above it take; an arrival waits only if the estimate is within 80% of
+ * the time to its deadline (ESTIMATE_HEADROOM). Refusals say when to come back: the
  * estimated time until the work now waiting at or above the band has drained, with up to 20%
  * jitter so that refused clients do not return in one wave, capped at a minute (or the band's
  * maxWait, if longer).
@@ -84,6 +86,15 @@ export const LOAD_REFUSALS: ReadonlySet<string> = new Set([
 ]);
 
 const RETRY_AFTER_CAP_MS = 60_000;
+/**
+ * An arrival is admitted to wait when its estimated wait is within this share of the time to
+ * its deadline. The estimate is a mean: a request admitted right at its deadline would miss it
+ * about half the time and fail slowly (queue_timeout) instead of being refused at once. The
+ * 20% margin costs a slightly shorter queue, which under overload still keeps every slot busy.
+ */
+const ESTIMATE_HEADROOM = 0.8;
+/** A lower band's share of freed slots is never counted as less than this (no infinite waits). */
+const MIN_BAND_SHARE = 0.05;
 const RETRY_AFTER_MIN_MS = 10;
 
 /** A request waiting for a slot. */
@@ -165,7 +176,7 @@ export class Admission<B> {
   acquire(request: AdmissionRequest<B>): B | Ticket<B> {
     const band = request.band;
     if (this.queue.ahead(band, request.tenant, request.weight, true) === 0 && this.mayTake(band)) {
-      const b = this.take(request.exclude);
+      const b = this.take(request.exclude, band);
       if (b !== undefined) {
         this.decided(band, "immediate");
         return b;
@@ -186,8 +197,12 @@ export class Admission<B> {
     // Arrived (or came back for a retry) with its deadline already past: it cannot be met.
     if (now >= request.deadline) return this.refuse(band, "deadline_unmeetable", 0);
     if (!request.patient && this.drain.measured) {
-      const wait = this.estimateMs(this.queue.ahead(band, request.tenant, request.weight, request.retry));
-      if (now + wait > request.deadline) return this.refuse(band, "deadline_unmeetable", wait);
+      const wait = this.estimateMs(
+        this.queue.ahead(band, request.tenant, request.weight, request.retry),
+        band,
+      );
+      if (wait > (request.deadline - now) * ESTIMATE_HEADROOM)
+        return this.refuse(band, "deadline_unmeetable", wait);
     }
     if (this.queue.total >= this.config.maxQueue) {
       const victim = this.queue.newestBelow(band);
@@ -228,15 +243,18 @@ export class Admission<B> {
 
   /** When a client refused in this band should come back (ms). */
   retryAfterMs(band: number): number {
-    const ms = this.estimateMs(this.queue.sizeAtOrAbove(band));
+    const ms = this.estimateMs(this.queue.sizeAtOrAbove(band), band);
     const cap = Math.max(RETRY_AFTER_CAP_MS, this.settings(band).maxWait);
     const jittered = ms * (1 + 0.2 * this.random());
     return Math.round(Math.min(cap, Math.max(RETRY_AFTER_MIN_MS, jittered)));
   }
 
-  /** Expected ms until `ahead` waiting requests and then one more have been handed slots. */
-  estimateMs(ahead: number): number {
-    const perSecond = this.drainPerSecond();
+  /**
+   * Expected ms until `ahead` waiting requests and then one more of `band` have been handed
+   * slots: at the drain rate, less the share the bands above take.
+   */
+  estimateMs(ahead: number, band = 0): number {
+    const perSecond = this.drainPerSecond() * Math.max(MIN_BAND_SHARE, 1 - this.drain.higherShare(band));
     if (perSecond <= 0) return Number.POSITIVE_INFINITY;
     return ((ahead + 1) / perSecond) * 1000;
   }
@@ -251,7 +269,7 @@ export class Admission<B> {
     const estimatedWaitMs = {} as Record<BandName, number | null>;
     BAND_NAMES.forEach((name, band) => {
       waiting[name] = this.queue.size(band);
-      const ms = this.estimateMs(this.queue.sizeAtOrAbove(band));
+      const ms = this.estimateMs(this.queue.sizeAtOrAbove(band), band);
       estimatedWaitMs[name] = Number.isFinite(ms) ? Math.round(ms) : null;
     });
     return {
@@ -290,6 +308,7 @@ export class Admission<B> {
           }
         }
         this.left(ticket, "after_wait");
+        this.drain.note(this.now(), this.source.inUse(), false, ticket.band);
         ticket.grant(slot);
       }
     } finally {
@@ -297,10 +316,10 @@ export class Admission<B> {
     }
   }
 
-  private take(exclude: ReadonlySet<B> | undefined): B | undefined {
+  private take(exclude: ReadonlySet<B> | undefined, band = -1): B | undefined {
     const inUse = this.source.inUse();
     const b = this.source.take(exclude);
-    if (b !== undefined) this.drain.note(this.now(), inUse, false);
+    if (b !== undefined) this.drain.note(this.now(), inUse, false, band);
     return b;
   }
 

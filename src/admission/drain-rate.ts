@@ -33,6 +33,10 @@ export class DrainRate {
   private lastAt: number;
   private sampleFrom: number;
   private seen = 0;
+  /** Slots handed to each band in the current sample, and each band's moving share of them. */
+  private readonly taken: number[];
+  private readonly shares: number[];
+  private sharesSeeded = false;
 
   constructor(
     now: number,
@@ -41,6 +45,18 @@ export class DrainRate {
     this.perSlot = options.prior;
     this.lastAt = now;
     this.sampleFrom = now;
+    this.taken = [0, 0, 0];
+    this.shares = [0, 0, 0];
+  }
+
+  /**
+   * The share of freed slots that bands above `band` take (moving average): a request of `band`
+   * is served from what is left, since a higher band that arrives later still goes first.
+   */
+  higherShare(band: number): number {
+    let share = 0;
+    for (let b = 0; b < band; b++) share += this.shares[b] ?? 0;
+    return share;
   }
 
   /** A measurement rather than the prior. */
@@ -53,8 +69,12 @@ export class DrainRate {
     return this.perSlot;
   }
 
-  /** Slots are about to change from `inUse`; `completed` when one is being given back. */
-  note(now: number, inUse: number, completed: boolean): void {
+  /**
+   * Slots are about to change from `inUse`; `completed` when one is being given back, `band`
+   * when one is being handed to a request of that band.
+   */
+  note(now: number, inUse: number, completed: boolean, band = -1): void {
+    if (band >= 0) this.taken[band] = (this.taken[band] ?? 0) + 1;
     const dt = now - this.lastAt;
     if (dt > 0) {
       this.busySlotMs += inUse * dt;
@@ -73,6 +93,16 @@ export class DrainRate {
     } else {
       const weight = 1 - Math.exp(-elapsed / this.options.tauMs);
       this.perSlot += weight * (sample - this.perSlot);
+    }
+    const taken = this.taken.reduce((a, b) => a + b, 0);
+    if (taken > 0) {
+      // The first sample replaces the starting zeros rather than blending with them.
+      const weight = this.sharesSeeded ? 1 - Math.exp(-elapsed / this.options.tauMs) : 1;
+      this.sharesSeeded = true;
+      this.taken.forEach((n, b) => {
+        this.shares[b] = (this.shares[b] ?? 0) + weight * (n / taken - (this.shares[b] ?? 0));
+        this.taken[b] = 0;
+      });
     }
     this.completions = 0;
     this.busySlotMs = 0;

@@ -117,14 +117,17 @@ function queued(
   return got;
 }
 
-/** Teaches the drain rate `perSlot` completions per slot-second on a full pool. */
-function teach(s: Setup, perSlot: number, seconds = 10): void {
-  while (s.pool.used < s.pool.slots) ask(s.admission);
+/**
+ * Teaches the drain rate `perSlot` completions per slot-second on a full pool, each freed slot
+ * taken by a request of the next band in `bands`.
+ */
+function teach(s: Setup, perSlot: number, seconds = 10, bands = [0]): void {
+  for (let i = 0; s.pool.used < s.pool.slots; i++) ask(s.admission, { band: bands[i % bands.length] ?? 0 });
   const gap = 1000 / (perSlot * s.pool.slots);
   for (let t = 0; t < (seconds * 1000) / gap; t++) {
     vi.advanceTimersByTime(gap);
     s.release();
-    ask(s.admission);
+    ask(s.admission, { band: bands[t % bands.length] ?? 0 });
   }
 }
 
@@ -385,7 +388,7 @@ describe("admission: refusals", () => {
 
   it("Retry-After for a band counts the work waiting at and above it, at the measured drain rate, capped", () => {
     const s = setup(4);
-    teach(s, 2); // 2 per slot-second × 4 slots: 8 per second
+    teach(s, 2, 10, [1]); // 2 per slot-second × 4 slots: 8 per second, all to batch
     for (let i = 0; i < 7; i++) ask(s.admission, { band: 1 });
     for (let i = 0; i < 3; i++) ask(s.admission, { band: 0 });
     // interactive: 3 ahead + 1 → 0.5 s; batch: 10 ahead + 1 → 1.375 s.
@@ -400,6 +403,19 @@ describe("admission: refusals", () => {
     );
     // The prior (1 per slot-second, 4 slots) and the most jitter: 250 ms × 1.2.
     expect(jittered.retryAfterMs(0)).toBe(Math.round(250 * (1 + 0.2 * 0.999)));
+  });
+});
+
+describe("admission: what higher bands take", () => {
+  it("a lower band's wait is estimated on the share of freed slots the bands above leave it", () => {
+    const s = setup(4);
+    teach(s, 2, 20, [0, 1]); // 8 slots freed per second, half to interactive, half to batch
+    expect(s.admission.drain.higherShare(1)).toBeCloseTo(0.5, 1);
+    // batch: 4 ahead + 1 at the 4 per second left to it; interactive: the whole 8.
+    for (let i = 0; i < 4; i++) ask(s.admission, { band: 1 });
+    expect(s.admission.estimateMs(4, 1)).toBeGreaterThan(1100);
+    expect(s.admission.estimateMs(4, 1)).toBeLessThan(1400);
+    expect(s.admission.estimateMs(4, 0)).toBeCloseTo(625, -1);
   });
 });
 

@@ -157,6 +157,10 @@ export class Admission<B> {
    */
   readonly decisions: number[][] = BAND_NAMES.map(() => ADMISSION_OUTCOMES.map(() => 0));
   private pumping = false;
+  /** When each slot in use was taken, oldest first (takes happen in time order). */
+  private readonly starts: number[] = [];
+  /** When the last slot was taken: its holder gives it back with released(lastTake). */
+  lastTake = 0;
 
   constructor(
     private readonly source: SlotSource<B>,
@@ -215,8 +219,12 @@ export class Admission<B> {
     return ticket;
   }
 
-  /** A slot was given back: the drain rate counts it, and the queue's head may take it. */
-  released(): void {
+  /**
+   * A slot taken at `takenAt` (the lastTake of its take) was given back: the drain rate counts
+   * it, and the queue's head may take it.
+   */
+  released(takenAt: number): void {
+    this.forgetStart(takenAt);
     this.drain.note(this.now(), this.source.inUse() + 1, true);
     if (this.queue.total > 0) this.pump();
   }
@@ -251,12 +259,28 @@ export class Admission<B> {
 
   /**
    * Expected ms until `ahead` waiting requests and then one more of `band` have been handed
-   * slots: at the drain rate, less the share the bands above take.
+   * slots, less the share of freed slots the bands above take.
+   *
+   * With H = 1 / (completions per busy slot-second), the mean time a slot is held, and the n
+   * slots in use ordered oldest first, slot i is expected to free after max(0, H - age_i), and
+   * every H after that. Request k (0-based) of the queue gets the k-th of those moments:
+   *     wait(k) = floor(k / n) × H + max(0, H - age_(k mod n))
+   * Under a smooth drain (slot ages spread evenly) this is (k + 1) × H / n, the drain rate's
+   * estimate; when slots were filled together, as after a surge starts on an idle pool, they
+   * free together too, and the second wave waits a whole H more, which the rate alone misses.
    */
   estimateMs(ahead: number, band = 0): number {
-    const perSecond = this.drainPerSecond() * Math.max(MIN_BAND_SHARE, 1 - this.drain.higherShare(band));
-    if (perSecond <= 0) return Number.POSITIVE_INFINITY;
-    return ((ahead + 1) / perSecond) * 1000;
+    const perSlot = this.drain.perSlotPerSecond;
+    const share = Math.max(MIN_BAND_SHARE, 1 - this.drain.higherShare(band));
+    if (perSlot <= 0) return Number.POSITIVE_INFINITY;
+    const hold = 1000 / perSlot;
+    const n = this.starts.length;
+    if (n === 0) {
+      const capacity = this.source.capacity();
+      return capacity > 0 ? ((ahead + 1) * hold) / capacity / share : Number.POSITIVE_INFINITY;
+    }
+    const age = this.now() - (this.starts[ahead % n] ?? 0);
+    return (Math.floor(ahead / n) * hold + Math.max(0, hold - age)) / share;
   }
 
   /** Slots freed per second with every slot busy: per busy slot × the slots that can serve. */
@@ -319,13 +343,32 @@ export class Admission<B> {
   private take(exclude: ReadonlySet<B> | undefined, band = -1): B | undefined {
     const inUse = this.source.inUse();
     const b = this.source.take(exclude);
-    if (b !== undefined) this.drain.note(this.now(), inUse, false, band);
+    if (b !== undefined) {
+      const now = this.now();
+      this.drain.note(now, inUse, false, band);
+      this.starts.push(now);
+      this.lastTake = now;
+    }
     return b;
   }
 
+  /** Gives back a slot take() just gave, unused (within the same pump: its start is the last). */
   private untake(b: B): void {
     this.drain.note(this.now(), this.source.inUse(), false);
+    this.starts.pop();
     this.source.untake(b);
+  }
+
+  private forgetStart(takenAt: number): void {
+    const starts = this.starts;
+    let lo = 0;
+    let hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((starts[mid] ?? 0) < takenAt) lo = mid + 1;
+      else hi = mid;
+    }
+    starts.splice(Math.min(lo, starts.length - 1), 1);
   }
 
   private mayTake(band: number): boolean {

@@ -20,7 +20,7 @@ export type Admit = Omit<AdmissionRequest<Backend>, "retry" | "exclude">;
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
   /** The backend slot of the current attempt. */
-  private slot: { pool: UpstreamPool; backend: Backend } | undefined;
+  private slot: { pool: UpstreamPool; backend: Backend; takenAt: number } | undefined;
   /** The pool's retry budget, counting this request as active until it settles. */
   private budget: RetryBudget | undefined;
   /** Retries this request holds in the budget. */
@@ -118,7 +118,7 @@ export class Exchange {
   }
 
   private hold(pool: UpstreamPool, backend: Backend): void {
-    this.slot = { pool, backend };
+    this.slot = { pool, backend, takenAt: pool.admission.lastTake };
     this.backendName = backend.name;
     this.attempts++;
   }
@@ -128,7 +128,7 @@ export class Exchange {
     const slot = this.slot;
     if (!slot) return;
     this.slot = undefined;
-    slot.pool.release(slot.backend);
+    slot.pool.release(slot.backend, slot.takenAt);
   }
 
   /** Counts the request in the pool's retry budget until it settles. */

@@ -138,10 +138,10 @@ export class UpstreamPool {
     }
   }
 
-  /** Gives back a slot from acquire(). */
-  release(b: Backend): void {
+  /** Gives back a slot from acquire(), taken at `takenAt` (admission.lastTake then). */
+  release(b: Backend, takenAt: number): void {
     this.untake(b);
-    this.admission.released();
+    this.admission.released(takenAt);
   }
 
   /** Slots in use on this pool's backends. */

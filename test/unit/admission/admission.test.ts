@@ -22,11 +22,15 @@ class FakePool implements SlotSource<number> {
   used = 0;
   served = true;
   constructor(public slots: number) {}
+  /** When each slot in use was taken, oldest first: a release gives back the oldest. */
+  readonly takenAt: number[] = [];
   take(): number | undefined {
     if (this.used >= this.slots) return undefined;
+    this.takenAt.push(Date.now());
     return ++this.used;
   }
   untake(): void {
+    this.takenAt.pop();
     this.used--;
   }
   servable(): boolean {
@@ -76,8 +80,9 @@ function setup(slots: number, yaml = ""): Setup {
     admission,
     outcomes,
     release: () => {
-      pool.untake();
-      admission.released();
+      const takenAt = pool.takenAt.shift() ?? 0;
+      pool.used--;
+      admission.released(takenAt);
     },
   };
 }
@@ -416,6 +421,24 @@ describe("admission: what higher bands take", () => {
     expect(s.admission.estimateMs(4, 1)).toBeGreaterThan(1100);
     expect(s.admission.estimateMs(4, 1)).toBeLessThan(1400);
     expect(s.admission.estimateMs(4, 0)).toBeCloseTo(625, -1);
+  });
+});
+
+describe("admission: slots taken together free together", () => {
+  it("after a pool's slots were all taken at once, the second wave waits a whole hold time more", () => {
+    const s = setup(4);
+    teach(s, 1); // each slot held 1 s; ages spread evenly
+    // Evenly spread ages: request k waits about (k + 1) / 4 s.
+    expect(s.admission.estimateMs(4)).toBeGreaterThan(1100);
+    expect(s.admission.estimateMs(4)).toBeLessThan(1400);
+    // Now every slot turns over at the same moment, as when a surge hits an idle pool.
+    for (let i = 0; i < 4; i++) s.release();
+    for (let i = 0; i < 4; i++) expect(typeof ask(s.admission)).toBe("number");
+    vi.advanceTimersByTime(200);
+    // The first four waiting get the slots in 0.8 s, all at once; the fifth 1 s after that.
+    expect(s.admission.estimateMs(0)).toBeCloseTo(800, -1);
+    expect(s.admission.estimateMs(3)).toBeCloseTo(800, -1);
+    expect(s.admission.estimateMs(4)).toBeCloseTo(1800, -1);
   });
 });
 

@@ -7,22 +7,57 @@ import pino, { type Logger } from "pino";
 import type { GatewayConfig } from "./config/index.js";
 import type { UpstreamEvents } from "./upstream/pool.js";
 
+/** Buffered lines reach the log at most this long after they were written. */
+const FLUSH_MS = 250;
+const WARN = 40;
+
 /**
- * JSON lines on stdout, written asynchronously in batches: a synchronous write per access line
- * cost about a fifth of the gateway's throughput. Buffered lines are flushed at shutdown and,
- * by pino, at process exit.
+ * JSON lines on stdout (or `fd`), written asynchronously in batches of 4 KB: a synchronous write
+ * per access line cost about a fifth of the gateway's throughput. A quiet gateway still shows
+ * its lines promptly: the buffer is flushed every 250 ms when something was written, and at
+ * once after a warning or an error. Buffered lines are also flushed at shutdown and, by pino,
+ * at process exit.
  */
-export function createLogger(log: GatewayConfig["log"], destination?: pino.DestinationStream): Logger {
+export function createLogger(
+  log: GatewayConfig["log"],
+  destination?: pino.DestinationStream,
+  fd = 1,
+): Logger {
+  const options: pino.LoggerOptions = {
+    level: log.level,
+    base: { service: "floodgate" },
+    redact: {
+      paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
+      censor: "[redacted]",
+    },
+  };
+  if (destination) return pino(options, destination);
+  const dest = pino.destination({ dest: fd, sync: false, minLength: 4096 });
+  // Flushes left to try: two, so that a line written while a write was in flight still goes
+  // out on the next tick (a flush during a write does nothing).
+  let pending = 0;
+  const flush = () => {
+    if (pending === 0) return;
+    pending--;
+    try {
+      dest.flush();
+    } catch {
+      // Closed meanwhile: nothing left to write.
+    }
+  };
+  setInterval(flush, FLUSH_MS).unref();
   return pino(
     {
-      level: log.level,
-      base: { service: "floodgate" },
-      redact: {
-        paths: ["req.headers.authorization", 'req.headers["x-api-key"]', "headers.authorization", "key"],
-        censor: "[redacted]",
+      ...options,
+      hooks: {
+        logMethod(args, method, level) {
+          method.apply(this, args);
+          pending = 2;
+          if (level >= WARN) flush();
+        },
       },
     },
-    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+    dest,
   );
 }
 

@@ -313,6 +313,10 @@ const OutlierDetection = Section(
     baseEjectionTime: Duration("30s", "ejection lasts this × the number of times ejected"),
     maxEjectionTime: Duration("5m", "cap on one ejection"),
     maxEjectionPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50 }),
+    unejectOnHealthCheck: Type.Boolean({
+      default: true,
+      description: "a passed active health check ends an ejection for connect or gateway failures",
+    }),
   },
   "passive outlier detection",
 );

@@ -103,8 +103,8 @@ export class Backend implements BalancerBackend {
   }
 
   /** Outlier detection's verdict: out for durationMs, then one probe (see breaker.ts). */
-  eject(durationMs: number, next: () => number): void {
-    this.breaker.eject(durationMs, next);
+  eject(durationMs: number, next: () => number, healthMayEnd = false): void {
+    this.breaker.eject(durationMs, next, healthMayEnd);
   }
 
   close(): Promise<void> {

@@ -56,6 +56,8 @@ export class BackendBreaker {
   private reopenAt = 0;
   /** After an ejection: the duration to re-open for if the probe fails. */
   private ejectionRetryMs: (() => number) | undefined;
+  /** Open by an ejection that a passed active health check may end (connect or gateway failures). */
+  private healthMayEnd = false;
 
   constructor(
     readonly settings: BreakerSettings,
@@ -87,6 +89,7 @@ export class BackendBreaker {
     this.cb.on("close", () => {
       this.reopenAt = 0;
       this.ejectionRetryMs = undefined;
+      this.healthMayEnd = false;
       this.onState("closed");
     });
   }
@@ -119,11 +122,25 @@ export class BackendBreaker {
    * Outlier detection's ejection: open for durationMs whatever the error rate says; if the
    * half-open probe then fails, open again for next(). An open breaker is left as it is.
    */
-  eject(durationMs: number, next: () => number): void {
+  eject(durationMs: number, next: () => number, healthMayEnd = false): void {
     if (!this.settings.enabled || this.cb.opened) return;
     this.ejectionRetryMs = next;
     this.cb.options.resetTimeout = durationMs;
     this.cb.open();
+    this.healthMayEnd = healthMayEnd;
+  }
+
+  /**
+   * An active health check passed. An ejection for refused connects or resets/timeouts ends
+   * here (Envoy's successful_active_health_check_uneject_host): the backend answers again, and
+   * comes back through slow start. A breaker opened for its error rate or for 5xx answers waits
+   * for its single half-open probe instead: a backend that answers /health but fails inference
+   * must not flap in and out. True when it closed the breaker.
+   */
+  healthCheckPassed(): boolean {
+    if (!this.healthMayEnd || this.cb.closed) return false;
+    this.cb.close();
+    return true;
   }
 
   shutdown(): void {

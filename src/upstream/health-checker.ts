@@ -40,6 +40,8 @@ export class HealthChecker {
     private readonly now: () => number,
     private readonly onChange: (b: Backend, healthy: boolean) => void,
     private readonly random: () => number = Math.random,
+    /** Every passed probe (outlier detection may end an ejection on it). */
+    private readonly onPass: (b: Backend) => void = () => {},
   ) {}
 
   /** Starts probing a backend now, then every interval; resolves when the first probe decided. */
@@ -79,6 +81,7 @@ export class HealthChecker {
   }
 
   private apply(b: Backend, state: ProbeState, ok: boolean): void {
+    if (ok) this.onPass(b);
     if (!state.known) {
       state.known = true;
       if (b.healthy !== ok) this.set(b, ok);

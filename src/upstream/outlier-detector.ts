@@ -30,7 +30,8 @@ export interface OutlierBackend extends BalancerBackend {
   ejections: number;
   /** When the last ejection ends (bookkeeping for decay); 0 if never ejected. */
   ejectedUntil: number;
-  eject(durationMs: number, next: () => number): void;
+  /** healthMayEnd: a passed active health check ends it (connect and gateway failures). */
+  eject(durationMs: number, next: () => number, healthMayEnd?: boolean): void;
 }
 
 export class OutlierDetector {
@@ -97,7 +98,8 @@ export class OutlierDetector {
     if (this.ejectionRoom(now) <= 0) return;
     if (b.ejections > 0 && now - b.ejectedUntil > this.config.maxEjectionTime) b.ejections = 0;
     const duration = this.nextDuration(b, now);
-    b.eject(duration, () => this.nextDuration(b, this.nowOf()));
+    const healthMayEnd = this.config.unejectOnHealthCheck && reason !== "consecutive_5xx";
+    b.eject(duration, () => this.nextDuration(b, this.nowOf()), healthMayEnd);
     this.onEject(b, reason, duration);
   }
 

@@ -99,10 +99,19 @@ export class UpstreamPool {
     );
     this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
     if (config.healthCheck.enabled) {
-      this.health = new HealthChecker(config.healthCheck, config.models, this.now, (b, healthy) => {
-        this.events.healthChanged?.(name, b.name, healthy);
-        this.admission.poolChanged();
-      });
+      this.health = new HealthChecker(
+        config.healthCheck,
+        config.models,
+        this.now,
+        (b, healthy) => {
+          this.events.healthChanged?.(name, b.name, healthy);
+          this.admission.poolChanged();
+        },
+        options.random,
+        // Health checks and outlier detection are one view: a passed probe ends an ejection
+        // for connect or gateway failures (the breaker's close ramps it back in).
+        (b) => b.breaker.healthCheckPassed(),
+      );
     }
     for (const b of config.backends) if (b.discovery === "none") this.add(this.makeBackend(b, b.url));
   }

@@ -63,6 +63,60 @@ describe("active health checks", () => {
     expect(received(ready)).toBeGreaterThanOrEqual(20);
   });
 
+  it("a backend ejected for a refused connect is back on its first passed health check, not after the ejection time", async () => {
+    const a = await startSim({ models: ["m"], ...fast });
+    const b = await startSim({ models: ["m"], ...fast });
+    sims = [a, b];
+    // Active checks alone would take ~100 probes to call it unhealthy: what takes a out here is
+    // outlier detection (one refused connect), for 30 s, unless a passed probe ends it.
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    balancer: round_robin
+    backends: [{ url: "${a.url}", name: a, engine: vllm }, { url: "${b.url}", name: b, engine: vllm }]
+    healthCheck: { interval: 200ms, timeout: 200ms, healthyThreshold: 1, unhealthyThreshold: 100 }
+    outlierDetection: { baseEjectionTime: 30s }
+    loadSignals: { enabled: false }
+    slowStart: { window: 0s }
+`);
+    const pool = gw.gateway.upstreams.pools.get("p");
+    const backendA = pool?.backends.find((x) => x.name === "a");
+    await a.setFaults({ refuseConnections: true });
+    for (let i = 0; i < 4; i++) expect(await chat(gw.url)).toBe(200); // retried on b
+    expect(backendA?.breaker.state).toBe("open");
+    await a.setFaults({ refuseConnections: false });
+    // Its next probes pass; the first of them ends the ejection (30 s early).
+    await until(() => backendA?.breaker.state === "closed", 5000);
+    const before = received(a);
+    for (let i = 0; i < 10; i++) expect(await chat(gw.url)).toBe(200);
+    expect(received(a) - before).toBeGreaterThanOrEqual(4);
+  });
+
+  it("a backend ejected for 5xx answers waits for its half-open probe even while /health passes", async () => {
+    const a = await startSim({ models: ["m"], ...fast });
+    const b = await startSim({ models: ["m"], ...fast });
+    sims = [a, b];
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    balancer: round_robin
+    backends: [{ url: "${a.url}", name: a, engine: vllm }, { url: "${b.url}", name: b, engine: vllm }]
+    healthCheck: { interval: 100ms, timeout: 200ms, healthyThreshold: 1 }
+    outlierDetection: { consecutive5xx: 2, baseEjectionTime: 30s }
+    retry: { attempts: 0 }
+    loadSignals: { enabled: false }
+`);
+    const backendA = gw.gateway.upstreams.pools.get("p")?.backends.find((x) => x.name === "a");
+    await a.setFaults({ errorRate: 1, errorStatus: 500 });
+    for (let i = 0; i < 6 && backendA?.breaker.state !== "open"; i++) await chat(gw.url);
+    expect(backendA?.breaker.state).toBe("open");
+    // /health keeps passing (inference fails, health does not): several probes later, still out.
+    const probesFrom = received(a);
+    await sleep(600);
+    expect(backendA?.breaker.state).toBe("open");
+    expect(received(a)).toBe(probesFrom);
+  });
+
   it("a backend whose /v1/models lacks the pool's model is never sent traffic", async () => {
     const right = await startSim({ models: ["m"], ...fast });
     const wrong = await startSim({ models: ["other-model"], ...fast });

@@ -11,6 +11,7 @@ const CONFIG: OutlierDetectionConfig = {
   baseEjectionTime: 1000,
   maxEjectionTime: 5000,
   maxEjectionPercent: 50,
+  unejectOnHealthCheck: true,
 };
 
 /** The breaker reduced to "out until": eject() is what outlier detection calls on it. */

@@ -225,7 +225,7 @@ export class Admission<B> {
    */
   released(takenAt: number): void {
     this.forgetStart(takenAt);
-    this.drain.note(this.now(), this.source.inUse() + 1, true);
+    this.drain.completed(this.now() - takenAt);
     if (this.queue.total > 0) this.pump();
   }
 
@@ -332,7 +332,7 @@ export class Admission<B> {
           }
         }
         this.left(ticket, "after_wait");
-        this.drain.note(this.now(), this.source.inUse(), false, ticket.band);
+        this.drain.handed(this.now(), ticket.band);
         ticket.grant(slot);
       }
     } finally {
@@ -341,11 +341,10 @@ export class Admission<B> {
   }
 
   private take(exclude: ReadonlySet<B> | undefined, band = -1): B | undefined {
-    const inUse = this.source.inUse();
     const b = this.source.take(exclude);
     if (b !== undefined) {
       const now = this.now();
-      this.drain.note(now, inUse, false, band);
+      if (band >= 0) this.drain.handed(now, band);
       this.starts.push(now);
       this.lastTake = now;
     }
@@ -354,7 +353,6 @@ export class Admission<B> {
 
   /** Gives back a slot take() just gave, unused (within the same pump: its start is the last). */
   private untake(b: B): void {
-    this.drain.note(this.now(), this.source.inUse(), false);
     this.starts.pop();
     this.source.untake(b);
   }

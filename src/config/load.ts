@@ -47,6 +47,7 @@ export function parseConfig(
   const issues: ConfigIssue[] = [];
   const raw = interpolateEnv(doc.toJS() ?? {}, extracted.refs, env, issues);
   const explicitWaits = explicitMaxWaits(raw);
+  cacheBlocksOn(raw);
   if (!validate(raw)) {
     // A missing variable already explains why its value fails the schema: say it once.
     const envPaths = new Set(issues.map((i) => i.path.join("\u0000")));
@@ -62,6 +63,21 @@ export function parseConfig(
   for (const issue of issues) locate(issue, doc.contents, lineCounter);
   issues.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   throw new ConfigError(source, issues);
+}
+
+/**
+ * A pool's `cache:` block turns its cache on unless it says `enabled: false`: an operator who
+ * wrote `cache: { ttl: 10m }` meant a cache (without the block, it stays off).
+ */
+function cacheBlocksOn(raw: unknown): void {
+  const pools = (raw as { pools?: unknown } | null)?.pools;
+  if (pools === null || typeof pools !== "object") return;
+  for (const pool of Object.values(pools)) {
+    const cache = (pool as { cache?: unknown } | null)?.cache;
+    if (cache !== null && typeof cache === "object" && !Array.isArray(cache) && !("enabled" in cache)) {
+      (cache as { enabled?: boolean }).enabled = true;
+    }
+  }
 }
 
 /** The admission bands whose maxWait the file sets, as "pool/band" (before defaults fill the rest). */

@@ -114,6 +114,65 @@ admin: { host: 0.0.0.0 }
     expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
   });
 
+  it("a pool's cache block turns its cache on unless it says enabled: false; no block, no cache", () => {
+    const pool = (cache: string) =>
+      parseConfig(
+        `pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }]${cache} } }`,
+        "x",
+        {},
+      ).pools.x?.cache;
+    expect(pool("")?.enabled).toBe(false);
+    expect(pool(", cache: { ttl: 10m }")).toMatchObject({ enabled: true, ttl: 600_000 });
+    expect(pool(", cache: { enabled: false, ttl: 10m }")?.enabled).toBe(false);
+  });
+
+  it("admission: a default maxWait that does not fit a short total timeout becomes half of it; an explicit one is an error", () => {
+    const c = parseConfig(
+      "pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }], timeouts: { total: 20s } } }",
+      "x",
+      {},
+    );
+    expect(c.pools.x?.admission.bands).toMatchObject({
+      interactive: { maxWait: 1500 },
+      batch: { maxWait: 10_000 },
+      background: { maxWait: 10_000 },
+    });
+    const m = issuesOf(
+      "pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }], timeouts: { total: 20s }, admission: { bands: { batch: { maxWait: 30s } } } } }",
+    ).message;
+    expect(m).toContain(
+      "pools.x.admission.bands.batch.maxWait: 30s is not below the pool's total timeout (20s)",
+    );
+  });
+
+  it("rejects what would fail at run time: a zero period, a token budget below defaultMaxTokens, admin on the main port, enginePriority off vLLM", () => {
+    const m = issuesOf(`
+listen: { port: 8080 }
+admin: { port: 8080 }
+rateLimits: [{ name: ip, rate: 5, per: 0s }]
+tenants:
+  t: { limits: { requests: { rate: 5, per: 0s }, tokens: { rate: 500, per: 1m } } }
+pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000, enginePriority: true }] } }
+`).message;
+    expect(m).toContain("rateLimits[0].per: must be longer than 0");
+    expect(m).toContain("tenants.t.limits.requests.per: must be longer than 0");
+    expect(m).toContain(
+      "tenants.t.limits.tokens: a budget of 500 tokens is below tokens.defaultMaxTokens (1024)",
+    );
+    expect(m).toContain("admin.port: is the same port as listen.port (8080)");
+    expect(m).toContain("pools.x.backends[0].enginePriority: only vLLM takes a request priority");
+    // Different addresses may share a port number.
+    expect(() =>
+      parseConfig(
+        `listen: { host: 10.0.0.1, port: 8080 }
+admin: { host: 127.0.0.1, port: 8080 }
+${MINIMAL}`,
+        "x",
+        {},
+      ),
+    ).not.toThrow();
+  });
+
   it("checks fallback chains", () => {
     const m = issuesOf(`
 pools:

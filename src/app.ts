@@ -260,6 +260,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     );
     if (!config.log.accessLog) return;
     const exchange = ctx.exchange;
+    const usage = answerUsage(ctx);
     logger.info(
       {
         requestId: request.id,
@@ -279,6 +280,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         firstByteMs: exchange?.firstByteAt
           ? Math.round((exchange.firstByteAt - ctx.startedAt) * 10) / 10
           : undefined,
+        promptTokens: usage?.prompt,
+        completionTokens: usage?.completion,
         bytesIn: request.rawBody?.length,
         bytesOut: exchange?.bytesOut,
       },
@@ -349,4 +352,16 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       logger.flush();
     },
   };
+}
+
+/** The answer's token usage as the backend reported it (a buffered answer, or a stream's usage chunk). */
+function answerUsage(ctx: RequestContext): { prompt: number; completion: number } | undefined {
+  const answer = ctx.answer;
+  if (!answer || answer.kind === "cached") return undefined;
+  const usage =
+    answer.kind === "stream" ? answer.tap?.usage : answer.status < 300 ? answer.json?.usage : undefined;
+  if (usage === null || typeof usage !== "object") return undefined;
+  const { prompt_tokens: prompt, completion_tokens: completion } = usage as Record<string, unknown>;
+  if (typeof prompt !== "number" || typeof completion !== "number") return undefined;
+  return { prompt, completion };
 }

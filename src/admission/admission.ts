@@ -13,7 +13,7 @@
  *
  * The wait estimate is (requests ahead + 1) ÷ the drain rate left to the band, with requests
  * ahead from the queue's order and the drain rate measured (drain-rate.ts) less the share of
- * freed slots the bands above it take; an arrival waits only if the estimate is within 80% of
+ * freed slots the bands above it take; an arrival waits only if the estimate is within 90% of
  * the time to its deadline (ESTIMATE_HEADROOM). Refusals say when to come back: the
  * estimated time until the work now waiting at or above the band has drained, with up to 20%
  * jitter so that refused clients do not return in one wave, capped at a minute (or the band's
@@ -90,9 +90,9 @@ const RETRY_AFTER_CAP_MS = 60_000;
  * An arrival is admitted to wait when its estimated wait is within this share of the time to
  * its deadline. The estimate is a mean: a request admitted right at its deadline would miss it
  * about half the time and fail slowly (queue_timeout) instead of being refused at once. The
- * 20% margin costs a slightly shorter queue, which under overload still keeps every slot busy.
+ * 10% margin costs a slightly shorter queue, which under overload still keeps every slot busy.
  */
-const ESTIMATE_HEADROOM = 0.8;
+const ESTIMATE_HEADROOM = 0.9;
 /** A lower band's share of freed slots is never counted as less than this (no infinite waits). */
 const MIN_BAND_SHARE = 0.05;
 const RETRY_AFTER_MIN_MS = 10;
@@ -180,7 +180,7 @@ export class Admission<B> {
   acquire(request: AdmissionRequest<B>): B | Ticket<B> {
     const band = request.band;
     if (this.queue.ahead(band, request.tenant, request.weight, true) === 0 && this.mayTake(band)) {
-      const b = this.take(request.exclude, band);
+      const b = this.take(request.exclude, band, request.tenant);
       if (b !== undefined) {
         this.decided(band, "immediate");
         return b;
@@ -204,6 +204,7 @@ export class Admission<B> {
       const wait = this.estimateMs(
         this.queue.ahead(band, request.tenant, request.weight, request.retry),
         band,
+        request.tenant,
       );
       if (wait > (request.deadline - now) * ESTIMATE_HEADROOM)
         return this.refuse(band, "deadline_unmeetable", wait);
@@ -269,9 +270,10 @@ export class Admission<B> {
    * estimate; when slots were filled together, as after a surge starts on an idle pool, they
    * free together too, and the second wave waits a whole H more, which the rate alone misses.
    */
-  estimateMs(ahead: number, band = 0): number {
+  estimateMs(ahead: number, band = 0, tenant?: string): number {
     const perSlot = this.drain.perSlotPerSecond;
-    const share = Math.max(MIN_BAND_SHARE, 1 - this.drain.higherShare(band));
+    const others = tenant === undefined ? 0 : this.drain.othersShare(band, tenant);
+    const share = Math.max(MIN_BAND_SHARE, (1 - this.drain.higherShare(band)) * (1 - others));
     if (perSlot <= 0) return Number.POSITIVE_INFINITY;
     const hold = 1000 / perSlot;
     const n = this.starts.length;
@@ -332,7 +334,7 @@ export class Admission<B> {
           }
         }
         this.left(ticket, "after_wait");
-        this.drain.handed(this.now(), ticket.band);
+        this.drain.handed(this.now(), ticket.band, ticket.tenant);
         ticket.grant(slot);
       }
     } finally {
@@ -340,11 +342,11 @@ export class Admission<B> {
     }
   }
 
-  private take(exclude: ReadonlySet<B> | undefined, band = -1): B | undefined {
+  private take(exclude: ReadonlySet<B> | undefined, band = -1, tenant = ""): B | undefined {
     const b = this.source.take(exclude);
     if (b !== undefined) {
       const now = this.now();
-      if (band >= 0) this.drain.handed(now, band);
+      if (band >= 0) this.drain.handed(now, band, tenant);
       this.starts.push(now);
       this.lastTake = now;
     }

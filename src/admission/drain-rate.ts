@@ -42,6 +42,8 @@ export class DrainRate {
   private readonly taken = [0, 0, 0];
   private readonly shares = [0, 0, 0];
   private sharesSeeded = false;
+  /** Per band, each tenant's slots in the current sample and its moving share of the band's. */
+  private readonly tenants = [0, 1, 2].map(() => new Map<string, { n: number; share: number }>());
   private sampleFrom: number;
 
   constructor(
@@ -79,9 +81,25 @@ export class DrainRate {
     return share;
   }
 
-  /** A slot was handed to a request of `band`. */
-  handed(now: number, band: number): void {
+  /**
+   * The share of its band's slots that tenants other than `tenant` take: under fair queuing a
+   * light tenant's later arrivals still go before a flooding tenant's backlog.
+   */
+  othersShare(band: number, tenant: string): number {
+    let share = 0;
+    for (const [name, t] of this.tenants[band] ?? []) if (name !== tenant) share += t.share;
+    return Math.min(1, share);
+  }
+
+  /** A slot was handed to a request of `band` (and `tenant`). */
+  handed(now: number, band: number, tenant = ""): void {
     this.taken[band] = (this.taken[band] ?? 0) + 1;
+    const tenants = this.tenants[band];
+    if (tenants) {
+      const t = tenants.get(tenant);
+      if (t) t.n++;
+      else tenants.set(tenant, { n: 1, share: 0 });
+    }
     const elapsed = now - this.sampleFrom;
     if (elapsed < this.options.sampleMs) return;
     const total = this.taken.reduce((a, b) => a + b, 0);
@@ -90,6 +108,14 @@ export class DrainRate {
     this.sharesSeeded = true;
     this.taken.forEach((n, b) => {
       this.shares[b] = (this.shares[b] ?? 0) + weight * (n / total - (this.shares[b] ?? 0));
+      const tenants = this.tenants[b];
+      if (tenants && n > 0) {
+        for (const [name, t] of tenants) {
+          t.share += weight * (t.n / n - t.share);
+          t.n = 0;
+          if (t.share < 0.001) tenants.delete(name);
+        }
+      }
       this.taken[b] = 0;
     });
     this.sampleFrom = now;

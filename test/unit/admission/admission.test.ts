@@ -469,6 +469,18 @@ describe("drain rate", () => {
     expect(rate.perSlotPerSecond).toBeCloseTo(2, 5);
   });
 
+  it("keeps each tenant's share of its band's slots: a flooder's wait counts what the others take", () => {
+    const rate = new DrainRate(0);
+    let now = 0;
+    for (let i = 0; i < 400; i++) {
+      now += 50;
+      rate.handed(now, 0, i % 4 === 0 ? "quiet" : "noisy");
+    }
+    expect(rate.othersShare(0, "noisy")).toBeCloseTo(0.25, 1);
+    expect(rate.othersShare(0, "quiet")).toBeCloseTo(0.75, 1);
+    expect(rate.othersShare(1, "noisy")).toBe(0);
+  });
+
   it("follows a slowdown within a few dozen completions, whatever the wall time", () => {
     const rate = new DrainRate(0);
     for (let i = 0; i < 200; i++) rate.completed(500);

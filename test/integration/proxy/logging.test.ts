@@ -71,6 +71,34 @@ describe("logs", () => {
     expect(typeof access?.requestId).toBe("string");
   });
 
+  it("the access line carries the answer's prompt and completion tokens, for charging usage back", async () => {
+    const upstream = await startUpstream((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          id: "c",
+          object: "chat.completion",
+          choices: [{ index: 0, message: { role: "assistant", content: "hi" }, finish_reason: "stop" }],
+          usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 },
+        }),
+      );
+    });
+    cleanups.push(() => upstream.close());
+    const { url, lines } = await logged(upstream);
+    const res = await request(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer sk-secret-key-0123456789" },
+      body: JSON.stringify({ model: "m" }),
+    });
+    await res.body.dump();
+    for (let i = 0; i < 100 && !lines.some((l) => l.msg === "request"); i++) await sleep(20);
+    expect(lines.find((l) => l.msg === "request")).toMatchObject({
+      status: 200,
+      promptTokens: 12,
+      completionTokens: 3,
+    });
+  });
+
   it("a backend failure: one error line with the request id and the cause; keys never appear", async () => {
     const upstream = await startUpstream((_req, res) => {
       res.socket?.destroy();

@@ -86,8 +86,14 @@ export class DrainRate {
    * light tenant's later arrivals still go before a flooding tenant's backlog.
    */
   othersShare(band: number, tenant: string): number {
+    const tenants = this.tenants[band];
+    if (!tenants) return 0;
+    // Only a tenant taking at least an equal share is behind the others' later arrivals; a
+    // lighter one is served first by fair queuing (its place in the queue already says so).
+    const own = tenants.get(tenant)?.share ?? 0;
+    if (own * Math.max(1, tenants.size) < 1) return 0;
     let share = 0;
-    for (const [name, t] of this.tenants[band] ?? []) if (name !== tenant) share += t.share;
+    for (const [name, t] of tenants) if (name !== tenant) share += t.share;
     return Math.min(1, share);
   }
 

@@ -1,0 +1,638 @@
+#!/usr/bin/env node
+/**
+ * The surge benchmark: what a gateway does when more work arrives than the GPUs behind it can
+ * do. A fleet of three `floodgate sim` backends (8, 8 and 4 slots), its capacity C measured in
+ * the same run, then open-loop Poisson arrivals at multiples of C through each target:
+ *   nginx      least_conn over the three (when /usr/sbin/nginx or nginx is installed)
+ *   floodgate  `floodgate --config`, one pool with maxConcurrency 8, 8, 4 and four tenants
+ * Scenarios: tenant `interactive` alone at 1x, 2x, 3x and 10x of C; a priority mix (interactive
+ * 0.5x + batch 2.5x); a fairness mix (noisy 3x + quiet 0.3x, both interactive). Every request
+ * is recorded; analyze.mjs turns the records into outcomes and goodput, report.mjs into
+ * bench/surge/REPORT.md and its SVG charts. Raw results go to bench/surge/results/ (git-ignored).
+ *
+ * usage: node bench/surge/run.mjs [--quick] [--duration SECONDS] [--seed N] [--skip-nginx]
+ *                                 [--scenarios 1x,10x,...] [--gateway-config-extra FILE]
+ *                                 [--build DIR]
+ * (`npm run bench:surge` builds first and runs this.) --build runs floodgate (and the simulators)
+ * from another checkout's dist/, e.g. a clean clone of HEAD while src/ is being edited.
+ * --gateway-config-extra: a YAML mapping merged (deeply) into the generated pool, e.g.
+ * `admission: { reserve: 10 }`; a top-level `tenants:` key in it is merged into the config's
+ * tenants instead (e.g. `tenants: { quiet: { weight: 2 } }`).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer } from "node:net";
+import os from "node:os";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { parse as parseYaml, stringify as toYaml } from "yaml";
+import { OUTCOME_LABELS, OUTCOMES, outcome, round } from "./analyze.mjs";
+import { closedLoop, MAX_TOKENS, MODEL, newClient, openLoop, poissonTimes, streamOnce } from "./load.mjs";
+import { pct, writeReport } from "./report.mjs";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, "../..");
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    /** Seconds of arrivals per scenario (default 40; 10 with --quick). */
+    duration: { type: "string" },
+    seed: { type: "string", default: "1" },
+    "skip-nginx": { type: "boolean", default: false },
+    /** Only these scenarios, comma-separated (for trying changes; the report shows what ran). */
+    scenarios: { type: "string" },
+    "gateway-config-extra": { type: "string" },
+    /** Another floodgate checkout, built, to run instead of this one (e.g. a clean clone of HEAD). */
+    build: { type: "string" },
+  },
+});
+/** The floodgate checkout whose build runs the simulators and the gateway. */
+const BUILD = args.build ? resolve(args.build) : ROOT;
+const MAIN = join(BUILD, "dist/src/main.js");
+/** As floodgate's `npm start` and Dockerfile run it (a 64 MB young generation). */
+const NODE_FLAGS = ["--max-semi-space-size=64"];
+
+const PLAN = {
+  arrivalSeconds: Number(args.duration ?? (args.quick ? 10 : 40)),
+  capacityWarmupS: args.quick ? 1 : 2,
+  capacityWindowS: args.quick ? 8 : 20,
+  // Long enough for a batch request sent last to wait its band's 30 s and stream its answer.
+  stragglerSeconds: 40,
+  pauseSeconds: 3,
+  seed: Number(args.seed),
+};
+
+/** The fleet: same model, fixed seeds, the simulator's default queue (64) and timings. */
+const FLEET = [
+  { name: "sim-a", slots: 8, seed: 11 },
+  { name: "sim-b", slots: 8, seed: 12 },
+  { name: "sim-c", slots: 4, seed: 13 },
+];
+/** The simulator's default timing (src/sim/cli.ts), for the report's "ideal" capacity. */
+const SIM_TIMING = { decodeStepMs: 15, decodeMsPerSeq: 0.3 };
+
+const TENANTS = {
+  interactive: "interactive",
+  batch: "batch",
+  noisy: "interactive",
+  quiet: "interactive",
+};
+const keyOf = (tenant) => `surge-${tenant}-key-0123456789abcdef`;
+
+const SCENARIOS = [
+  ...[1, 2, 3, 10].map((m) => ({ name: `${m}x`, streams: [{ tenant: "interactive", multiple: m }] })),
+  {
+    name: "priority",
+    streams: [
+      { tenant: "interactive", multiple: 0.5 },
+      { tenant: "batch", multiple: 2.5 },
+    ],
+  },
+  {
+    name: "fairness",
+    streams: [
+      { tenant: "noisy", multiple: 3 },
+      { tenant: "quiet", multiple: 0.3 },
+    ],
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: every one is tracked and ended on exit, error, SIGINT and SIGTERM.
+
+const children = new Set();
+let tmp;
+
+/** Starts a long-running server; its output goes to a log file in the temp dir. */
+function startServer(name, command, commandArgs) {
+  const logPath = join(tmp, `${name}.log`);
+  const out = openSync(logPath, "a");
+  const child = spawn(command, commandArgs, { cwd: ROOT, stdio: ["ignore", out, out] });
+  closeSync(out);
+  const proc = { name, child, logPath, exited: false, exitCode: null };
+  children.add(proc);
+  child.on("exit", (code, signal) => {
+    proc.exited = true;
+    proc.exitCode = code ?? signal;
+    children.delete(proc);
+  });
+  return proc;
+}
+
+async function stop(proc) {
+  if (proc.exited) return;
+  const exited = new Promise((r) => proc.child.once("exit", r));
+  proc.child.kill("SIGTERM");
+  const timeout = new Promise((r) => setTimeout(() => r("timeout"), 5000).unref());
+  if ((await Promise.race([exited, timeout])) === "timeout" && !proc.exited) {
+    proc.child.kill("SIGKILL");
+    await exited;
+  }
+}
+
+async function stopAll() {
+  await Promise.all([...children].map((p) => stop(p)));
+}
+
+process.on("exit", () => {
+  for (const p of children) if (!p.exited) p.child.kill("SIGKILL");
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => {
+    interrupted = true;
+    console.error(`\n${signal}: stopping the benchmark's processes`);
+    stopAll().finally(() => process.exit(130));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const startedAt = new Date();
+const log = (msg) => console.log(`[${((Date.now() - startedAt) / 1000).toFixed(0).padStart(4)}s] ${msg}`);
+
+function freePort() {
+  return new Promise((resolvePromise, reject) => {
+    const server = createServer();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolvePromise(port));
+    });
+  });
+}
+
+function findBinary(candidates) {
+  for (const c of candidates) {
+    if (c.includes("/")) {
+      if (existsSync(c)) return c;
+    } else {
+      const found = spawnSync("sh", ["-c", `command -v ${c}`], { encoding: "utf8" }).stdout.trim();
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+function tail(path) {
+  try {
+    return readFileSync(path, "utf8").split("\n").slice(-20).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+async function waitReady(proc, url) {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (proc.exited)
+      throw new Error(`${proc.name} exited (${proc.exitCode}) before it was ready:\n${tail(proc.logPath)}`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      if (res.status < 500) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  throw new Error(`${proc.name} not ready at ${url} after 15 s:\n${tail(proc.logPath)}`);
+}
+
+/** The newest modification time of a file under dir, in ms. */
+function newestMtime(dir) {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
+  }
+  return newest;
+}
+
+/** The build's commit, and whether its src/ differs from it. */
+function gitDescription(dir) {
+  const git = (a) => spawnSync("git", a, { cwd: dir, encoding: "utf8" }).stdout?.trim() ?? "";
+  const head = git(["rev-parse", "--short", "HEAD"]);
+  if (!head) return null;
+  const dirty = git(["status", "--porcelain", "--", "src"]) !== "";
+  return `${head}${dirty ? " + uncommitted changes in src/" : ""}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet and the targets.
+
+async function startFleet() {
+  const fleet = [];
+  for (const b of FLEET) {
+    const port = await freePort();
+    const proc = startServer(b.name, process.execPath, [
+      MAIN,
+      "sim",
+      "--port",
+      String(port),
+      "--model",
+      MODEL,
+      "--slots",
+      String(b.slots),
+      "--seed",
+      String(b.seed),
+    ]);
+    fleet.push({ ...b, url: `http://127.0.0.1:${port}`, port, proc });
+  }
+  for (const b of fleet) await waitReady(b.proc, `${b.url}/health`);
+  return fleet;
+}
+
+/** The simulators' counters summed (received, completed, rejectedBusy, ...) and their load now. */
+async function fleetStats(fleet) {
+  const all = await Promise.all(
+    fleet.map(async (b) => (await fetch(`${b.url}/sim/stats`, { signal: AbortSignal.timeout(5000) })).json()),
+  );
+  const sum = (k) => all.reduce((a, s) => a + s[k], 0);
+  return {
+    received: sum("received"),
+    completed: sum("completed"),
+    rejectedBusy: sum("rejectedBusy"),
+    aborted: sum("aborted"),
+    busy: sum("running") + sum("waiting"),
+  };
+}
+
+/** Waits `pauseSeconds`, then until no simulator runs or queues anything (30 s at most). */
+async function drain(fleet) {
+  await sleep(PLAN.pauseSeconds * 1000);
+  const deadline = Date.now() + 30_000;
+  while ((await fleetStats(fleet)).busy > 0 && Date.now() < deadline) await sleep(250);
+}
+
+function nginxConf(dir, port, fleet) {
+  return `# written by bench/surge/run.mjs
+daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_timeout 75s;
+  keepalive_requests 1000000;
+  upstream fleet {
+    least_conn;
+${fleet.map((b) => `    server 127.0.0.1:${b.port} max_fails=0;`).join("\n")}
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://fleet;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 120s;
+    }
+  }
+}
+`;
+}
+
+async function startNginx(binary, fleet) {
+  const dir = join(tmp, "nginx");
+  mkdirSync(dir);
+  const port = await freePort();
+  const conf = nginxConf(dir, port, fleet);
+  writeFileSync(join(dir, "nginx.conf"), conf);
+  const proc = startServer("nginx", binary, [
+    "-p",
+    dir,
+    "-c",
+    join(dir, "nginx.conf"),
+    "-e",
+    join(dir, "error.log"),
+  ]);
+  const url = `http://127.0.0.1:${port}`;
+  // Any answer will do (the simulators 404 an unknown path): nginx is up and passing through.
+  await waitReady(proc, `${url}/health`);
+  const version = spawnSync(binary, ["-v"], { encoding: "utf8" })
+    .stderr.trim()
+    .replace(/^nginx version: /, "");
+  return { name: "nginx", url, proc, version, conf };
+}
+
+function isObject(x) {
+  return x !== null && typeof x === "object" && !Array.isArray(x);
+}
+
+function deepMerge(base, extra) {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(extra))
+    out[k] = isObject(v) && isObject(out[k]) ? deepMerge(out[k], v) : v;
+  return out;
+}
+
+/**
+ * floodgate's config: one pool over the fleet, the four tenants' keys, quiet logging, no admin
+ * listener. Everything else is left at floodgate's defaults (admission control included, once
+ * it exists), unless --gateway-config-extra says otherwise.
+ */
+function gatewayConfig(port, fleet, extra) {
+  let pool = {
+    models: [MODEL],
+    backends: fleet.map((b) => ({ name: b.name, url: b.url, maxConcurrency: b.slots })),
+  };
+  let tenants = Object.fromEntries(Object.entries(TENANTS).map(([t, priority]) => [t, { priority }]));
+  if (extra) {
+    const { tenants: extraTenants, ...poolExtra } = extra;
+    pool = deepMerge(pool, poolExtra);
+    if (extraTenants) tenants = deepMerge(tenants, extraTenants);
+  }
+  return toYaml({
+    listen: { host: "127.0.0.1", port },
+    admin: { enabled: false },
+    server: { shutdownGrace: "2s" },
+    log: { level: "warn", accessLog: false },
+    auth: { keys: Object.keys(TENANTS).map((t) => ({ key: keyOf(t), tenant: t })) },
+    tenants,
+    pools: { surge: pool },
+  });
+}
+
+async function startFloodgate(fleet, extra) {
+  const port = await freePort();
+  const yaml = gatewayConfig(port, fleet, extra);
+  const file = join(tmp, "floodgate.yaml");
+  writeFileSync(file, yaml);
+  const proc = startServer("floodgate", process.execPath, [...NODE_FLAGS, MAIN, "--config", file]);
+  const url = `http://127.0.0.1:${port}`;
+  await waitReady(proc, `${url}/healthz`);
+  return { name: "floodgate", url, proc, yaml };
+}
+
+/** One request per tenant through the target must be a complete 50-token stream. */
+async function checkTarget(target, dispatcher) {
+  const checks = Object.keys(TENANTS).map(async (tenant) => {
+    const rec = await streamOnce(
+      dispatcher,
+      target.url,
+      `Bearer ${keyOf(tenant)}`,
+      AbortSignal.timeout(10_000),
+      () => performance.now(),
+    );
+    return { tenant, rec };
+  });
+  for (const { tenant, rec } of await Promise.all(checks)) {
+    if (rec.error || rec.tokens !== MAX_TOKENS) {
+      throw new Error(
+        `${target.name}: the check request for ${tenant} got status ${rec.status}, ${rec.tokens} tokens, error ${rec.error} ${rec.code ?? ""}`,
+      );
+    }
+  }
+}
+
+/** floodgate's warn and error lines (pino JSON on stdout), with a few distinct messages. */
+function floodgateLog(path) {
+  const lines = readFileSync(path, "utf8").split("\n");
+  const warnings = lines.filter((l) => /"level":40/.test(l));
+  const errors = lines.filter((l) => /"level":(50|60)/.test(l));
+  const messages = new Set();
+  for (const l of [...errors, ...warnings]) {
+    try {
+      messages.add(JSON.parse(l).msg);
+    } catch {
+      messages.add(l.slice(0, 200));
+    }
+  }
+  return { warnings: warnings.length, errors: errors.length, messages: [...messages].slice(0, 10) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The phases.
+
+/**
+ * C: each simulator with its slot count plus one in flight, all three at once. The one extra
+ * waits in the simulator's queue and takes a slot the moment one frees (the simulator hands a
+ * freed slot over at once), so no slot idles between a client's requests, which with exactly
+ * the slot count lose about a decode step per request and read C ~4% low.
+ */
+async function measureCapacity(fleet) {
+  const dispatcher = newClient();
+  const perSim = await Promise.all(
+    fleet.map(async (b) => {
+      const r = await closedLoop({
+        dispatcher,
+        url: b.url,
+        concurrency: b.slots + 1,
+        warmupS: PLAN.capacityWarmupS,
+        windowS: PLAN.capacityWindowS,
+      });
+      return { name: b.name, slots: b.slots, perSecond: round(r.perSecond, 3), failed: r.failed };
+    }),
+  );
+  await dispatcher.close();
+  const ideal = FLEET.reduce(
+    (a, b) =>
+      a + b.slots / ((MAX_TOKENS * (SIM_TIMING.decodeStepMs + SIM_TIMING.decodeMsPerSeq * b.slots)) / 1000),
+    0,
+  );
+  return {
+    perSecond: round(
+      perSim.reduce((a, s) => a + s.perSecond, 0),
+      3,
+    ),
+    perSim,
+    ideal: round(ideal, 3),
+    windowSeconds: PLAN.capacityWindowS,
+  };
+}
+
+/** The arrivals of one scenario: each tenant's Poisson stream, merged in time order. */
+function arrivalsFor(scenario) {
+  return scenario.streams
+    .flatMap((s) =>
+      poissonTimes(s.rate, PLAN.arrivalSeconds, s.seed).map((at) => ({
+        at,
+        tenant: s.tenant,
+        authorization: `Bearer ${keyOf(s.tenant)}`,
+      })),
+    )
+    .sort((a, b) => a.at - b.at);
+}
+
+async function runScenario(target, scenario, fleet) {
+  const arrivals = arrivalsFor(scenario);
+  const before = await fleetStats(fleet);
+  const started = Date.now();
+  const { records, arrivalsEnded, ended, aborted } = await openLoop({
+    dispatcher: target.dispatcher,
+    url: target.url,
+    arrivals,
+    stragglerMs: PLAN.stragglerSeconds * 1000,
+  });
+  // After the drain, so that the simulators' counters include the last answers.
+  await drain(fleet);
+  const after = await fleetStats(fleet);
+  if (target.proc.exited)
+    throw new Error(`${target.name} exited (${target.proc.exitCode}):\n${tail(target.proc.logPath)}`);
+  const simDelta = Object.fromEntries(
+    ["received", "completed", "rejectedBusy", "aborted"].map((k) => [k, after[k] - before[k]]),
+  );
+  return {
+    target: target.name,
+    scenario: scenario.name,
+    streams: scenario.streams,
+    arrivalSeconds: PLAN.arrivalSeconds,
+    maxTokens: MAX_TOKENS,
+    planned: arrivals.length,
+    arrivalsEnded,
+    ended,
+    aborted,
+    wallSeconds: (Date.now() - started) / 1000,
+    simDelta,
+    records,
+  };
+}
+
+function oneLine(run) {
+  const n = Object.fromEntries(OUTCOMES.map((o) => [o, 0]));
+  for (const r of run.records) n[outcome(r)]++;
+  return `${run.records.length} offered: ${OUTCOMES.map((o) => `${n[o]} ${OUTCOME_LABELS[o]}`).join(", ")} (${run.wallSeconds.toFixed(0)} s)`;
+}
+
+async function main() {
+  if (!existsSync(MAIN)) throw new Error(`${relative(ROOT, MAIN)} is missing: run \`npm run build\` first`);
+  if (!(PLAN.arrivalSeconds > 0)) throw new Error("--duration must be a positive number of seconds");
+  const extraPath = args["gateway-config-extra"];
+  const extra = extraPath ? parseYaml(readFileSync(extraPath, "utf8")) : undefined;
+  if (extra !== undefined && !isObject(extra)) throw new Error(`${extraPath}: expected a YAML mapping`);
+  const wanted = args.scenarios?.split(",").map((s) => s.trim());
+  const scenarios = SCENARIOS.filter((s) => !wanted || wanted.includes(s.name));
+  if (scenarios.length === 0)
+    throw new Error(`--scenarios: none of ${SCENARIOS.map((s) => s.name).join(", ")}`);
+  const nginxBinary = args["skip-nginx"] ? undefined : findBinary(["/usr/sbin/nginx", "nginx"]);
+  const warnings = [];
+  if (newestMtime(join(BUILD, "src")) > statSync(MAIN).mtimeMs) {
+    warnings.push("dist/ is older than src/: this run measured the last build, not the source.");
+    log(`WARNING ${warnings.at(-1)}`);
+  }
+  tmp = mkdtempSync(join(os.tmpdir(), "floodgate-surge-"));
+
+  const fleet = await startFleet();
+  log(`fleet up: ${fleet.map((b) => `${b.name} ${b.slots} slots ${b.url}`).join(", ")}`);
+  log(
+    `capacity: closed loop at each simulator's slot count + 1, ${PLAN.capacityWarmupS}s + ${PLAN.capacityWindowS}s`,
+  );
+  const capacity = await measureCapacity(fleet);
+  const C = capacity.perSecond;
+  log(
+    `  C = ${C.toFixed(2)} completions/s (${capacity.perSim.map((s) => `${s.name} ${s.perSecond}`).join(", ")})`,
+  );
+  if (capacity.perSim.some((s) => s.failed > 0)) warnings.push("some capacity-phase requests failed");
+  await drain(fleet);
+
+  const targets = [];
+  if (nginxBinary) targets.push(await startNginx(nginxBinary, fleet));
+  else log(`nginx skipped: ${args["skip-nginx"] ? "--skip-nginx" : "not installed"}`);
+  targets.push(await startFloodgate(fleet, extra));
+  for (const t of targets) {
+    t.dispatcher = newClient();
+    await checkTarget(t, t.dispatcher);
+  }
+  log(`targets up: ${targets.map((t) => `${t.name} ${t.url}`).join(", ")}`);
+
+  // Rates and seeds are fixed per scenario, so both targets get the very same arrivals.
+  for (const sc of scenarios) {
+    sc.streams.forEach((s, j) => {
+      s.rate = s.multiple * C;
+      s.seed = PLAN.seed * 1000 + SCENARIOS.indexOf(sc) * 10 + j;
+    });
+  }
+  await drain(fleet);
+  const runs = [];
+  for (const sc of scenarios) {
+    for (const t of targets) {
+      const rate = sc.streams.reduce((a, s) => a + s.rate, 0);
+      log(`${sc.name} via ${t.name}: ${rate.toFixed(1)} req/s for ${PLAN.arrivalSeconds}s`);
+      const run = await runScenario(t, sc, fleet);
+      log(`  ${oneLine(run)}`);
+      runs.push(run);
+    }
+  }
+
+  const floodgate = targets.find((t) => t.name === "floodgate");
+  const nginx = targets.find((t) => t.name === "nginx");
+  for (const t of targets) await t.dispatcher.close();
+  await stopAll();
+  const results = {
+    meta: {
+      date: startedAt.toISOString(),
+      runtimeSeconds: (Date.now() - startedAt) / 1000,
+      node: process.version,
+      nproc: os.availableParallelism(),
+      cpuModel:
+        /model name\s*:\s*(.*)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? os.cpus()[0]?.model,
+      kernel: `${os.type()} ${os.release()}`,
+      git: gitDescription(BUILD),
+      build: BUILD === ROOT ? null : BUILD,
+      nginx: nginx?.version ?? null,
+      nginxSkipped: nginx ? null : args["skip-nginx"] ? "--skip-nginx" : "nginx not installed",
+      quick: args.quick,
+      model: MODEL,
+      maxTokens: MAX_TOKENS,
+      plan: PLAN,
+      fleet: FLEET,
+      gatewayConfig: floodgate.yaml,
+      gatewayConfigExtra: extraPath ?? null,
+      nginxConf: nginx?.conf ?? null,
+      floodgateLog: floodgateLog(floodgate.proc.logPath),
+      warnings,
+    },
+    capacity,
+    scenarios,
+    runs,
+  };
+
+  const resultsDir = join(HERE, "results");
+  mkdirSync(resultsDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/[:.]/g, "-");
+  const json = `${JSON.stringify(results)}\n`;
+  writeFileSync(join(resultsDir, `surge-${stamp}.json`), json);
+  writeFileSync(join(resultsDir, "latest.json"), json);
+  const summaries = writeReport(results);
+  for (const s of summaries)
+    log(`${s.scenario.padEnd(9)} ${s.target.padEnd(10)} goodput ${pct(s.total.goodput)}`);
+  log(
+    `done: bench/surge/REPORT.md, bench/surge/*.svg, ${relative(ROOT, join(resultsDir, `surge-${stamp}.json`))}`,
+  );
+}
+
+main().then(
+  () => process.exit(0),
+  async (err) => {
+    if (interrupted) return; // the signal handler cleans up and exits
+    console.error(err instanceof Error ? err.message : err);
+    for (const p of children) console.error(`--- ${p.name} log ---\n${tail(p.logPath)}`);
+    await stopAll();
+    process.exit(1);
+  },
+);

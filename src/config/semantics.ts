@@ -125,23 +125,20 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       issues.push({ path: [...path, "per"], message: "must be longer than 0", hint: "per: 1s, or 1m" });
     }
   };
-  config.rateLimits.forEach((limit, i) => zeroPer(["rateLimits", i], limit));
+  config.rateLimits.forEach((limit, i) => {
+    zeroPer(["rateLimits", i], limit);
+  });
   for (const [name, tenant] of Object.entries(config.tenants)) {
     const path = ["tenants", name, "limits"];
     const requests = tenant.limits.requests;
-    if (Array.isArray(requests)) requests.forEach((spec, i) => zeroPer([...path, "requests", i], spec));
-    else if (requests) zeroPer([...path, "requests"], requests);
+    if (Array.isArray(requests)) {
+      requests.forEach((spec, i) => {
+        zeroPer([...path, "requests", i], spec);
+      });
+    } else if (requests) zeroPer([...path, "requests"], requests);
     const tokens = tenant.limits.tokens;
     if (tokens) {
       zeroPer([...path, "tokens"], tokens);
-      const budget = tokens.burst ?? tokens.rate;
-      if (budget < config.tokens.defaultMaxTokens) {
-        issues.push({
-          path: [...path, "tokens"],
-          message: `a budget of ${budget} tokens is below tokens.defaultMaxTokens (${config.tokens.defaultMaxTokens}), which every request without max_tokens reserves: each would be refused`,
-          hint: `raise burst (or rate) to at least ${config.tokens.defaultMaxTokens}, or lower tokens.defaultMaxTokens`,
-        });
-      }
     }
   }
   const any = (host: string) => host === "0.0.0.0" || host === "::" || host === "";

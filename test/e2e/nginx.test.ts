@@ -91,8 +91,8 @@ describe.skipIf(!NGINX)("nginx.conf.example in front of floodgate", () => {
     await new Promise((r) => setTimeout(r, 100));
     const res = await request(`${url}/v1/chat/completions`, { method: "POST", headers, body });
     expect(res.statusCode).toBe(503);
-    // The drain estimate's prior (one slot-second) with up to 20% jitter, as floodgate sent it.
-    expect(Number(res.headers["retry-after-ms"])).toBeGreaterThanOrEqual(1000);
+    // When the slot in use is expected to free, with up to 20% jitter, as floodgate sent it.
+    expect(Number(res.headers["retry-after-ms"])).toBeGreaterThan(0);
     expect(Number(res.headers["retry-after-ms"])).toBeLessThanOrEqual(1200);
     expect(res.headers["x-should-retry"]).toBe("true");
     expect(await res.body.json()).toMatchObject({ error: { code: "queue_full" } });

@@ -43,6 +43,17 @@ pools: { p: { models: [m], backends: [{ url: "${upstream.url}" }], healthCheck: 
   return { gw, url, lines };
 }
 
+/** One chat completion with the tenant's key; the body is read and dropped. */
+async function chat(url: string) {
+  const res = await request(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: "Bearer sk-secret-key-0123456789" },
+    body: JSON.stringify({ model: "m" }),
+  });
+  await res.body.dump();
+  return res;
+}
+
 describe("logs", () => {
   it("a client that leaves while the backend thinks: a 499 access line, no error line", async () => {
     const upstream = await startUpstream(() => {}); // never answers
@@ -85,12 +96,7 @@ describe("logs", () => {
     });
     cleanups.push(() => upstream.close());
     const { url, lines } = await logged(upstream);
-    const res = await request(`${url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer sk-secret-key-0123456789" },
-      body: JSON.stringify({ model: "m" }),
-    });
-    await res.body.dump();
+    await chat(url);
     for (let i = 0; i < 100 && !lines.some((l) => l.msg === "request"); i++) await sleep(20);
     expect(lines.find((l) => l.msg === "request")).toMatchObject({
       status: 200,
@@ -105,12 +111,7 @@ describe("logs", () => {
     });
     cleanups.push(() => upstream.close());
     const { url, lines } = await logged(upstream);
-    const res = await request(`${url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer sk-secret-key-0123456789" },
-      body: JSON.stringify({ model: "m" }),
-    });
-    await res.body.dump();
+    const res = await chat(url);
     expect(res.statusCode).toBe(502);
     await sleep(50);
     const errorsLogged = lines.filter((l) => (l.level as number) >= 50);

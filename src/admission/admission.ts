@@ -164,7 +164,7 @@ export class Admission<B> {
 
   constructor(
     private readonly source: SlotSource<B>,
-    readonly config: AdmissionConfig,
+    private config: AdmissionConfig,
     private readonly now: () => number,
     private readonly events: AdmissionEvents = {},
     private readonly random: () => number = Math.random,
@@ -174,6 +174,15 @@ export class Admission<B> {
 
   get enabled(): boolean {
     return this.config.enabled;
+  }
+
+  /**
+   * A reload's settings. Requests already waiting keep the deadline they entered with (their
+   * config generation) until dispatch; the new bounds apply to those that arrive from now.
+   */
+  reconfigure(config: AdmissionConfig): void {
+    this.config = config;
+    if (this.queue.total > 0) this.pump();
   }
 
   /** A slot now, a Ticket to wait on, or a refusal thrown (GatewayError). */

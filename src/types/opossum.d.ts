@@ -30,7 +30,8 @@ declare module "opossum" {
   class CircuitBreaker<A extends unknown[], R> extends EventEmitter {
     constructor(action: (...args: A) => Promise<R>, options?: CircuitBreakerOptions);
     /** Read at each open to schedule half-open: floodgate sets it per open. */
-    readonly options: { resetTimeout: number };
+    /** Read at each decision (circuit.js), so a change takes effect at once. */
+    readonly options: { resetTimeout: number; errorThresholdPercentage: number };
     fire(...args: A): Promise<R>;
     open(): void;
     close(): void;

@@ -39,13 +39,14 @@ export class Backend implements BalancerBackend {
   readonly origin: string;
   /** Path prefix of the backend URL (`https://host/openai` → `/openai`), without a trailing slash. */
   readonly basePath: string;
-  readonly weight: number;
-  readonly maxConcurrency: number;
-  readonly backup: boolean;
+  weight: number;
+  maxConcurrency: number;
+  backup: boolean;
   readonly engine: BackendConfig["engine"];
   /** Configured extra headers, lower-cased once here rather than per request. */
-  readonly extraHeaders: ReadonlyArray<readonly [string, string]>;
-  readonly dispatcher: Pool;
+  extraHeaders: ReadonlyArray<readonly [string, string]>;
+  /** The connection pool; a reload with new timeouts swaps it (the old one finishes its requests). */
+  dispatcher: Pool;
   inFlight = 0;
   drained = false;
   healthy = true;
@@ -65,37 +66,76 @@ export class Backend implements BalancerBackend {
   onIdle: (() => void) | undefined;
 
   constructor(
-    readonly config: BackendConfig,
+    public config: BackendConfig,
     url: string,
-    timeouts: TimeoutsConfig,
+    private timeouts: TimeoutsConfig,
     breaker: BreakerSettings,
-    options: BackendOptions = {},
+    private readonly options: BackendOptions = {},
   ) {
     const parsed = new URL(url);
     this.name = options.name ?? backendName(url, config.name);
     this.origin = parsed.origin;
     this.basePath = parsed.pathname.replace(/\/+$/, "");
+    this.engine = config.engine;
+    // Set by update(), which a reload calls again with the new settings.
+    this.weight = 1;
+    this.maxConcurrency = 1;
+    this.backup = false;
+    this.extraHeaders = [];
+    this.update(config);
+    this.dispatcher = this.connectionPool();
+    this.breaker = new BackendBreaker(breaker, (state) => options.onBreakerState?.(this, state));
+  }
+
+  /**
+   * Whether a reload can keep this backend (its state: health, ejection, breaker, slow start,
+   * in flight, drain) under a new config, or must replace it: a new identity, connection cap,
+   * engine or breaker window is a new backend that joins through a health check.
+   */
+  keeps(config: BackendConfig, breaker: BreakerSettings): boolean {
+    const was = this.config;
+    return (
+      was.maxConnections === config.maxConnections &&
+      was.engine === config.engine &&
+      was.discovery === config.discovery &&
+      (was.name ?? "") === (config.name ?? "") &&
+      this.breaker.fixedAs(breaker)
+    );
+  }
+
+  /** A reload's settings for a backend it keeps (see keeps()). */
+  update(config: BackendConfig, timeouts?: TimeoutsConfig, breaker?: BreakerSettings): void {
+    this.config = config;
     this.weight = config.weight;
     // A slot is a connection (no pipelining): past maxConnections a request would wait inside
     // undici, unseen by the balancer and the timeouts, so the slots stop there.
     this.maxConcurrency = Math.min(config.maxConcurrency ?? Number.POSITIVE_INFINITY, config.maxConnections);
     this.backup = config.backup;
-    this.engine = config.engine;
     this.extraHeaders = Object.entries(config.headers).map(([k, v]) => [k.toLowerCase(), v] as const);
-    this.dispatcher = new Pool(this.origin, {
-      connections: config.maxConnections,
+    if (breaker) this.breaker.reconfigure(breaker);
+    if (timeouts && !sameConnectTimeouts(timeouts, this.timeouts)) {
+      this.timeouts = timeouts;
+      // Requests under way keep the old pool; it closes once they are done.
+      const old = this.dispatcher;
+      this.dispatcher = this.connectionPool();
+      void old.close();
+    }
+  }
+
+  private connectionPool(): Pool {
+    return new Pool(this.origin, {
+      connections: this.config.maxConnections,
       connect: {
-        timeout: timeouts.connect,
-        ...(options.servername ? { servername: options.servername } : {}),
+        timeout: this.timeouts.connect,
+        ...(this.options.servername ? { servername: this.options.servername } : {}),
       },
-      headersTimeout: timeouts.firstByte,
-      bodyTimeout: timeouts.idle,
+      headersTimeout: this.timeouts.firstByte,
+      bodyTimeout: this.timeouts.idle,
       // Inference servers close idle connections after some seconds; stay under common values.
       keepAliveTimeout: 4_000,
       keepAliveMaxTimeout: 60_000,
       pipelining: 1,
     });
-    this.breaker = new BackendBreaker(breaker, (state) => options.onBreakerState?.(this, state));
   }
 
   admits(_now: number): boolean {
@@ -111,4 +151,8 @@ export class Backend implements BalancerBackend {
     this.breaker.shutdown();
     return this.dispatcher.destroy();
   }
+}
+
+function sameConnectTimeouts(a: TimeoutsConfig, b: TimeoutsConfig): boolean {
+  return a.connect === b.connect && a.firstByte === b.firstByte && a.idle === b.idle;
 }

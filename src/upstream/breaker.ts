@@ -60,7 +60,7 @@ export class BackendBreaker {
   private healthMayEnd = false;
 
   constructor(
-    readonly settings: BreakerSettings,
+    private settings: BreakerSettings,
     private readonly onState: (state: BreakerState) => void = () => {},
   ) {
     this.cb = new CircuitBreaker((action: () => Promise<unknown>) => action(), {
@@ -92,6 +92,14 @@ export class BackendBreaker {
       this.healthMayEnd = false;
       this.onState("closed");
     });
+  }
+
+  /** The settings a kept breaker cannot change (see reconfigure). */
+  fixedAs(settings: BreakerSettings): boolean {
+    return (
+      this.settings.rollingWindow === settings.rollingWindow &&
+      this.settings.volumeThreshold === settings.volumeThreshold
+    );
   }
 
   get state(): BreakerState {
@@ -141,6 +149,17 @@ export class BackendBreaker {
     if (!this.healthMayEnd || this.cb.closed) return false;
     this.cb.close();
     return true;
+  }
+
+  /**
+   * A reload's new settings, kept state and all (an open breaker or an ejection stays as it is).
+   * opossum fixes the rolling window and the volume threshold at construction: a change of
+   * either replaces the backend (see Backend.keeps).
+   */
+  reconfigure(settings: BreakerSettings): void {
+    this.settings = settings;
+    this.cb.options.errorThresholdPercentage = settings.errorThresholdPercentage;
+    if (!this.cb.opened) this.cb.options.resetTimeout = settings.resetTimeout;
   }
 
   shutdown(): void {

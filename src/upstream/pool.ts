@@ -3,6 +3,8 @@
  * decides which of them gets the next request: balancer, active health checks, outlier
  * detection, engine load signals, retry budget, DNS discovery.
  */
+
+import { isDeepStrictEqual } from "node:util";
 import {
   Admission,
   type AdmissionEvents,
@@ -53,28 +55,41 @@ export interface UpstreamOptions {
 /** Fallback Retry-After when nothing says when a backend frees up. */
 const DEFAULT_RETRY_AFTER_MS = 1000;
 
+/** A DNS or SRV entry of the config, its discovery, and the backends it found. */
+interface DiscoveryEntry {
+  config: BackendConfig;
+  discovery: DnsDiscovery;
+}
+
 export class UpstreamPool {
   readonly backends: Backend[] = [];
-  readonly balancer: Balancer;
-  readonly outlier: OutlierDetector;
+  balancer: Balancer;
+  outlier: OutlierDetector;
   readonly budget: RetryBudget;
-  private readonly health: HealthChecker | undefined;
+  private health: HealthChecker | undefined;
   private readonly scrapers = new Map<Backend, LoadSignalScraper>();
-  private readonly discoveries: DnsDiscovery[] = [];
+  /** Backends the config names by URL, by that URL. */
+  private readonly statics = new Map<string, Backend>();
+  private readonly discoveries = new Map<string, DiscoveryEntry>();
   private readonly discovered = new Map<string, Backend>();
   private readonly events: UpstreamEvents;
+  private readonly random: (() => number) | undefined;
+  private resolver: DnsResolverLike | undefined;
   readonly now: () => number;
   readonly admission: Admission<Backend>;
   private slotsInUse = 0;
   private started = false;
+  private retired = false;
 
   constructor(
     readonly name: string,
-    readonly config: PoolConfig,
+    /** The current config; a reload replaces it (a request keeps the one it started with: Exchange). */
+    public config: PoolConfig,
     options: UpstreamOptions = {},
   ) {
     this.events = options.events ?? {};
     this.now = options.now ?? (() => performance.now());
+    this.random = options.random;
     this.admission = new Admission<Backend>(
       this,
       config.admission,
@@ -82,38 +97,183 @@ export class UpstreamPool {
       options.admission,
       options.random,
     );
-    this.balancer = new Balancer(
+    this.balancer = this.makeBalancer(config);
+    this.outlier = this.makeOutlier(config);
+    this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
+    this.health = this.makeHealth(config);
+    for (const b of config.backends) {
+      if (b.discovery !== "none") continue;
+      const backend = this.makeBackend(b, b.url);
+      this.statics.set(b.url, backend);
+      this.add(backend);
+    }
+  }
+
+  private makeBalancer(config: PoolConfig): Balancer {
+    return new Balancer(
       {
         kind: config.balancer,
         activeRequestBias: config.activeRequestBias,
         panicThreshold: config.panicThreshold,
         slowStart: config.slowStart,
       },
-      options.random,
+      this.random,
     );
-    this.outlier = new OutlierDetector(
+  }
+
+  private makeOutlier(config: PoolConfig): OutlierDetector {
+    return new OutlierDetector(
       config.outlierDetection,
       () => this.backends,
-      (b, reason, ms) => this.events.ejected?.(name, b.name, reason, ms),
+      (b, reason, ms) => this.events.ejected?.(this.name, b.name, reason, ms),
       this.now,
     );
-    this.budget = new RetryBudget(config.retry.budgetPercent, config.retry.minRetryConcurrency);
-    if (config.healthCheck.enabled) {
-      this.health = new HealthChecker(
-        config.healthCheck,
-        config.models,
-        this.now,
-        (b, healthy) => {
-          this.events.healthChanged?.(name, b.name, healthy);
-          this.admission.poolChanged();
-        },
-        options.random,
-        // Health checks and outlier detection are one view: a passed probe ends an ejection
-        // for connect or gateway failures (the breaker's close ramps it back in).
-        (b) => b.breaker.healthCheckPassed(),
-      );
+  }
+
+  private makeHealth(config: PoolConfig): HealthChecker | undefined {
+    if (!config.healthCheck.enabled) return undefined;
+    return new HealthChecker(
+      config.healthCheck,
+      config.models,
+      this.now,
+      (b, healthy) => {
+        this.events.healthChanged?.(this.name, b.name, healthy);
+        this.admission.poolChanged();
+      },
+      this.random,
+      // Health checks and outlier detection are one view: a passed probe ends an ejection
+      // for connect or gateway failures (the breaker's close ramps it back in).
+      (b) => b.breaker.healthCheckPassed(),
+    );
+  }
+
+  /**
+   * A reload's new config for this pool. Backends that stay keep their state (health,
+   * ejection, breaker, slow start, in-flight count, drain) and take the new weights and caps;
+   * new ones join through a health check and slow start; removed ones drain, then close. The
+   * queue keeps its waiting requests, each with the deadline it entered with. Resolves once
+   * the new backends' first probes decided (as at start).
+   */
+  async reconfigure(next: PoolConfig): Promise<{ added: string[]; removed: string[] }> {
+    const prev = this.config;
+    this.config = next;
+    this.admission.reconfigure(next.admission);
+    this.balancer = this.makeBalancer(next);
+    this.outlier = this.makeOutlier(next);
+    this.budget.reconfigure(next.retry.budgetPercent, next.retry.minRetryConcurrency);
+    const added: Backend[] = [];
+    const removed: Backend[] = [];
+
+    // Static backends, by URL.
+    const wanted = new Set<string>();
+    for (const bc of next.backends) {
+      if (bc.discovery !== "none") continue;
+      wanted.add(bc.url);
+      const kept = this.statics.get(bc.url);
+      if (kept?.keeps(bc, next.circuitBreaker)) {
+        kept.update(bc, next.timeouts, next.circuitBreaker);
+        continue;
+      }
+      if (kept) removed.push(kept);
+      const b = this.makeBackend(bc, bc.url);
+      this.joining(b);
+      this.statics.set(bc.url, b);
+      added.push(b);
     }
-    for (const b of config.backends) if (b.discovery === "none") this.add(this.makeBackend(b, b.url));
+    for (const [url, b] of this.statics) {
+      if (!wanted.has(url)) {
+        this.statics.delete(url);
+        removed.push(b);
+      }
+    }
+
+    // Discovered backends: an entry that stays keeps its discovery and what it found.
+    const wantedDiscoveries = new Set<string>();
+    const newDiscoveries: BackendConfig[] = [];
+    for (const bc of next.backends) {
+      if (bc.discovery === "none") continue;
+      const key = discoveryKey(bc);
+      wantedDiscoveries.add(key);
+      const entry = this.discoveries.get(key);
+      const found = entry ? this.foundBy(entry) : [];
+      if (
+        entry &&
+        prev.dnsRefresh === next.dnsRefresh &&
+        found.every((b) => b.keeps(bc, next.circuitBreaker))
+      ) {
+        entry.config = bc;
+        for (const b of found) b.update(bc, next.timeouts, next.circuitBreaker);
+        continue;
+      }
+      if (entry) this.stopDiscovery(key, entry, removed);
+      newDiscoveries.push(bc);
+    }
+    for (const [key, entry] of this.discoveries) {
+      if (!wantedDiscoveries.has(key)) this.stopDiscovery(key, entry, removed);
+    }
+
+    for (const b of removed) this.drain(b);
+    for (const b of added) this.add(b, false);
+    // Probes and load scraping restart only when their settings changed; a kept backend keeps
+    // its verdict either way.
+    if (
+      !isDeepStrictEqual(prev.healthCheck, next.healthCheck) ||
+      !isDeepStrictEqual(prev.models, next.models)
+    ) {
+      this.health?.stop();
+      this.health = this.makeHealth(next);
+    }
+    if (!isDeepStrictEqual(prev.loadSignals, next.loadSignals)) {
+      for (const s of this.scrapers.values()) s.stop();
+      this.scrapers.clear();
+    }
+    const staying = this.backends.filter((b) => b.onIdle === undefined);
+    const probes = staying.map((b) => this.watch(b));
+    if (this.resolver) {
+      const resolver = this.resolver;
+      probes.push(...newDiscoveries.map((bc) => this.discover(bc, resolver)));
+    }
+    this.admission.poolChanged();
+    await Promise.all(probes);
+    return { added: added.map((b) => b.name), removed: removed.map((b) => b.name) };
+  }
+
+  /**
+   * A pool a reload removed: its waiting requests are told to come back (with retry headers),
+   * its backends take no new work and close once their requests are done.
+   */
+  retire(): void {
+    this.retired = true;
+    for (const d of this.discoveries.values()) d.discovery.stop();
+    this.discoveries.clear();
+    for (const b of [...this.backends]) this.drain(b);
+    this.health?.stop();
+    // Not servable any more: the queue is refused with no_backend_available, which a request's
+    // fallback chain may take.
+    this.admission.poolChanged();
+  }
+
+  /** A backend that appears while the gateway runs waits for its first probe, then ramps up. */
+  private joining(b: Backend): void {
+    if (!this.started) return;
+    b.rampFrom = this.now();
+    if (this.health) b.healthy = false;
+  }
+
+  private foundBy(entry: DiscoveryEntry): Backend[] {
+    const prefix = `${new URL(entry.config.url).hostname}|`;
+    return [...this.discovered].filter(([k]) => k.startsWith(prefix)).map(([, b]) => b);
+  }
+
+  private stopDiscovery(key: string, entry: DiscoveryEntry, removed: Backend[]): void {
+    entry.discovery.stop();
+    this.discoveries.delete(key);
+    const prefix = `${new URL(entry.config.url).hostname}|`;
+    for (const [k, b] of this.discovered) {
+      if (!k.startsWith(prefix)) continue;
+      this.discovered.delete(k);
+      removed.push(b);
+    }
   }
 
   /**
@@ -122,6 +282,7 @@ export class UpstreamPool {
    * down when the gateway starts never sees a request.
    */
   async start(resolver: DnsResolverLike): Promise<void> {
+    this.resolver = resolver;
     await Promise.all(
       this.config.backends.filter((b) => b.discovery !== "none").map((b) => this.discover(b, resolver)),
     );
@@ -170,6 +331,7 @@ export class UpstreamPool {
   }
 
   servable(): boolean {
+    if (this.retired) return false;
     return this.balancer.servable(this.backends, this.now());
   }
 
@@ -249,7 +411,7 @@ export class UpstreamPool {
 
   /** A backend discovery no longer lists: drained, then closed and forgotten once idle. */
   private drain(b: Backend): void {
-    if (b.drained) return;
+    if (b.onIdle) return;
     b.drained = true;
     this.unwatch(b);
     b.onIdle = () => this.remove(b);
@@ -258,7 +420,7 @@ export class UpstreamPool {
   }
 
   async close(): Promise<void> {
-    for (const d of this.discoveries) d.stop();
+    for (const d of this.discoveries.values()) d.discovery.stop();
     this.health?.stop();
     for (const s of this.scrapers.values()) s.stop();
     await Promise.all(this.backends.map((b) => b.close()));
@@ -276,9 +438,9 @@ export class UpstreamPool {
     });
   }
 
-  private add(b: Backend): void {
+  private add(b: Backend, watch = true): void {
     this.backends.push(b);
-    if (this.started) void this.watch(b);
+    if (this.started && watch) void this.watch(b);
     this.admission.poolChanged();
   }
 
@@ -314,19 +476,21 @@ export class UpstreamPool {
     this.scrapers.delete(b);
   }
 
-  private async discover(config: BackendConfig, resolver: DnsResolverLike): Promise<void> {
-    const url = new URL(config.url);
+  private async discover(initial: BackendConfig, resolver: DnsResolverLike): Promise<void> {
+    const url = new URL(initial.url);
     const hostname = url.hostname;
     const defaultPort = url.protocol === "https:" ? 443 : 80;
     const discovery = new DnsDiscovery(
       {
         hostname,
         port: Number(url.port || defaultPort),
-        mode: config.discovery === "srv" ? "srv" : "dns",
+        mode: initial.discovery === "srv" ? "srv" : "dns",
         refreshMs: this.config.dnsRefresh,
       },
       resolver,
       (change) => {
+        // A reload may give the entry new settings (weights, caps): the entry holds the current.
+        const config = entry.config;
         const added: string[] = [];
         const removed: string[] = [];
         for (const t of change.added) {
@@ -338,10 +502,7 @@ export class UpstreamPool {
           });
           // One that appears while the gateway runs waits for its first probe (a new GPU server
           // may still be loading), then ramps up; those found at start are probed before listen.
-          if (this.started) {
-            b.rampFrom = this.now();
-            if (this.health) b.healthy = false;
-          }
+          this.joining(b);
           this.discovered.set(key, b);
           this.add(b);
           added.push(b.name);
@@ -358,7 +519,8 @@ export class UpstreamPool {
       },
       (message, err) => this.events.discoveryError?.(this.name, message, err),
     );
-    this.discoveries.push(discovery);
+    const entry: DiscoveryEntry = { config: initial, discovery };
+    this.discoveries.set(discoveryKey(initial), entry);
     try {
       await discovery.start();
     } catch (err) {
@@ -366,6 +528,10 @@ export class UpstreamPool {
       this.events.discoveryError?.(this.name, `first resolution of ${hostname} failed`, err);
     }
   }
+}
+
+function discoveryKey(config: BackendConfig): string {
+  return `${config.discovery} ${config.url}`;
 }
 
 function isNoBackend(err: unknown): boolean {
@@ -377,25 +543,79 @@ function targetUrl(base: URL, t: DnsTarget): string {
   return `${base.protocol}//${host}:${t.port}${base.pathname}`;
 }
 
+/** What a reload changed in the pools. */
+export interface PoolChanges {
+  added: string[];
+  removed: string[];
+  backends: Record<string, { added: string[]; removed: string[] }>;
+}
+
 /** All pools, and the model → pool index the OpenAI routes use. */
 export class Upstreams {
   readonly pools = new Map<string, UpstreamPool>();
-  private readonly byModel = new Map<string, UpstreamPool>();
+  private byModel = new Map<string, UpstreamPool>();
   private readonly resolver: DnsResolverLike;
+  /** Pools a reload removed, closed with the gateway (their last requests may still run). */
+  private readonly retired = new Set<UpstreamPool>();
 
-  constructor(config: Pick<GatewayConfig, "pools" | "dns">, options: UpstreamOptions = {}) {
+  constructor(
+    config: Pick<GatewayConfig, "pools" | "dns">,
+    private readonly options: UpstreamOptions = {},
+  ) {
     this.resolver =
       options.resolver ??
       createResolver(config.dns.servers.length > 0 ? config.dns.servers : undefined, config.dns.timeout);
     for (const [name, poolConfig] of Object.entries(config.pools)) {
-      const pool = new UpstreamPool(name, poolConfig, options);
-      this.pools.set(name, pool);
-      for (const model of poolConfig.models) this.byModel.set(model, pool);
+      this.pools.set(name, new UpstreamPool(name, poolConfig, options));
     }
+    this.index();
   }
 
   async start(): Promise<void> {
     await Promise.all([...this.pools.values()].map((p) => p.start(this.resolver)));
+  }
+
+  /**
+   * A reload's pools: pools that stay are reconfigured in place (their backends keep their
+   * state), new ones start (their backends probed first, as at start), removed ones retire.
+   * The model index switches once the new pools are ready.
+   */
+  async reconfigure(config: Pick<GatewayConfig, "pools">): Promise<PoolChanges> {
+    const changes: PoolChanges = { added: [], removed: [], backends: {} };
+    const fresh: UpstreamPool[] = [];
+    const work: Promise<void>[] = [];
+    for (const [name, poolConfig] of Object.entries(config.pools)) {
+      const pool = this.pools.get(name);
+      if (pool) {
+        work.push(
+          pool.reconfigure(poolConfig).then((c) => {
+            if (c.added.length + c.removed.length > 0) changes.backends[name] = c;
+          }),
+        );
+      } else {
+        const created = new UpstreamPool(name, poolConfig, this.options);
+        fresh.push(created);
+        changes.added.push(name);
+        work.push(created.start(this.resolver));
+      }
+    }
+    await Promise.all(work);
+    for (const pool of fresh) this.pools.set(pool.name, pool);
+    for (const [name, pool] of this.pools) {
+      if (name in config.pools) continue;
+      this.pools.delete(name);
+      pool.retire();
+      this.retired.add(pool);
+      changes.removed.push(name);
+    }
+    this.index();
+    return changes;
+  }
+
+  private index(): void {
+    const byModel = new Map<string, UpstreamPool>();
+    for (const pool of this.pools.values()) for (const model of pool.config.models) byModel.set(model, pool);
+    this.byModel = byModel;
   }
 
   forModel(model: string): UpstreamPool | undefined {
@@ -413,6 +633,6 @@ export class Upstreams {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await Promise.all([...this.pools.values(), ...this.retired].map((p) => p.close()));
   }
 }

@@ -13,9 +13,15 @@ export class RetryBudget {
   retries = 0;
 
   constructor(
-    private readonly budgetPercent: number,
-    private readonly minRetryConcurrency: number,
+    private budgetPercent: number,
+    private minRetryConcurrency: number,
   ) {}
+
+  /** A reload's settings; the counts in flight carry over. */
+  reconfigure(budgetPercent: number, minRetryConcurrency: number): void {
+    this.budgetPercent = budgetPercent;
+    this.minRetryConcurrency = minRetryConcurrency;
+  }
 
   get limit(): number {
     return Math.max(this.minRetryConcurrency, (this.budgetPercent / 100) * this.active);

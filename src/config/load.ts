@@ -120,16 +120,88 @@ function pointerToPath(pointer: string): (string | number)[] {
 }
 
 function ajvIssues(errors: ErrorObject[]): ConfigIssue[] {
+  const { kept, unions } = collapseUnions(errors);
   const seen = new Set<string>();
   const out: ConfigIssue[] = [];
-  for (const e of errors) {
-    const issue = describe(e);
+  for (const e of kept) {
+    const issue = unions.has(e) ? describeUnion(e) : describe(e);
     const key = `${issue.path.join("\u0000")}|${issue.message}`;
     if (seen.has(key)) continue;
     seen.add(key);
     out.push(issue);
   }
   return out;
+}
+
+/**
+ * Ajv reports a value that fits no branch of a union (anyOf, oneOf) once per branch and once
+ * more for the union. When the value has the shape of one branch only (an object where a limit
+ * or a list of limits is accepted), that branch's errors are the real ones: the others go. When
+ * it fits none, or several, the union's error alone stays, described as one line.
+ */
+function collapseUnions(errors: ErrorObject[]): { kept: ErrorObject[]; unions: Set<ErrorObject> } {
+  const dropped = new Set<ErrorObject>();
+  const unions = new Set<ErrorObject>();
+  const outermostFirst = errors
+    .filter((e) => e.keyword === "anyOf" || e.keyword === "oneOf")
+    .sort((a, b) => a.schemaPath.length - b.schemaPath.length);
+  for (const union of outermostFirst) {
+    if (dropped.has(union)) continue;
+    const prefix = `${union.schemaPath}/`;
+    const branches = new Map<string, ErrorObject[]>();
+    // One schema path serves every entry of a record or list: the value's path tells them apart.
+    const within = (e: ErrorObject) =>
+      e.instancePath === union.instancePath || e.instancePath.startsWith(`${union.instancePath}/`);
+    for (const e of errors) {
+      if (!e.schemaPath.startsWith(prefix) || !within(e)) continue;
+      const branch = e.schemaPath.slice(prefix.length).split("/")[0] ?? "";
+      branches.set(branch, [...(branches.get(branch) ?? []), e]);
+    }
+    const shapeMismatch = (errs: ErrorObject[]) =>
+      errs.some((e) => e.keyword === "type" && e.instancePath === union.instancePath);
+    const fitting = [...branches.values()].filter((errs) => !shapeMismatch(errs));
+    const [only] = fitting;
+    if (fitting.length === 1 && only) {
+      dropped.add(union);
+      for (const errs of branches.values()) if (errs !== only) for (const e of errs) dropped.add(e);
+    } else {
+      unions.add(union);
+      for (const errs of branches.values()) for (const e of errs) dropped.add(e);
+    }
+  }
+  return { kept: errors.filter((e) => !dropped.has(e)), unions };
+}
+
+/** One line for a value no branch of a union accepts: the value, and what each branch takes. */
+function describeUnion(e: ErrorObject): ConfigIssue {
+  const schema = (e.parentSchema ?? {}) as Record<string, unknown>;
+  const branches = Array.isArray(e.schema) ? (e.schema as Record<string, unknown>[]) : [];
+  const hint =
+    typeof schema["x-hint"] === "string" ? schema["x-hint"] : branches.map(describeShape).join(" or ");
+  return {
+    path: pointerToPath(e.instancePath),
+    message: `${JSON.stringify(e.data)} is not valid`,
+    hint: `expected ${hint}`,
+  };
+}
+
+function describeShape(schema: Record<string, unknown>): string {
+  if (typeof schema["x-hint"] === "string") return schema["x-hint"];
+  switch (schema.type) {
+    case "object":
+      return "a mapping";
+    case "array":
+      return "a list";
+    case "string":
+      return Array.isArray(schema.enum) ? `one of ${schema.enum.join(", ")}` : "a string";
+    case "number":
+    case "integer":
+      return "a number";
+    case "boolean":
+      return "true or false";
+    default:
+      return "a value of another shape";
+  }
 }
 
 function describe(e: ErrorObject): ConfigIssue {
@@ -169,6 +241,7 @@ function describe(e: ErrorObject): ConfigIssue {
         hint: hint ? `expected ${hint}` : `expected to match ${String(schema.pattern)}`,
       };
     case "type":
+      if (hint) return { path, message: `${JSON.stringify(e.data)} is not valid`, hint: `expected ${hint}` };
       return { path, message: `${e.message ?? "has the wrong type"}, got ${JSON.stringify(e.data)}` };
     default:
       return { path, message: `${e.message ?? "is not valid"}${hint ? `, expected ${hint}` : ""}` };

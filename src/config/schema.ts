@@ -174,10 +174,12 @@ const Auth = Type.Object(
 
 const StoreErrorPolicy = OneOf(["open", "closed", "local"], "local");
 
+const RATE_HINT = "a number above 0: how many in each `per`, such as 10";
+
 /** A token bucket: `rate` per `per` on average, `burst` at once (default: rate). */
 const RateSpec = Type.Object(
   {
-    rate: Type.Number({ exclusiveMinimum: 0 }),
+    rate: Type.Number({ exclusiveMinimum: 0, "x-hint": RATE_HINT }),
     // No default here: a rate sits in a union (one limit or a list), where Ajv cannot fill one.
     per: Duration(undefined, "the period `rate` is counted over, e.g. 1s or 1m"),
     burst: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: "bucket size; default rate" })),
@@ -190,6 +192,7 @@ const TenantLimits = Type.Object(
     requests: Type.Optional(
       Type.Union([RateSpec, Type.Array(RateSpec, { minItems: 1 })], {
         description: "one limit or several (e.g. per second with a burst, and per minute)",
+        "x-hint": "a limit such as { rate: 10, per: 1s }, or a list of them",
       }),
     ),
     tokens: Type.Optional(RateSpec),
@@ -220,7 +223,7 @@ const RateLimit = Type.Object(
   {
     name: Name,
     by: OneOf(["ip", "key", "tenant", "model", "global"], "ip"),
-    rate: Type.Number({ exclusiveMinimum: 0 }),
+    rate: Type.Number({ exclusiveMinimum: 0, "x-hint": RATE_HINT }),
     per: Duration("1s", "the period `rate` is counted over"),
     burst: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
     models: Type.Optional(
@@ -384,16 +387,21 @@ const Response = Section(
   "what the gateway accepts from a backend on the OpenAI routes",
 );
 
-const Fallback = Type.Union([
-  Name,
-  Type.Object(
-    {
-      pool: Name,
-      model: Type.Optional(Type.String({ minLength: 1, description: "model to ask the fallback pool for" })),
-    },
-    { additionalProperties: false },
-  ),
-]);
+const Fallback = Type.Union(
+  [
+    Name,
+    Type.Object(
+      {
+        pool: Name,
+        model: Type.Optional(
+          Type.String({ minLength: 1, description: "model to ask the fallback pool for" }),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  ],
+  { "x-hint": "a pool's name, or { pool: NAME, model: MODEL }" },
+);
 
 const Cache = Section(
   {

@@ -1,5 +1,6 @@
 export { ConfigError, type ConfigIssue, formatIssues, formatPath } from "./issues.js";
 export { loadConfigFile, parseConfig } from "./load.js";
+export { type ModelMatcher, modelMatcher } from "./model-patterns.js";
 export type {
   AdmissionConfig,
   BackendConfig,

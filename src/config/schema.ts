@@ -214,6 +214,14 @@ const Tenant = Type.Object(
       description: "share of its band's slots against other tenants while both wait (fair queuing)",
     }),
     fallback: Type.Boolean({ default: true, description: "may be served by a fallback pool" }),
+    models: Type.Optional(
+      Type.Array(Type.String({ minLength: 1 }), {
+        minItems: 1,
+        uniqueItems: true,
+        description: "the models the tenant may use (`*` matches any run of characters); absent: all",
+        "x-hint": "a list of model names or patterns such as llama-3.1-*; leave models out for all",
+      }),
+    ),
     limits: TenantLimits,
   },
   { additionalProperties: false, default: {} },

@@ -1,6 +1,7 @@
 /** Checks that a schema cannot express: references between sections, uniqueness, URL shapes. */
 import { createHash } from "node:crypto";
 import type { ConfigIssue } from "./issues.js";
+import { modelMatcher } from "./model-patterns.js";
 import type { GatewayConfig } from "./schema.js";
 import { formatDuration } from "./units.js";
 
@@ -128,7 +129,19 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
   config.rateLimits.forEach((limit, i) => {
     zeroPer(["rateLimits", i], limit);
   });
+  const served = [...modelOwner.keys()];
   for (const [name, tenant] of Object.entries(config.tenants)) {
+    // A name no pool serves is a typo or a pool since removed: the tenant would silently lose it.
+    tenant.models?.forEach((pattern, i) => {
+      if (served.some(modelMatcher([pattern]))) return;
+      issues.push({
+        path: ["tenants", name, "models", i],
+        message: pattern.includes("*")
+          ? `"${pattern}" matches no model any pool serves`
+          : `no pool serves model "${pattern}"`,
+        hint: `models served: ${served.join(", ")}`,
+      });
+    });
     const path = ["tenants", name, "limits"];
     const requests = tenant.limits.requests;
     if (Array.isArray(requests)) {

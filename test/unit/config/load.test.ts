@@ -182,6 +182,27 @@ pools:
     expect(m).not.toContain("pools.b.fallback");
   });
 
+  it("checks tenants' model lists: every name or pattern is served by some pool", () => {
+    const pools = `pools:
+  small: { models: [llama-8b, mistral-7b], backends: [{ url: http://h:1 }] }
+  big: { models: [llama-70b], backends: [{ url: http://h:2 }] }
+`;
+    const c = parseConfig(`${pools}tenants: { a: { models: [llama-8b, "llama-*"] }, b: {} }`, "x", {});
+    expect(c.tenants.a?.models).toEqual(["llama-8b", "llama-*"]);
+    expect(c.tenants.b?.models).toBeUndefined();
+    const unknown = issuesOf(`${pools}tenants:\n  a: { models: [llama-8b, llama-7b, "gpt-*"] }\n`);
+    expect(unknown.issues).toHaveLength(2);
+    expect(unknown.message).toContain(
+      'gateway.yaml:5:27  tenants.a.models[1]: no pool serves model "llama-7b" (models served: llama-8b, mistral-7b, llama-70b)',
+    );
+    expect(unknown.message).toContain('tenants.a.models[2]: "gpt-*" matches no model any pool serves');
+    const shape = issuesOf(`${pools}tenants:\n  b: { models: [] }\n  c: { models: [llama-8b, llama-8b] }\n`);
+    expect(shape.issues).toHaveLength(2);
+    expect(shape.message).toContain("tenants.b.models: must NOT have fewer than 1 items");
+    expect(shape.message).toContain("leave models out for all");
+    expect(shape.message).toContain("tenants.c.models: must NOT have duplicate items");
+  });
+
   it("checks discovery URLs", () => {
     const m = issuesOf(`
 pools:

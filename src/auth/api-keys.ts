@@ -4,12 +4,14 @@
  */
 import { createHash } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
-import type { GatewayConfig, TenantConfig } from "../config/index.js";
-import { sha256Hex } from "../config/index.js";
+import type { GatewayConfig, ModelMatcher, TenantConfig } from "../config/index.js";
+import { modelMatcher, sha256Hex } from "../config/index.js";
 import { errors } from "../errors.js";
 
 export interface Tenant extends TenantConfig {
   id: string;
+  /** Whether the tenant may use a model (`tenants.X.models`; every model when absent). */
+  mayUse: ModelMatcher;
 }
 
 export class ApiKeys {
@@ -20,7 +22,7 @@ export class ApiKeys {
       const settings = config.tenants[entry.tenant];
       if (!settings) continue; // rejected by config validation; unreachable with a checked config
       const digest = entry.sha256 ?? sha256Hex(entry.key ?? "");
-      this.byDigest.set(digest, { id: entry.tenant, ...settings });
+      this.byDigest.set(digest, { id: entry.tenant, ...settings, mayUse: modelMatcher(settings.models) });
     }
   }
 

@@ -1,4 +1,7 @@
-/** The OpenAI routes: each request runs the OpenAI request path; GET /v1/models lists the pools' models. */
+/**
+ * The OpenAI routes: each request runs the OpenAI request path; GET /v1/models lists the pools'
+ * models (those the tenant may use).
+ */
 import type { FastifyInstance } from "fastify";
 import type { Json } from "../context.js";
 import type { GatewayPath } from "../request-path.js";
@@ -18,7 +21,12 @@ export function registerOpenAIRoutes(
       .models()
       .map(({ model, pool }) => ({ id: model, object: "model", created: 0, owned_by: pool })),
   };
-  app.get("/v1/models", async () => modelList);
+  // A tenant with a model list sees only those models: the others answer it model_not_found.
+  app.get("/v1/models", async (request) => {
+    const tenant = request.gw.tenant;
+    if (!tenant?.models) return modelList;
+    return { object: "list", data: modelList.data.filter((m) => tenant.mayUse(m.id)) };
+  });
 
   for (const route of OPENAI_ROUTES) {
     app.post(route, async (request, reply) => {

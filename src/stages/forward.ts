@@ -19,7 +19,10 @@ export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer
       const body = state.upstreamBody ?? state.body;
       if (!pool || !incoming || !body || !state.route) throw new Error("forward without a route");
       const path = state.route + queryOf(incoming.url);
-      const chain = state.tenant?.fallback === false ? [] : fallbackChain(deps.upstreams, pool);
+      const tenant = state.tenant;
+      let chain = tenant?.fallback === false ? [] : fallbackChain(deps.upstreams, pool);
+      // A fallback pool is asked for its own model: one off the tenant's list is skipped.
+      if (tenant?.models) chain = chain.filter((target) => tenant.mayUse(target.model));
       const rewritten = state.upstreamBody ? Buffer.from(JSON.stringify(state.upstreamBody)) : undefined;
       const tap = state.tap;
       const stale = state.staleForError;

@@ -1,4 +1,4 @@
-/** Route: the request's `model` names the pool that serves it. */
+/** Route: the request's `model` names the pool that serves it, if the tenant may use it. */
 import type { Json, PathAnswer, RequestContext } from "../context.js";
 import { errors } from "../errors.js";
 import type { Upstreams } from "../upstream/pool.js";
@@ -15,6 +15,10 @@ export function routeStage(upstreams: Upstreams): Stage<RequestContext, PathAnsw
         throw errors.invalidRequest("You must provide a model parameter.", "model");
       }
       state.model = model;
+      // A model off the tenant's list gets the answer of a model that does not exist, as OpenAI
+      // answers a key that may not see a model: 404 model_not_found, not a 403 that would tell
+      // the tenant which models the gateway serves. It comes before any limit or budget is spent.
+      if (state.tenant && !state.tenant.mayUse(model)) throw errors.modelNotFound(model);
       const pool = upstreams.forModel(model);
       if (!pool) throw errors.modelNotFound(model);
       state.target = pool;

@@ -17,8 +17,8 @@ import { registerAdmin } from "./admin/plugin.js";
 import { LOAD_REFUSALS } from "./admission/admission.js";
 import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
-import type { GatewayConfig, RouteConfig } from "./config/index.js";
-import { newContext, type RequestContext } from "./context.js";
+import { ConfigError, type GatewayConfig, loadConfigFile, type RouteConfig } from "./config/index.js";
+import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
 import { combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
@@ -30,6 +30,7 @@ import { ConcurrencyLimits } from "./ratelimit/concurrency.js";
 import { GuardedStore } from "./ratelimit/guarded-store.js";
 import { RequestLimits } from "./ratelimit/request-limits.js";
 import { TokenBudgets } from "./ratelimit/token-budget.js";
+import { type ReloadReport, restartNeeded, watchConfigFile } from "./reload.js";
 import {
   forwarding,
   type GatewayPath,
@@ -51,6 +52,8 @@ export interface GatewayOptions {
   resolver?: DnsResolverLike;
   /** This replica's monotonic clock, for what it decides alone (local limits while Redis is down). */
   now?: () => number;
+  /** The file the config came from: reload() reads it again (SIGHUP, POST /admin/reload, a watch). */
+  configFile?: string;
 }
 
 export interface Gateway {
@@ -58,12 +61,22 @@ export interface Gateway {
   admin: FastifyInstance | undefined;
   metrics: Metrics;
   upstreams: Upstreams;
-  config: GatewayConfig;
+  /** The config in force (a reload replaces it; a request keeps the one it started with). */
+  readonly config: GatewayConfig;
+  /** How many configs this gateway has run: 1 at start, one more per applied reload. */
+  readonly generation: number;
+  /**
+   * Applies a new, already validated config: see src/reload.ts for what changes and what
+   * needs a restart. Reloads run one at a time.
+   */
+  apply(next: GatewayConfig): Promise<ReloadReport>;
+  /** Reads configFile again and applies it, or keeps the running config on any error. */
+  reload(trigger: string): Promise<ReloadReport>;
   /** The shared store behind the rate limits, as the limits use it. */
   store: GuardedStore;
   cache: ResponseCache;
-  /** The request paths (set once the app is ready): their stages, in order. */
-  readonly paths: { openai: GatewayPath; passThrough: ReadonlyMap<RouteConfig, GatewayPath> } | undefined;
+  /** The request paths of the config in force: their stages, in order. */
+  readonly paths: { openai: GatewayPath; passThrough: ReadonlyMap<RouteConfig, GatewayPath> };
   /** Listens on config.listen (and config.admin); returns the bound URLs. */
   listen(): Promise<{ url: string; adminUrl: string | undefined }>;
   close(): Promise<void>;
@@ -97,13 +110,36 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     metrics.guardEvents(logger),
     options.now,
   );
-  const budgets = new TokenBudgets(config, guard, metrics.limitEvents());
-  const concurrency = new ConcurrencyLimits(config, guard, metrics.limitEvents());
   const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
   metrics.watchCache(cache);
-  const apiKeys = new ApiKeys(config);
   let closing = false;
-  let paths: Gateway["paths"];
+
+  /**
+   * What one config makes of the request path: keys, limits, budgets and the stages, built
+   * whole from that config. A request takes the generation in force when it arrives and keeps
+   * it to the end; a reload builds the next one beside it (src/reload.ts).
+   */
+  function makeGeneration(cfg: GatewayConfig, number: number): Generation {
+    const apiKeys = new ApiKeys(cfg);
+    const deps: PathDeps = {
+      config: cfg,
+      upstreams,
+      metrics,
+      logger,
+      authEnabled: apiKeys.enabled,
+      limits: new RequestLimits(cfg, guard, metrics.limitEvents()),
+      budgets: new TokenBudgets(cfg, guard, metrics.limitEvents()),
+      concurrency: new ConcurrencyLimits(cfg, guard, metrics.limitEvents()),
+      cache,
+    };
+    // The request paths: the ordered stages of src/request-path.ts, built once per config.
+    const forward = forwarding(deps);
+    const openai = openAIPath(deps, forward);
+    const passThrough = new Map(cfg.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
+    return { number, config: cfg, apiKeys, openai, passThrough, table: new PassThroughTable(passThrough) };
+  }
+  let gen = makeGeneration(config, 1);
+  const generationOf = (request: FastifyRequest): Generation => request.gw.generation ?? gen;
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -166,6 +202,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   // measurable at saturation.
   app.addHook("onRequest", (request, reply, done) => {
     request.gw = newContext();
+    request.gw.generation = gen;
     reply.header("x-request-id", request.id);
     reply.raw.on("close", () => onClosed(request, reply));
     if (closing) return done(errors.shuttingDown());
@@ -187,38 +224,28 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   app.register(async (scope) => {
     // API keys on the proxied routes only: the health probes and unknown URLs need none.
-    if (apiKeys.enabled) {
-      scope.addHook("onRequest", (request, _reply, done) => {
-        try {
-          const { tenant, keyId } = apiKeys.authenticate(request.headers);
-          request.gw.tenant = tenant;
-          request.gw.keyId = keyId;
-        } catch (err) {
-          return done(err as Error);
-        }
-        done();
-      });
-    }
-    const limits = new RequestLimits(config, guard, metrics.limitEvents());
-    const deps: PathDeps = {
-      config,
+    scope.addHook("onRequest", (request, _reply, done) => {
+      const apiKeys = generationOf(request).apiKeys;
+      if (!apiKeys.enabled) return done();
+      try {
+        const { tenant, keyId } = apiKeys.authenticate(request.headers);
+        request.gw.tenant = tenant;
+        request.gw.keyId = keyId;
+      } catch (err) {
+        return done(err as Error);
+      }
+      done();
+    });
+    registerOpenAIRoutes(
+      scope,
+      (request) => generationOf(request).openai,
       upstreams,
-      metrics,
-      logger,
-      authEnabled: apiKeys.enabled,
-      limits,
-      budgets,
-      concurrency,
-      cache,
-    };
-    // The request paths: the ordered stages of src/request-path.ts, built once from the config.
-    const forward = forwarding(deps);
-    const openai = openAIPath(deps, forward);
-    registerOpenAIRoutes(scope, openai, upstreams, config.server.sendTimeout);
-    const passThrough = new Map(config.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
-    const table = new PassThroughTable(passThrough);
-    registerPassThrough(scope, config, () => table, forward);
-    paths = { openai, passThrough };
+      config.server.sendTimeout,
+    );
+    registerPassThrough(scope, config, (request) => generationOf(request).table, {
+      upstreams,
+      sendTimeout: config.server.sendTimeout,
+    });
   });
 
   app.setNotFoundHandler(async (request) => {
@@ -292,20 +319,96 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const admin = config.admin.enabled ? buildAdmin() : undefined;
   function buildAdmin(): FastifyInstance {
     const adminApp = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: quietLogs() });
-    registerAdmin(adminApp, { config, metrics, upstreams, cache });
+    registerAdmin(adminApp, { config: () => gen.config, metrics, upstreams, cache, reload });
     return adminApp;
   }
+
+  let applying: Promise<unknown> = Promise.resolve();
+  /** Reloads run one after another: each starts from the generation the last one left. */
+  function apply(next: GatewayConfig, trigger = "apply"): Promise<ReloadReport> {
+    const run = applying.then(() => applyNow(next, trigger));
+    applying = run.catch(() => undefined);
+    return run;
+  }
+
+  async function applyNow(next: GatewayConfig, trigger: string): Promise<ReloadReport> {
+    const restart = restartNeeded(gen.config, next);
+    let built: Generation;
+    try {
+      built = makeGeneration(next, gen.number + 1);
+    } catch (err) {
+      return reloadFailed(trigger, [err instanceof Error ? err.message : String(err)]);
+    }
+    const pools = await upstreams.reconfigure(next);
+    gen = built;
+    metrics.observeReload("success");
+    const report: ReloadReport = {
+      ok: true,
+      generation: gen.number,
+      trigger,
+      errors: [],
+      restartNeeded: restart,
+      pools,
+    };
+    logger.info({ generation: gen.number, trigger, pools }, "config reloaded");
+    if (restart.length > 0) {
+      logger.warn(
+        { sections: restart },
+        `config reloaded, but ${restart.join(", ")} changed and apply only at the next start`,
+      );
+    }
+    return report;
+  }
+
+  function reloadFailed(trigger: string, problems: string[]): ReloadReport {
+    metrics.observeReload("failure");
+    logger.error({ trigger, errors: problems }, "config reload failed: the running config stays");
+    return {
+      ok: false,
+      generation: gen.number,
+      trigger,
+      errors: problems,
+      restartNeeded: [],
+      pools: undefined,
+    };
+  }
+
+  async function reload(trigger: string): Promise<ReloadReport> {
+    const file = options.configFile;
+    if (!file) return reloadFailed(trigger, ["this gateway was not started from a config file"]);
+    let next: GatewayConfig;
+    try {
+      next = loadConfigFile(file);
+    } catch (err) {
+      if (err instanceof ConfigError)
+        return reloadFailed(
+          trigger,
+          err.message.split("\n").filter((l) => l.trim()),
+        );
+      return reloadFailed(trigger, [err instanceof Error ? err.message : String(err)]);
+    }
+    return apply(next, trigger);
+  }
+
+  let unwatch: (() => void) | undefined;
 
   return {
     app,
     admin,
     metrics,
     upstreams,
-    config,
+    get config() {
+      return gen.config;
+    },
+    get generation() {
+      return gen.number;
+    },
+    apply,
+    reload,
     store: guard,
     cache,
     get paths() {
-      return paths;
+      return { openai: gen.openai, passThrough: gen.passThrough };
     },
     get closing() {
       return closing;
@@ -325,10 +428,19 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       const adminUrl = admin
         ? await admin.listen({ host: config.admin.host, port: config.admin.port })
         : undefined;
+      if (config.reload.watch && options.configFile) {
+        unwatch = watchConfigFile(
+          options.configFile,
+          config.reload.debounce,
+          () => void reload("watch"),
+          (err) => logger.warn({ err }, "config file watch failed"),
+        );
+      }
       return { url, adminUrl };
     },
     async close() {
       closing = true;
+      unwatch?.();
       // Requests still waiting for a slot near the end of the grace are told to come back
       // (shutting_down, with retry headers) rather than dropped when the process exits.
       const grace = config.server.shutdownGrace;

@@ -3,11 +3,13 @@
  * access log: the state that the request path (src/stages/stage.ts) runs on.
  */
 import type { IncomingHttpHeaders } from "node:http";
-import type { Tenant } from "./auth/api-keys.js";
+import type { ApiKeys, Tenant } from "./auth/api-keys.js";
 import type { Flight, Hit } from "./cache/response-cache.js";
+import type { GatewayConfig, RouteConfig } from "./config/index.js";
 import type { GatewayError } from "./errors.js";
 import type { Exchange } from "./proxy/exchange.js";
 import type { ForwardResult } from "./proxy/forwarder.js";
+import type { PassThroughTable } from "./proxy/pass-through.js";
 import type { Lease } from "./ratelimit/concurrency.js";
 import type { Reservation } from "./ratelimit/token-budget.js";
 import type { PathProgress, RequestPath } from "./stages/stage.js";
@@ -29,7 +31,19 @@ export interface Incoming {
   rawBody: Buffer | undefined;
 }
 
+/** The request path one config makes (src/app.ts builds one per config, a reload the next). */
+export interface Generation {
+  readonly number: number;
+  readonly config: GatewayConfig;
+  readonly apiKeys: ApiKeys;
+  readonly openai: RequestPath<RequestContext, PathAnswer>;
+  readonly passThrough: ReadonlyMap<RouteConfig, RequestPath<RequestContext, PathAnswer>>;
+  readonly table: PassThroughTable;
+}
+
 export interface RequestContext extends PathProgress {
+  /** The config generation the request runs on, from arrival to its end. */
+  generation: Generation | undefined;
   /** performance.now() when the request arrived. */
   startedAt: number;
   /** The route template, set by the handlers (Fastify's routeOptions builds an object per read). */
@@ -84,6 +98,7 @@ export interface RequestContext extends PathProgress {
 
 export function newContext(): RequestContext {
   return {
+    generation: undefined,
     startedAt: performance.now(),
     route: undefined,
     tenant: undefined,

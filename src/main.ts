@@ -60,7 +60,8 @@ async function serve(args: string[]): Promise<void> {
   }
   const file = values.config ?? "config/gateway.yaml";
   const config = loadOrExit(file);
-  const gateway = buildGateway(config);
+  const gateway = buildGateway(config, { configFile: file });
+  for (const warning of configWarnings(config)) gateway.app.log.warn(`config: ${formatWarning(warning)}`);
   const { url, adminUrl } = await gateway.listen();
   gateway.app.log.info({ url, adminUrl, config: file }, "floodgate listening");
   shutdownOnSignal(gateway);

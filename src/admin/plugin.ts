@@ -9,18 +9,20 @@ import type { GatewayConfig } from "../config/index.js";
 import { errors } from "../errors.js";
 import { fromFastifyError } from "../http-errors.js";
 import type { Metrics } from "../metrics/metrics.js";
+import type { ReloadReport } from "../reload.js";
 import type { Upstreams } from "../upstream/pool.js";
 
 export interface AdminDeps {
-  config: GatewayConfig;
+  /** The config in force (a reload may change the token, the tenants, the pools). */
+  config: () => GatewayConfig;
   metrics: Metrics;
   upstreams: Upstreams;
   cache: ResponseCache;
+  /** Reads the config file again and applies it (src/reload.ts). */
+  reload?: (trigger: string) => Promise<ReloadReport>;
 }
 
 export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
-  const token = deps.config.admin.token;
-
   app.get("/metrics", async (_request, reply) => {
     const text = await deps.metrics.registry.metrics();
     return reply.type(deps.metrics.registry.contentType).send(text);
@@ -28,6 +30,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
 
   app.register(async (scope) => {
     scope.addHook("onRequest", async (request) => {
+      const token = deps.config().admin.token;
       if (!token) throw errors.adminForbidden("The admin API is off: set admin.token to use it.");
       const presented = /^Bearer\s+(\S+)$/i.exec(request.headers.authorization ?? "")?.[1] ?? "";
       if (!constantTimeEqual(presented, token)) throw errors.invalidApiKey();
@@ -77,11 +80,18 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
         const body = request.body ?? {};
         const tenant = typeof body.tenant === "string" ? body.tenant : undefined;
         const model = typeof body.model === "string" ? body.model : undefined;
-        const scopes = [...Object.keys(deps.config.tenants), "anonymous", "shared"];
+        const scopes = [...Object.keys(deps.config().tenants), "anonymous", "shared"];
         const removed = await deps.cache.purge({ scope: tenant, model }, scopes);
         return { purged: { tenant: tenant ?? null, model: model ?? null }, removedFromStore: removed };
       },
     );
+    // Reload the config file: 200 with what changed, or 422 with every error (the running
+    // config stays).
+    scope.post("/admin/reload", async (_request, reply) => {
+      if (!deps.reload) throw errors.invalidRequest("This gateway has no config file to reload.");
+      const report = await deps.reload("admin");
+      return reply.code(report.ok ? 200 : 422).send(report);
+    });
     for (const [action, drained] of [
       ["drain", true],
       ["undrain", false],

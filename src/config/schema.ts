@@ -550,6 +550,16 @@ export const ConfigSchema = Type.Object(
       },
       "DNS used by backend discovery",
     ),
+    reload: Section(
+      {
+        watch: Type.Boolean({
+          default: false,
+          description: "reload when the config file changes (its folder is watched: ConfigMap updates work)",
+        }),
+        debounce: Duration("1s", "wait this long after the last change before reading the file"),
+      },
+      "hot reload (SIGHUP and POST /admin/reload always reload)",
+    ),
   },
   { additionalProperties: false },
 );

@@ -69,6 +69,8 @@ export class Metrics {
   private readonly cacheWaiters: Counter;
   private readonly admissionWaits: Children<Histogram.Internal<string>>;
   private readonly cacheLockTimeouts: Counter;
+  private readonly reloads: Counter<"result">;
+  private readonly lastReload: Gauge;
   private cache: ResponseCache | undefined;
   private upstreams: Upstreams | undefined;
 
@@ -79,6 +81,19 @@ export class Metrics {
     const metrics = this;
     const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
       new Counter({ name, help, labelNames, registers });
+    this.reloads = counter(
+      "floodgate_config_reloads_total",
+      "Config reloads, by result (success, failure).",
+      ["result"],
+    );
+    this.reloads.inc({ result: "success" }, 0);
+    this.reloads.inc({ result: "failure" }, 0);
+    this.lastReload = new Gauge({
+      name: "floodgate_config_last_reload_success_timestamp_seconds",
+      help: "When the config in force was loaded (start or the last successful reload), Unix seconds.",
+      registers,
+    });
+    this.lastReload.set(Date.now() / 1000);
     this.requests = new FastCounter({
       name: "floodgate_requests_total",
       help: "Client requests answered, by route, model, pool and status class.",
@@ -397,6 +412,11 @@ export class Metrics {
       });
     series.count.inc();
     series.duration.observe(seconds);
+  }
+
+  observeReload(result: "success" | "failure"): void {
+    this.reloads.inc({ result });
+    if (result === "success") this.lastReload.set(Date.now() / 1000);
   }
 
   observeFallback(from: string, to: string): void {

@@ -74,8 +74,9 @@ export class PassThroughTable {
 export function registerPassThrough(
   app: FastifyInstance,
   config: GatewayConfig,
-  table: () => PassThroughTable,
-  deps: Forwarding,
+  /** The routes of the config generation the request runs on. */
+  table: (request: FastifyRequest) => PassThroughTable,
+  deps: Pick<Forwarding, "upstreams" | "sendTimeout">,
 ): void {
   app.register(async (scope) => {
     // Pass-through bodies are streamed to the backend untouched, whatever their type, and
@@ -94,7 +95,7 @@ export function registerPassThrough(
       done(null, payload);
     });
     const handler = async (request: FastifyRequest, reply: FastifyReply) => {
-      const entry = table().match(request.url);
+      const entry = table(request).match(request.url);
       const pool = entry ? deps.upstreams.pools.get(entry.route.pool) : undefined;
       if (!entry || !pool) throw errors.routeNotFound(request.method, request.url.split("?")[0] ?? "/");
       const state = request.gw;

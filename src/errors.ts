@@ -40,17 +40,29 @@ export class GatewayError extends Error {
     return this;
   }
 
+  /** Headers that describe the refusal (the state of the limit that refused), sent with it. */
+  private extraHeaders: Record<string, string> | undefined;
+
+  /** This error, with these headers sent beside the retry hints. */
+  withHeaders(headers: Record<string, string>): this {
+    this.extraHeaders = { ...this.extraHeaders, ...headers };
+    return this;
+  }
+
   body(): OpenAIErrorBody {
     return { error: { message: this.message, type: this.type, code: this.code, param: this.param } };
   }
 
   headers(): Record<string, string> {
-    if (this.retryAfterMs === undefined) return { "x-should-retry": "false" };
-    return {
-      "retry-after": String(Math.max(1, Math.ceil(this.retryAfterMs / 1000))),
-      "retry-after-ms": String(Math.max(0, Math.round(this.retryAfterMs))),
-      "x-should-retry": "true",
-    };
+    const retry: Record<string, string> =
+      this.retryAfterMs === undefined
+        ? { "x-should-retry": "false" }
+        : {
+            "retry-after": String(Math.max(1, Math.ceil(this.retryAfterMs / 1000))),
+            "retry-after-ms": String(Math.max(0, Math.round(this.retryAfterMs))),
+            "x-should-retry": "true",
+          };
+    return this.extraHeaders ? { ...this.extraHeaders, ...retry } : retry;
   }
 }
 

@@ -37,3 +37,13 @@ export function formatDuration(ms: number): string {
   if (ms % 1000 === 0 && ms > 0) return `${ms / 1000}s`;
   return `${ms}ms`;
 }
+
+/**
+ * A token bucket as an operator thinks of it: `5/s (burst 10)`, `100/m`, `3/10s`. The burst is
+ * shown only when it differs from the rate (its default).
+ */
+export function formatRate(rate: number, perMs: number, burst?: number): string {
+  const per =
+    perMs === 1000 ? "s" : perMs === 60_000 ? "m" : perMs === 3_600_000 ? "h" : formatDuration(perMs);
+  return `${rate}/${per}${burst === undefined || burst === rate ? "" : ` (burst ${burst})`}`;
+}

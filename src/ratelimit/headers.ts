@@ -15,9 +15,9 @@ export function formatReset(ms: number): string {
   const value = Math.max(0, Math.ceil(ms));
   if (value < 1000) return `${value}ms`;
   if (value < 60_000) return `${Number((value / 1000).toFixed(3))}s`;
-  const minutes = Math.floor(value / 60_000);
-  const seconds = Math.round((value % 60_000) / 1000);
-  return `${minutes}m${seconds}s`;
+  // Rounded to whole seconds before splitting: 179.6 s is 3m0s, never 2m60s.
+  const total = Math.round(value / 1000);
+  return `${Math.floor(total / 60)}m${total % 60}s`;
 }
 
 export function requestHeaders(state: LimitState): Record<string, string> {

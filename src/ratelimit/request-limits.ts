@@ -12,10 +12,11 @@
  * the plugin 12.3 µs, here 10.2 µs. It also let the stage drop the Fastify request.
  */
 import type { GatewayConfig, RateSpecConfig, StoreErrorPolicyConfig } from "../config/index.js";
+import { formatRate } from "../config/units.js";
 import { errors } from "../errors.js";
 import type { BucketSpec } from "../store/types.js";
 import type { GuardedStore } from "./guarded-store.js";
-import type { LimitState } from "./headers.js";
+import { type LimitState, requestHeaders } from "./headers.js";
 
 export type LimitBy = "ip" | "key" | "tenant" | "model" | "global";
 
@@ -25,6 +26,8 @@ export interface LimitDef {
   by: LimitBy;
   burst: number;
   ratePerSec: number;
+  /** The limit as configured, for messages: "5/s (burst 10)". */
+  summary: string;
   policy: StoreErrorPolicyConfig;
   models?: ReadonlySet<string>;
   allowList: readonly string[];
@@ -46,7 +49,17 @@ export interface LimitSubject {
 type Outcome =
   /** On the limit's allow-list: not counted. */
   | { isAllowed: true }
-  | { isAllowed: false; key: string; isExceeded: boolean; remaining: number; max: number; ttl: number };
+  | {
+      isAllowed: false;
+      key: string;
+      isExceeded: boolean;
+      remaining: number;
+      max: number;
+      /** ms until the next request is let through (refused) or until the bucket is full (allowed). */
+      ttl: number;
+      /** ms until the bucket is full again. */
+      full: number;
+    };
 
 interface BoundLimit {
   def: LimitDef;
@@ -65,7 +78,16 @@ function defFromSpec(
   extra: Partial<LimitDef> = {},
 ): LimitDef {
   const burst = spec.burst ?? spec.rate;
-  return { name, by, burst, ratePerSec: (spec.rate * 1000) / spec.per, policy, allowList: [], ...extra };
+  return {
+    name,
+    by,
+    burst,
+    ratePerSec: (spec.rate * 1000) / spec.per,
+    summary: formatRate(spec.rate, spec.per, burst),
+    policy,
+    allowList: [],
+    ...extra,
+  };
 }
 
 export class RequestLimits {
@@ -120,13 +142,13 @@ export class RequestLimits {
     const results = await Promise.all(applicable.map((l) => this.take(l, subject)));
     const tenant = subject.tenant ?? "";
     let tightest: LimitState | undefined;
-    let exceeded: { def: LimitDef; ttl: number } | undefined;
+    let exceeded: { def: LimitDef; ttl: number; full: number } | undefined;
     results.forEach((r, i) => {
       const def = (applicable[i] as BoundLimit).def;
       if (r.isAllowed) return; // on its allow-list
       this.events.decided?.(def.name, tenant, !r.isExceeded);
       if (r.isExceeded) {
-        if (!exceeded || r.ttl > exceeded.ttl) exceeded = { def, ttl: r.ttl };
+        if (!exceeded || r.ttl > exceeded.ttl) exceeded = { def, ttl: r.ttl, full: r.full };
       } else if (!tightest || r.remaining / r.max < tightest.remaining / tightest.limit) {
         tightest = { limit: r.max, remaining: r.remaining, resetMs: r.ttl };
       }
@@ -139,11 +161,15 @@ export class RequestLimits {
           return this.guard.adjust(bucketFor(def, r.key), -1, def.name, def.policy).catch(() => undefined);
         }),
       );
-      throw errors.rateLimited(
-        "requests",
-        `${exceeded.def.burst} per ${formatWindow(exceeded.def)} (${exceeded.def.name}, by ${exceeded.def.by})`,
-        Math.max(1, exceeded.ttl),
-      );
+      // The refusal carries the same x-ratelimit-*-requests family as an answer, for the limit
+      // that refused: a client pacing itself by those headers sees the limit it hit.
+      throw errors
+        .rateLimited(
+          "requests",
+          `${exceeded.def.summary}; limit ${exceeded.def.name}, by ${exceeded.def.by}`,
+          Math.max(1, exceeded.ttl),
+        )
+        .withHeaders(requestHeaders({ limit: exceeded.def.burst, remaining: 0, resetMs: exceeded.full }));
     }
     return tightest;
   }
@@ -160,13 +186,9 @@ export class RequestLimits {
       remaining: r.allowed ? Math.floor(Math.max(0, r.remaining)) : 0,
       max: def.burst,
       ttl: r.allowed ? r.msToFull : r.msToNext,
+      full: r.msToFull,
     };
   }
-}
-
-function formatWindow(def: LimitDef): string {
-  const ms = Math.round((def.burst / def.ratePerSec) * 1000);
-  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
 }
 
 /** What a limit counts by. Keys are never stored in clear: the key id is part of a digest. */

@@ -1,4 +1,11 @@
-export { ConfigError, type ConfigIssue, formatIssues, formatPath } from "./issues.js";
+export {
+  ConfigError,
+  type ConfigIssue,
+  type ConfigWarning,
+  formatIssues,
+  formatPath,
+  formatWarning,
+} from "./issues.js";
 export { loadConfigFile, parseConfig } from "./load.js";
 export { type ModelMatcher, modelMatcher } from "./model-patterns.js";
 export type {
@@ -21,5 +28,5 @@ export type {
   TenantConfig,
   TimeoutsConfig,
 } from "./schema.js";
-export { backendName, sha256Hex } from "./semantics.js";
+export { backendName, configWarnings, sha256Hex } from "./semantics.js";
 export { formatDuration, parseDuration, parseSize } from "./units.js";

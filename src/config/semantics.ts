@@ -1,11 +1,16 @@
 /** Checks that a schema cannot express: references between sections, uniqueness, URL shapes. */
 import { createHash } from "node:crypto";
-import type { ConfigIssue } from "./issues.js";
+import type { ConfigIssue, ConfigWarning } from "./issues.js";
 import { modelMatcher } from "./model-patterns.js";
 import type { GatewayConfig } from "./schema.js";
 import { formatDuration } from "./units.js";
 
-const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+/** Reachable from this host only: 127.0.0.0/8, ::1 (also IPv4-mapped), localhost. */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  if (h === "localhost" || h === "::1") return true;
+  return /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
 
 export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
@@ -217,7 +222,7 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       hint: "url: redis://127.0.0.1:6379",
     });
   }
-  if (config.admin.enabled && !config.admin.token && !LOOPBACK.has(config.admin.host)) {
+  if (config.admin.enabled && !config.admin.token && !isLoopback(config.admin.host)) {
     issues.push({
       path: ["admin", "token"],
       message: `is required when the admin listener binds ${config.admin.host}`,
@@ -225,6 +230,34 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
     });
   }
   return issues;
+}
+
+/** Settings that are valid but leave the gateway open or refuse what clients would expect to pass. */
+export function configWarnings(config: GatewayConfig): ConfigWarning[] {
+  const warnings: ConfigWarning[] = [];
+  if (!config.auth && !isLoopback(config.listen.host)) {
+    warnings.push({
+      path: ["auth"],
+      message: `none, and listen.host ${config.listen.host} is not a loopback address: anyone who can reach port ${config.listen.port} can use the GPUs`,
+      hint: "add auth.keys, or set listen.host: 127.0.0.1",
+    });
+  }
+  const defaultMax = config.tokens.defaultMaxTokens;
+  for (const [name, tenant] of Object.entries(config.tenants)) {
+    const tokens = tenant.limits.tokens;
+    if (!tokens) continue;
+    // A request without max_tokens reserves its prompt plus defaultMaxTokens: a bucket no larger
+    // can never hold that, so each such request gets a 429 for a number its client never sent.
+    const budget = tokens.burst ?? tokens.rate;
+    if (budget <= defaultMax) {
+      warnings.push({
+        path: ["tenants", name, "limits", "tokens"],
+        message: `a budget of ${budget} tokens is not above tokens.defaultMaxTokens (${defaultMax}), which every request without max_tokens reserves: each such request is refused with a 429`,
+        hint: `raise burst (or rate) above ${defaultMax}, lower tokens.defaultMaxTokens, or have clients send max_tokens`,
+      });
+    }
+  }
+  return warnings;
 }
 
 function poolsHint(config: GatewayConfig): string {

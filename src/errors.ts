@@ -128,12 +128,14 @@ export const errors = {
       retryAfterMs,
     ),
   /** The request alone needs more tokens than the budget can ever hold: retrying cannot help. */
-  tokensExceedBudget: (needed: number, burst: number) =>
+  tokensExceedBudget: (needed: number, burst: number, defaultMaxTokens?: number) =>
     new GatewayError(
       429,
       "rate_limit_exceeded",
       "tokens_exceed_budget",
-      `The request may use ${needed} tokens, more than this key's token budget of ${burst}. Lower max_tokens or shorten the prompt.`,
+      defaultMaxTokens === undefined
+        ? `The request may use ${needed} tokens, more than this key's token budget of ${burst}. Lower max_tokens or shorten the prompt.`
+        : `The request may use ${needed} tokens, more than this key's token budget of ${burst}: it did not set max_tokens, so the gateway reserved its default max_tokens (tokens.defaultMaxTokens: ${defaultMaxTokens}) for the answer. Set max_tokens on the request, or ask the operator to raise the budget or lower tokens.defaultMaxTokens.`,
     ),
   requestTimeout: () =>
     new GatewayError(

@@ -8,7 +8,14 @@
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { buildGateway } from "./app.js";
-import { ConfigError, formatDuration, type GatewayConfig, loadConfigFile } from "./config/index.js";
+import {
+  ConfigError,
+  configWarnings,
+  formatDuration,
+  formatWarning,
+  type GatewayConfig,
+  loadConfigFile,
+} from "./config/index.js";
 import { runDemo } from "./demo.js";
 import { shutdownOnSignal } from "./lifecycle.js";
 import { createLogger } from "./logging.js";
@@ -48,6 +55,7 @@ function check(args: string[]): void {
   if (!file) fail(`floodgate check needs a config file\n${USAGE}`);
   const config = loadOrExit(file);
   console.log(`${file}: valid`);
+  for (const warning of configWarnings(config)) console.log(`warning: ${formatWarning(warning)}`);
   console.log(describe(config));
 }
 

@@ -16,6 +16,19 @@ export function formatPath(path: readonly (string | number)[]): string {
   return out === "" ? "(top level)" : out;
 }
 
+/** What a valid config allows but its author probably did not mean: reported, never fatal. */
+export interface ConfigWarning {
+  path: (string | number)[];
+  message: string;
+  hint?: string;
+}
+
+/** `path: message (hint)`, as `floodgate check` prints it and the gateway logs it at start. */
+export function formatWarning(warning: ConfigWarning): string {
+  const hint = warning.hint ? ` (${warning.hint})` : "";
+  return `${formatPath(warning.path)}: ${warning.message}${hint}`;
+}
+
 export class ConfigError extends Error {
   constructor(
     readonly source: string,

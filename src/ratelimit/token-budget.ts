@@ -57,17 +57,23 @@ export class TokenBudgets {
     return tenant !== undefined && this.budgets.has(tenant.id);
   }
 
-  /** Reserves `tokens` or throws the 429 that says when they will be there. */
-  async reserve(tenant: Tenant, tokens: number): Promise<Reservation | undefined> {
+  /**
+   * Reserves `tokens` or throws the 429 that says when they will be there. `defaultMaxTokens`:
+   * the request set no max_tokens and this default was counted for it, which the 429 says (the
+   * client would not recognise the number otherwise).
+   */
+  async reserve(tenant: Tenant, tokens: number, defaultMaxTokens?: number): Promise<Reservation | undefined> {
     const budget = this.budgets.get(tenant.id);
     if (!budget) return undefined;
-    if (tokens > budget.spec.burst) throw errors.tokensExceedBudget(tokens, budget.spec.burst);
+    if (tokens > budget.spec.burst) {
+      throw errors.tokensExceedBudget(tokens, budget.spec.burst, defaultMaxTokens);
+    }
     const r = await this.guard.take(budget.spec, tokens, LIMIT_NAME, budget.policy);
     this.events.decided?.(LIMIT_NAME, tenant.id, r.allowed);
     if (!r.allowed) {
       throw errors.rateLimited(
         "tokens",
-        `${tokens} tokens asked, ${Math.floor(Math.max(0, r.remaining))} left`,
+        `${tokens} tokens asked${defaultMaxTokens === undefined ? "" : ` (max_tokens unset: the default ${defaultMaxTokens} counted)`}, ${Math.floor(Math.max(0, r.remaining))} left`,
         Math.max(1, r.msToNext),
       );
     }

@@ -22,7 +22,11 @@ export function tokenBudgetStage(
       const tenant = state.tenant;
       if (!tenant || !budgets.has(tenant) || !state.body || !state.route) return undefined;
       const estimate = estimateTokens(state.route, state.body, defaultMaxTokens);
-      const reservation = await budgets.reserve(tenant, estimate.total);
+      const reservation = await budgets.reserve(
+        tenant,
+        estimate.total,
+        estimate.defaulted ? defaultMaxTokens : undefined,
+      );
       if (reservation) {
         state.reservation = reservation;
         setHeaders(state, tokenHeaders(reservation.state));

@@ -9,6 +9,8 @@ export interface TokenEstimate {
   prompt: number;
   completion: number;
   total: number;
+  /** The request set no max_tokens: `completion` is the gateway's default, not the client's number. */
+  defaulted: boolean;
 }
 
 export function estimateTokens(
@@ -17,11 +19,11 @@ export function estimateTokens(
   defaultMaxTokens: number,
 ): TokenEstimate {
   const prompt = countPromptTokens(body);
-  if (route.endsWith("/embeddings")) return { prompt, completion: 0, total: prompt };
-  const max = positive(body.max_completion_tokens) ?? positive(body.max_tokens) ?? defaultMaxTokens;
+  if (route.endsWith("/embeddings")) return { prompt, completion: 0, total: prompt, defaulted: false };
+  const asked = positive(body.max_completion_tokens) ?? positive(body.max_tokens);
   const choices = positive(body.n) ?? 1;
-  const completion = max * choices;
-  return { prompt, completion, total: prompt + completion };
+  const completion = (asked ?? defaultMaxTokens) * choices;
+  return { prompt, completion, total: prompt + completion, defaulted: asked === undefined };
 }
 
 function positive(value: unknown): number | undefined {

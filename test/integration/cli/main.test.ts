@@ -1,5 +1,5 @@
 /** The floodgate command as an operator runs it: real processes, real exit codes. */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -28,6 +28,35 @@ function run(
   });
 }
 
+/** Starts the gateway and resolves with its stdout lines once it says it is listening. */
+function start(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ child: ChildProcess; lines: string[] }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", MAIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      if (stdout.includes("floodgate listening")) resolve({ child, lines: stdout.split("\n") });
+    });
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    child.on("close", (code) => reject(new Error(`exited ${code} before listening: ${stderr}`)));
+  });
+}
+
+/** What an operator exports before starting config/gateway.yaml. */
+const SHIPPED_ENV = {
+  FLOODGATE_ADMIN_TOKEN: "9d2f6a1c0b8e4d7f3a5c9e1b7d0f2a4c",
+  TEAM_A_KEY: "sk-team-a-0123456789",
+};
+
 function file(text: string): string {
   const path = join(mkdtempSync(join(tmpdir(), "floodgate-cli-")), "gateway.yaml");
   writeFileSync(path, text);
@@ -42,12 +71,22 @@ const BAD = `pools:
     timeouts: { total: 10 }
 `;
 
+const OPEN_POOL = `pools:
+  x:
+    models: [m]
+    backends:
+      - { url: http://127.0.0.1:1 }
+    healthCheck: { enabled: false }
+    loadSignals: { enabled: false }
+`;
+
 describe("floodgate CLI", () => {
   it("check: a valid file prints what it would run, exit 0", async () => {
-    const res = await run(["check", "config/gateway.yaml"]);
+    const res = await run(["check", "config/gateway.yaml"], SHIPPED_ENV);
     expect(res.code).toBe(0);
     expect(res.stdout).toContain("config/gateway.yaml: valid");
     expect(res.stdout).toContain("pool llama-8b: models llama-3.1-8b; least_request");
+    expect(res.stdout).not.toContain("warning:");
   });
 
   it("check: every error with its path and line, exit 2", async () => {
@@ -75,6 +114,38 @@ describe("floodgate CLI", () => {
     ]);
     expect(res.code).toBe(2);
     expect(res.stderr).toContain("admin.token: environment variable NO_SUCH_VAR_FOR_TEST is not set");
+  });
+
+  it("check: warnings are printed with their paths, and the file is still valid, exit 0", async () => {
+    const path = file(`listen: { host: 0.0.0.0, port: 8080 }
+tenants: { t: { limits: { tokens: { rate: 500, per: 1m } } } }
+${OPEN_POOL}`);
+    const res = await run(["check", path]);
+    expect(res.code).toBe(0);
+    const warnings = res.stdout.split("\n").filter((l) => l.startsWith("warning: "));
+    expect(warnings).toEqual([
+      expect.stringContaining(
+        "warning: auth: none, and listen.host 0.0.0.0 is not a loopback address: anyone who can reach port 8080 can use the GPUs",
+      ),
+      expect.stringContaining(
+        "warning: tenants.t.limits.tokens: a budget of 500 tokens is not above tokens.defaultMaxTokens (1024)",
+      ),
+    ]);
+  });
+
+  it("the gateway logs each config warning once at start", async () => {
+    const path = file(`listen: { host: 0.0.0.0, port: 0 }
+admin: { enabled: false }
+${OPEN_POOL}`);
+    const { child, lines } = await start(["--config", path]);
+    const closed = new Promise((resolve) => child.on("close", resolve));
+    child.kill("SIGTERM");
+    await closed;
+    const warns = lines.filter((l) => l.includes('"level":40'));
+    expect(warns).toHaveLength(1);
+    expect(JSON.parse(warns[0] ?? "{}").msg).toBe(
+      "config: auth: none, and listen.host 0.0.0.0 is not a loopback address: anyone who can reach port 0 can use the GPUs (add auth.keys, or set listen.host: 127.0.0.1)",
+    );
   });
 
   it("a missing file and bad usage are exit 2", async () => {

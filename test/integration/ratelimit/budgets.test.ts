@@ -75,6 +75,21 @@ describe("LLM token budgets", () => {
     expect(r.headers["x-should-retry"]).toBe("false");
   });
 
+  it("a budget below tokens.defaultMaxTokens: the 429 says the default was reserved for a request without max_tokens", async () => {
+    gw = await startGateway(yaml("{ tokens: { rate: 500, per: 1m } }"));
+    const before = upstream.received.length;
+    const r = await chat(gw.url, KEY, { max_tokens: undefined }); // dropped from the JSON body
+    expect(r.status).toBe(429);
+    const error = JSON.parse(r.body).error;
+    expect(error.code).toBe("tokens_exceed_budget");
+    expect(error.message).toContain("token budget of 500: it did not set max_tokens");
+    expect(error.message).toContain("default max_tokens (tokens.defaultMaxTokens: 1024)");
+    // With max_tokens the client knows the number: the plain message.
+    const sized = await chat(gw.url, KEY, { max_tokens: 600 });
+    expect(JSON.parse(sized.body).error.message).not.toContain("defaultMaxTokens");
+    expect(upstream.received.length).toBe(before);
+  });
+
   it("streams: usage is asked for upstream, settled, and stripped when the client did not ask", async () => {
     gw = await startGateway(yaml("{ tokens: { rate: 1000, per: 1m } }"));
     const plain = await postStream(

@@ -66,6 +66,23 @@ describe("TokenBudgets", () => {
     expect(err).toMatchObject({ code: "tokens_exceed_budget", retryAfterMs: undefined });
   });
 
+  it("a refusal says when the reservation was the default max_tokens, a number the client never sent", async () => {
+    const budgets = new TokenBudgets(config, guard());
+    const never = await budgets.reserve(tenant("a"), 1036, 1024).catch((e: unknown) => e);
+    expect(never).toMatchObject({ code: "tokens_exceed_budget" });
+    expect((never as GatewayError).message).toBe(
+      "The request may use 1036 tokens, more than this key's token budget of 1000: it did not set max_tokens, so the gateway reserved its default max_tokens (tokens.defaultMaxTokens: 1024) for the answer. Set max_tokens on the request, or ask the operator to raise the budget or lower tokens.defaultMaxTokens.",
+    );
+    const asked = await budgets.reserve(tenant("a"), 1036).catch((e: unknown) => e);
+    expect((asked as GatewayError).message).not.toContain("defaultMaxTokens");
+    await budgets.reserve(tenant("a"), 900);
+    const later = await budgets.reserve(tenant("a"), 300, 256).catch((e: unknown) => e);
+    expect(later).toMatchObject({ code: "tokens_limit_exceeded" });
+    expect((later as GatewayError).message).toContain(
+      "300 tokens asked (max_tokens unset: the default 256 counted), 100 left",
+    );
+  });
+
   it("usage over the reservation is charged, into debt", async () => {
     const budgets = new TokenBudgets(config, guard());
     const r = await budgets.reserve(tenant("a"), 100);

@@ -12,6 +12,55 @@ export function isLoopback(host: string): boolean {
   return /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
+/** The shortest admin token accepted off loopback: 32 random characters cannot be guessed. */
+const MIN_EXPOSED_TOKEN = 32;
+
+/** Tokens copied from an example rather than generated, compared as lowercase letters and digits. */
+const PLACEHOLDER_TOKENS = new Set([
+  "admin",
+  "admintoken",
+  "changeme",
+  "changemetoalongsecret",
+  "default",
+  "dummy",
+  "example",
+  "letmein",
+  "mysecret",
+  "password",
+  "placeholder",
+  "replaceme",
+  "sample",
+  "secret",
+  "supersecret",
+  "test",
+  "token",
+  "yoursecrethere",
+  "yourtokenhere",
+]);
+/** Phrases no generated secret contains, however long the text around them. */
+const PLACEHOLDER_PHRASES = ["changeme", "replaceme", "yoursecret", "yourtoken", "placeholder", "xxxx"];
+
+/** Why an admin token is too weak to face the network, or undefined when it is not. */
+function weakTokenReason(token: string): string | undefined {
+  if (isPlaceholderToken(token)) return "is a well-known placeholder";
+  if (token.length < MIN_EXPOSED_TOKEN)
+    return `is ${token.length} characters, fewer than ${MIN_EXPOSED_TOKEN}`;
+  return undefined;
+}
+
+export function isPlaceholderToken(token: string): boolean {
+  const t = token.toLowerCase().replace(/[^a-z0-9]/g, "");
+  // One character repeated (xxxx..., 0000...), or nothing but punctuation.
+  if (/^(.)?\1*$/.test(t)) return true;
+  // A placeholder word, repeated to pass a length check, maybe with digits after it.
+  const core = t.replace(/\d+$/, "");
+  for (const word of PLACEHOLDER_TOKENS) {
+    if (core !== "" && core.length % word.length === 0 && core === word.repeat(core.length / word.length))
+      return true;
+  }
+  return PLACEHOLDER_PHRASES.some((phrase) => t.includes(phrase));
+}
+
 export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const modelOwner = new Map<string, string>();
@@ -222,12 +271,23 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       hint: "url: redis://127.0.0.1:6379",
     });
   }
-  if (config.admin.enabled && !config.admin.token && !isLoopback(config.admin.host)) {
-    issues.push({
-      path: ["admin", "token"],
-      message: `is required when the admin listener binds ${config.admin.host}`,
-      hint: "set token: ${FLOODGATE_ADMIN_TOKEN}, or bind admin.host to 127.0.0.1",
-    });
+  const token = config.admin.token;
+  if (config.admin.enabled && !isLoopback(config.admin.host)) {
+    // Off loopback, whoever can reach the port can try the token: it must be unguessable.
+    const weak = token === undefined ? undefined : weakTokenReason(token);
+    if (token === undefined) {
+      issues.push({
+        path: ["admin", "token"],
+        message: `is required when the admin listener binds ${config.admin.host}`,
+        hint: "set token: ${FLOODGATE_ADMIN_TOKEN}, or bind admin.host to 127.0.0.1",
+      });
+    } else if (weak !== undefined) {
+      issues.push({
+        path: ["admin", "token"],
+        message: `${weak}, and the admin listener binds ${config.admin.host}: anyone who can reach it could guess the token and drain backends or purge the cache`,
+        hint: `use a random secret of ${MIN_EXPOSED_TOKEN}+ characters, e.g. FLOODGATE_ADMIN_TOKEN=$(openssl rand -hex 32), or bind admin.host to 127.0.0.1`,
+      });
+    }
   }
   return issues;
 }

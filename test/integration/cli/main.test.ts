@@ -80,6 +80,10 @@ const OPEN_POOL = `pools:
     loadSignals: { enabled: false }
 `;
 
+const EXPOSED_ADMIN = `listen: { host: 127.0.0.1, port: 0 }
+admin: { host: 0.0.0.0, port: 0, token: "\${FLOODGATE_ADMIN_TOKEN}" }
+${OPEN_POOL}`;
+
 describe("floodgate CLI", () => {
   it("check: a valid file prints what it would run, exit 0", async () => {
     const res = await run(["check", "config/gateway.yaml"], SHIPPED_ENV);
@@ -131,6 +135,23 @@ ${OPEN_POOL}`);
         "warning: tenants.t.limits.tokens: a budget of 500 tokens is not above tokens.defaultMaxTokens (1024)",
       ),
     ]);
+  });
+
+  it("the gateway refuses a placeholder admin token off loopback, exit 2", async () => {
+    const res = await run(["--config", file(EXPOSED_ADMIN)], {
+      FLOODGATE_ADMIN_TOKEN: "change-me-to-a-long-secret",
+    });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain(
+      "admin.token: is a well-known placeholder, and the admin listener binds 0.0.0.0",
+    );
+    expect(res.stderr).toContain("openssl rand -hex 32");
+  });
+
+  it("check refuses a short admin token off loopback, exit 2", async () => {
+    const res = await run(["check", file(EXPOSED_ADMIN)], { FLOODGATE_ADMIN_TOKEN: "k3Jq9vX2mP7wL4tR8z" });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain("admin.token: is 18 characters, fewer than 32");
   });
 
   it("the gateway logs each config warning once at start", async () => {

@@ -2,6 +2,11 @@
  * Real redis-server processes for tests: one server, or a Redis Cluster of masters, on free
  * loopback ports, with no persistence, in temp dirs removed on stop. Never the machine's own
  * Redis on 6379. Every test file that starts one stops it in afterAll.
+ *
+ * redis-server cannot listen on port 0 and report the port, so a port is probed free first; on
+ * a busy machine another process may take it before the server binds. The server then exits
+ * ("Address already in use"), or a stranger answers on that port: either way the start is
+ * retried on a fresh port.
  */
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
@@ -85,7 +90,61 @@ function cli(port: number, args: string[]): Promise<string> {
   });
 }
 
-function exited(child: ChildProcess): Promise<void> {
+/** The port was taken between the probe and the bind: try again on another. */
+class PortTaken extends Error {}
+
+/** Fresh ports tried before giving up. */
+const PORT_ATTEMPTS = 5;
+
+/** The pid of the server answering on `port`, so that a stranger on a reused port is told apart. */
+async function serverPid(port: number): Promise<number> {
+  const info = await cli(port, ["info", "server"]);
+  return Number(/^process_id:(\d+)/m.exec(info)?.[1]);
+}
+
+/** Waits until the child answers PING on `port` itself; PortTaken if it could not bind it. */
+async function answering(
+  child: ChildProcess,
+  port: number,
+  what: string,
+  output: () => string,
+): Promise<void> {
+  let exited = child.exitCode !== null || child.signalCode !== null;
+  child.once("exit", () => {
+    exited = true;
+  });
+  try {
+    await waitFor(`${what} on ${port}`, async () => {
+      if (exited) {
+        const log = output();
+        if (/address already in use/i.test(log)) throw new PortTaken(`${what}: port ${port} was taken`);
+        throw new Error(`${what} on ${port} exited: ${log}`);
+      }
+      return ping(port);
+    });
+    if ((await serverPid(port)) !== child.pid) {
+      throw new PortTaken(`${what}: another server answers on ${port}`);
+    }
+  } catch (error) {
+    child.kill("SIGKILL");
+    await exitOf(child);
+    throw error;
+  }
+}
+
+/** `start` on a fresh free port, again on another while the port turns out to be taken. */
+async function onFreshPort<T>(start: (port: number) => Promise<T>): Promise<{ port: number; value: T }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return { port, value: await start(port) };
+    } catch (error) {
+      if (!(error instanceof PortTaken) || attempt === PORT_ATTEMPTS) throw error;
+    }
+  }
+}
+
+function exitOf(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once("exit", () => resolve()));
 }
@@ -110,30 +169,27 @@ async function spawnServer(port: number, dir: string, extra: string[]): Promise<
       "warning",
       ...extra,
     ],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    { stdio: ["ignore", "pipe", "pipe"] },
   );
-  let stderr = "";
-  child.stderr?.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  let failed = false;
-  child.once("exit", () => {
-    failed = true;
-  });
-  await waitFor(`redis-server on ${port}`, async () => {
-    if (failed) throw new Error(`redis-server on ${port} exited: ${stderr}`);
-    return ping(port);
-  });
+  // The log goes to stdout; a failed bind is reported there.
+  let output = "";
+  const collect = (chunk: Buffer) => {
+    output += chunk.toString();
+  };
+  child.stdout?.on("data", collect);
+  child.stderr?.on("data", collect);
+  await answering(child, port, "redis-server", () => output);
   return child;
 }
 
 export async function startRedis(extra: string[] = []): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), "floodgate-redis-"));
-  const port = await freePort();
-  let child = await spawnServer(port, dir, extra);
+  const started = await onFreshPort((port) => spawnServer(port, dir, extra));
+  const port = started.port;
+  let child = started.value;
   const signal = async (sig: NodeJS.Signals) => {
     child.kill(sig);
-    await exited(child);
+    await exitOf(child);
   };
   return {
     url: `redis://127.0.0.1:${port}`,
@@ -170,25 +226,37 @@ async function clusterPorts(count: number): Promise<number[]> {
 
 export async function startRedisCluster(masters = 3): Promise<TestRedisCluster> {
   const dir = await mkdtemp(join(tmpdir(), "floodgate-cluster-"));
-  const ports = await clusterPorts(masters);
   const children: ChildProcess[] = [];
-  const stop = async () => {
+  const kill = async () => {
     for (const child of children) child.kill("SIGTERM");
-    await Promise.all(children.map(exited));
+    await Promise.all(children.map(exitOf));
+    children.length = 0;
+  };
+  const stop = async () => {
+    await kill();
     await rm(dir, { recursive: true, force: true });
   };
+  let ports: number[] = [];
   try {
-    for (const port of ports) {
-      children.push(
-        await spawnServer(port, dir, [
-          "--cluster-enabled",
-          "yes",
-          "--cluster-config-file",
-          join(dir, `nodes-${port}.conf`),
-          "--cluster-node-timeout",
-          "2000",
-        ]),
-      );
+    for (let attempt = 1; children.length < masters; attempt++) {
+      ports = await clusterPorts(masters);
+      try {
+        for (const port of ports) {
+          children.push(
+            await spawnServer(port, dir, [
+              "--cluster-enabled",
+              "yes",
+              "--cluster-config-file",
+              join(dir, `nodes-${port}.conf`),
+              "--cluster-node-timeout",
+              "2000",
+            ]),
+          );
+        }
+      } catch (error) {
+        await kill();
+        if (!(error instanceof PortTaken) || attempt === PORT_ATTEMPTS) throw error;
+      }
     }
     await new Promise<void>((resolve, reject) => {
       execFile(
@@ -218,39 +286,51 @@ export async function startRedisCluster(masters = 3): Promise<TestRedisCluster> 
 /** One Sentinel (quorum 1) watching a master on masterPort under `name`. */
 export async function startSentinel(masterPort: number, name = "mymaster"): Promise<TestSentinel> {
   const dir = await mkdtemp(join(tmpdir(), "floodgate-sentinel-"));
-  const port = await freePort();
   const config = join(dir, "sentinel.conf");
-  // Sentinel rewrites its config file, so it lives in the temp dir.
-  await writeFile(
-    config,
-    [
-      `port ${port}`,
-      "bind 127.0.0.1",
-      `dir ${dir}`,
-      `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`,
-      `sentinel down-after-milliseconds ${name} 2000`,
-      "",
-    ].join("\n"),
-  );
-  const child = spawn(REDIS_SERVER, [config, "--sentinel"], { stdio: "ignore" });
+  let started: { port: number; value: ChildProcess } | undefined;
   try {
-    await waitFor(`sentinel on ${port}`, async () => {
-      if (child.exitCode !== null) throw new Error("sentinel exited");
-      if (!(await ping(port))) return false;
+    started = await onFreshPort(async (candidate) => {
+      // Sentinel rewrites its config file, so it lives in the temp dir.
+      await writeFile(
+        config,
+        [
+          `port ${candidate}`,
+          "bind 127.0.0.1",
+          `dir ${dir}`,
+          `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`,
+          `sentinel down-after-milliseconds ${name} 2000`,
+          "",
+        ].join("\n"),
+      );
+      const sentinel = spawn(REDIS_SERVER, [config, "--sentinel"], { stdio: ["ignore", "pipe", "pipe"] });
+      let output = "";
+      const collect = (chunk: Buffer) => {
+        output += chunk.toString();
+      };
+      sentinel.stdout?.on("data", collect);
+      sentinel.stderr?.on("data", collect);
+      await answering(sentinel, candidate, "sentinel", () => output);
+      return sentinel;
+    });
+    const { port } = started;
+    await waitFor(`sentinel on ${port} to know ${name}`, async () => {
       const master = await cli(port, ["sentinel", "get-master-addr-by-name", name]);
       return master.includes(String(masterPort));
     });
   } catch (error) {
-    child.kill("SIGKILL");
-    await exited(child);
+    if (started !== undefined) {
+      started.value.kill("SIGKILL");
+      await exitOf(started.value);
+    }
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
+  const { port, value: child } = started;
   return {
     address: `127.0.0.1:${port}`,
     stop: async () => {
       child.kill("SIGTERM");
-      await exited(child);
+      await exitOf(child);
       await rm(dir, { recursive: true, force: true });
     },
   };

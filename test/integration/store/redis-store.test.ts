@@ -2,18 +2,26 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisStore, type RedisStore } from "../../../src/store/redis-store.js";
 import { StoreUnavailableError } from "../../../src/store/types.js";
+import { eventually, sleep } from "../../helpers/eventually.js";
 import { startRedis, startSentinel, type TestRedis } from "../../helpers/redis.js";
 import { redisStoreConfig } from "./store-config.js";
 
+/** Short, as in production, for the stores that meet a Redis unable to answer. */
 const COMMAND_TIMEOUT = 200;
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+/**
+ * Timer lag allowed on a busy machine past a deadline. Still under the 2 s socketTimeout (10 ×
+ * commandTimeout) at which ioredis itself would end a command on a silent connection, so a
+ * missing deadline of the store's own still fails.
+ */
+const LAG = 1000;
 const spec = (key: string) => ({ key, ratePerSec: 10, burst: 5 });
 
 let redis: TestRedis;
+/** The semantics tests' store: the generous default deadline, so load never fails a call. */
 let store: RedisStore;
 beforeAll(async () => {
   redis = await startRedis();
-  store = createRedisStore(redisStoreConfig({ url: redis.url, commandTimeout: COMMAND_TIMEOUT }));
+  store = createRedisStore(redisStoreConfig({ url: redis.url }));
 });
 afterAll(async () => {
   await store?.close();
@@ -27,19 +35,23 @@ async function timeToFailure(call: () => Promise<unknown>): Promise<number> {
   return performance.now() - started;
 }
 
-/** Calls `call` every 50 ms until it succeeds; the ms that took. */
-async function timeToRecovery(call: () => Promise<unknown>, limitMs = 5000): Promise<number> {
-  const started = performance.now();
-  for (;;) {
-    try {
-      await call();
-      return performance.now() - started;
-    } catch (error) {
-      expect(error).toBeInstanceOf(StoreUnavailableError);
-      if (performance.now() - started > limitMs) throw error;
-      await sleep(50);
-    }
-  }
+/**
+ * Calls `call` until it succeeds, each failure a StoreUnavailableError. The store reconnects
+ * with a backoff capped at 2 s; 10 s allows for a loaded machine.
+ */
+async function recovers(call: () => Promise<unknown>): Promise<void> {
+  await eventually(
+    async () => {
+      try {
+        await call();
+        return true;
+      } catch (error) {
+        expect(error).toBeInstanceOf(StoreUnavailableError);
+        return false;
+      }
+    },
+    { timeout: 10_000, interval: 50, what: "the store to answer again" },
+  );
 }
 
 async function scriptCalls(): Promise<{ eval: number; evalsha: number }> {
@@ -60,27 +72,35 @@ describe("RedisStore buckets", () => {
   });
 
   it("takes, refuses with a wait, charges into debt and refunds up to burst", async () => {
-    const s = spec("rl:a");
+    // Redis TIME moves between calls: the numbers are the fake-time ones less what refilled,
+    // and what refilled is bounded by the time measured around the calls.
+    const s = { key: "rl:a", ratePerSec: 1, burst: 5 };
+    const started = performance.now();
     expect(await store.take(s, 5)).toMatchObject({ allowed: true, msToNext: 0 });
     const refused = await store.take(s, 1);
+    const refusedBy = performance.now() - started;
     expect(refused.allowed).toBe(false);
-    // Redis TIME moves between calls: the numbers are close to, not equal to, the fake-time ones.
-    expect(refused.msToNext).toBeGreaterThan(80);
-    expect(refused.msToNext).toBeLessThanOrEqual(100);
+    expect(refused.msToNext).toBeLessThanOrEqual(1000);
+    expect(refused.msToNext).toBeGreaterThanOrEqual(1000 - refusedBy - 1);
     const debt = await store.adjust(s, 3);
-    expect(debt.remaining).toBeLessThan(-2.5);
-    expect(debt.msToFull).toBeGreaterThan(750);
+    const debtBy = performance.now() - started;
+    expect(debt.remaining).toBeGreaterThanOrEqual(-3);
+    expect(debt.remaining).toBeLessThanOrEqual(-3 + debtBy / 1000 + 0.001);
+    expect(debt.msToFull).toBeLessThanOrEqual(8000);
+    expect(debt.msToFull).toBeGreaterThanOrEqual(8000 - debtBy - 1);
     expect(await store.adjust(s, -100)).toMatchObject({ remaining: 5, msToFull: 0 });
-    await sleep(110);
     expect(await store.take(s, 1)).toMatchObject({ allowed: true, remaining: 4 });
   });
 
   it("keeps one hash per bucket under prefix{key}, which expires when idle", async () => {
-    await store.take(spec("rl:ttl"), 2);
+    // Two tokens short of full at 1/s: idle for 2 s, plus 1 s.
+    const s = { key: "rl:ttl", ratePerSec: 1, burst: 5 };
+    const started = performance.now();
+    await store.take(s, 2);
     expect(await redis.cli("hkeys", "floodgate-test:{rl:ttl}")).toBe("tokens\nts");
     const pttl = Number(await redis.cli("pttl", "floodgate-test:{rl:ttl}"));
-    expect(pttl).toBeGreaterThan(1000);
-    expect(pttl).toBeLessThanOrEqual(200 + 1000);
+    expect(pttl).toBeLessThanOrEqual(2000 + 1000);
+    expect(pttl).toBeGreaterThanOrEqual(2000 + 1000 - (performance.now() - started) - 1);
   });
 
   it("rejects a spec it cannot serve without calling Redis", async () => {
@@ -125,36 +145,48 @@ describe("RedisStore leases", () => {
   });
 
   it("expires leases unless renewed; an expired lease is not re-created", async () => {
-    await store.acquireLease("lease:ttl", "a", 2, 150);
+    // b lives 150 ms and the sleep outlasts it; a lives long enough that no stall expires it,
+    // and its renewal shows in its expiry (the score), so nothing races the clock.
+    const expiryOfA = async () => Number(await redis.cli("zscore", "floodgate-test:{lease:ttl}", "a"));
+    await store.acquireLease("lease:ttl", "a", 2, 10_000);
     await store.acquireLease("lease:ttl", "b", 2, 150);
-    await sleep(80);
-    expect(await store.renewLease("lease:ttl", "a", 300)).toBe(true);
-    await sleep(100);
-    expect(await store.renewLease("lease:ttl", "b", 300)).toBe(false);
-    expect(await store.acquireLease("lease:ttl", "c", 2, 300)).toEqual({ acquired: true, held: 2 });
-    expect(await store.acquireLease("lease:ttl", "d", 2, 300)).toEqual({ acquired: false, held: 2 });
+    const before = await expiryOfA();
+    await sleep(200);
+    expect(await store.renewLease("lease:ttl", "a", 60_000)).toBe(true);
+    expect(await expiryOfA()).toBeGreaterThanOrEqual(before + 50_000);
+    expect(await store.renewLease("lease:ttl", "b", 60_000)).toBe(false);
+    expect(await store.acquireLease("lease:ttl", "c", 2, 60_000)).toEqual({ acquired: true, held: 2 });
+    expect(await store.acquireLease("lease:ttl", "d", 2, 60_000)).toEqual({ acquired: false, held: 2 });
     expect(await store.renewLease("lease:none", "a", 300)).toBe(false);
   });
 });
 
 describe("RedisStore when Redis fails", () => {
+  let short: RedisStore;
+  beforeAll(async () => {
+    short = createRedisStore(redisStoreConfig({ url: redis.url, commandTimeout: COMMAND_TIMEOUT }));
+    await recovers(() => short.take(spec("rl:connect"), 1));
+  });
+  afterAll(async () => {
+    await short?.close();
+  });
+
   it("a Redis that stops answering: rejects within commandTimeout, then recovers", async () => {
-    await store.take(spec("rl:pause"), 1);
     redis.pause();
     try {
-      const elapsed = await timeToFailure(() => store.take(spec("rl:pause"), 1));
+      // A stopped server never answers: the deadline is the only way out.
+      const elapsed = await timeToFailure(() => short.take(spec("rl:pause"), 1));
       expect(elapsed).toBeGreaterThanOrEqual(COMMAND_TIMEOUT - 5);
-      expect(elapsed).toBeLessThan(COMMAND_TIMEOUT + 100);
+      expect(elapsed).toBeLessThan(COMMAND_TIMEOUT + LAG);
     } finally {
       redis.resume();
     }
-    expect(await timeToRecovery(() => store.take(spec("rl:pause"), 1))).toBeLessThan(3000);
+    await recovers(() => short.take(spec("rl:pause"), 1));
   });
 
   it("a killed Redis: rejects fast, never hangs; restarted on the same port: works again", async () => {
-    await store.take(spec("rl:kill"), 1);
     // A call in flight when the server dies.
-    const inFlight = store.take(spec("rl:kill"), 1).then(
+    const inFlight = short.take(spec("rl:kill"), 1).then(
       () => "answered",
       (error: unknown) => error,
     );
@@ -162,16 +194,16 @@ describe("RedisStore when Redis fails", () => {
     const outcome = await inFlight;
     if (outcome !== "answered") expect(outcome).toBeInstanceOf(StoreUnavailableError);
     for (let i = 0; i < 5; i++) {
-      expect(await timeToFailure(() => store.take(spec("rl:kill"), 1))).toBeLessThan(COMMAND_TIMEOUT + 100);
-      expect(await timeToFailure(() => store.acquireLease("lease:kill", "a", 1, 1000))).toBeLessThan(
-        COMMAND_TIMEOUT + 100,
+      expect(await timeToFailure(() => short.take(spec("rl:kill"), 1))).toBeLessThan(COMMAND_TIMEOUT + LAG);
+      expect(await timeToFailure(() => short.acquireLease("lease:kill", "a", 1, 1000))).toBeLessThan(
+        COMMAND_TIMEOUT + LAG,
       );
       await sleep(100);
     }
     await redis.restart();
-    expect(await timeToRecovery(() => store.take(spec("rl:kill"), 1))).toBeLessThan(3000);
+    await recovers(() => short.take(spec("rl:kill"), 1));
     // The restarted server is empty: the bucket starts full, scripts are reloaded by EVAL.
-    expect(await store.take(spec("rl:kill"), 0)).toMatchObject({ allowed: true });
+    expect(await short.take(spec("rl:kill"), 0)).toMatchObject({ allowed: true });
   });
 
   it("a Redis never reached: rejects within commandTimeout", async () => {
@@ -180,7 +212,7 @@ describe("RedisStore when Redis fails", () => {
     );
     try {
       for (let i = 0; i < 3; i++) {
-        expect(await timeToFailure(() => nowhere.take(spec("rl:x"), 1))).toBeLessThan(COMMAND_TIMEOUT + 100);
+        expect(await timeToFailure(() => nowhere.take(spec("rl:x"), 1))).toBeLessThan(COMMAND_TIMEOUT + LAG);
       }
     } finally {
       await nowhere.close();
@@ -192,7 +224,8 @@ describe("RedisStore when Redis fails", () => {
     await closing.take(spec("rl:close"), 1);
     const started = performance.now();
     await closing.close();
-    expect(performance.now() - started).toBeLessThan(300);
+    // Closing waits for no reconnect and no timeout (those would take seconds).
+    expect(performance.now() - started).toBeLessThan(3000);
     await timeToFailure(() => closing.take(spec("rl:close"), 1));
   });
 });

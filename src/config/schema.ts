@@ -96,7 +96,8 @@ const Admin = Section(
       Type.String({
         minLength: 16,
         description: "bearer token for /admin/*",
-        "x-hint": "16 characters or more",
+        "x-hint":
+          "16 characters or more; 32 or more on an address other than loopback (openssl rand -hex 32)",
       }),
     ),
   },

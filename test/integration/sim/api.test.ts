@@ -2,6 +2,7 @@ import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
 import { countTokens } from "../../../src/tokens/tokenizer.js";
+import { eventually } from "../../helpers/eventually.js";
 import { call, chatBody, chunks, sleep, stream, streamedText } from "./sim-http.js";
 
 describe("sim OpenAI API", () => {
@@ -241,7 +242,8 @@ describe("sim OpenAI API", () => {
 
 describe("sim health and model loading", () => {
   it("answers /health 503 while loading, then 200; inference gets 503 model_loading meanwhile", async () => {
-    const sim = await startSim({ loadTimeMs: 300, timeScale: 0 });
+    // Loading for 1 s: the first calls land in it unless the machine stalls that long.
+    const sim = await startSim({ loadTimeMs: 1000, timeScale: 0 });
     try {
       const loading = await call(`${sim.url}/health`);
       expect(loading.status).toBe(503);
@@ -249,9 +251,7 @@ describe("sim health and model loading", () => {
       expect(early.status).toBe(503);
       expect(early.body).toMatchObject({ error: { code: "model_loading" } });
       expect(early.headers["retry-after"]).toBe("1");
-      await sleep(320);
-      const ready = await call(`${sim.url}/health`);
-      expect(ready.status).toBe(200);
+      await eventually(async () => (await call(`${sim.url}/health`)).status === 200, { what: "loaded" });
       expect((await call(`${sim.url}/v1/chat/completions`, { body: chatBody("hi") })).status).toBe(200);
     } finally {
       await sim.close();

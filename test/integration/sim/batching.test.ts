@@ -29,18 +29,26 @@ describe("sim continuous batching over HTTP", () => {
   });
 
   it("flushes stream headers when the sequence is accepted, before prefill ends", async () => {
-    // "hi" is 7 prompt tokens with chat overhead: TTFT = 7 * 10 + 1 = 71 ms.
-    const sim = await startSim({ decodeStepMs: 1, decodeMsPerSeq: 0, prefillMsPerToken: 10 });
+    // "hi" is 7 prompt tokens with chat overhead: a prefill of 7 s, which no stall outlasts. The
+    // headers arrive while no token exists yet; a server that sent them with the first token
+    // would have counted it before they left.
+    const sim = await startSim({ decodeStepMs: 1, decodeMsPerSeq: 0, prefillMsPerToken: 1000 });
+    const controller = new AbortController();
     try {
-      const t0 = performance.now();
-      const s = await stream(
-        `${sim.url}/v1/chat/completions`,
-        chatBody("hi", { stream: true, max_tokens: 2 }),
-      );
-      const first = s.events[0]?.at ?? 0;
-      expect(s.headersAt - t0).toBeLessThan(50);
-      expect(first - t0).toBeGreaterThanOrEqual(70);
+      const res = await request(`${sim.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(chatBody("hi", { stream: true, max_tokens: 2 })),
+        signal: controller.signal,
+      });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers["content-type"]).toMatch(/^text\/event-stream/);
+      expect(sim.stats()).toMatchObject({ running: 1, completionTokens: 0 });
+      controller.abort();
+      await res.body.dump().catch(() => undefined);
+      expect(await waitFor(() => sim.stats().aborted === 1)).toBe(true);
     } finally {
+      controller.abort();
       await sim.close();
     }
   });
@@ -57,7 +65,8 @@ describe("sim continuous batching over HTTP", () => {
         );
         return performance.now() - t0;
       };
-      const alone = await duration(1); // 8 steps * 5 ms
+      // The fastest of three runs alone: a stall only lengthens a run, so one cannot spoil it.
+      const alone = Math.min(await duration(1), await duration(1), await duration(1)); // 8 steps * 5 ms
       const crowded = await duration(6); // 8 steps * 20 ms
       expect(crowded).toBeGreaterThan(alone * 2);
     } finally {
@@ -105,7 +114,7 @@ describe("sim continuous batching over HTTP", () => {
     }
   });
 
-  it("sees a client abort within 100 ms and frees the slot at once", async () => {
+  it("sees a client abort at once and frees the slot", async () => {
     const sim = await startSim({
       slots: 1,
       maxQueue: 4,
@@ -132,10 +141,11 @@ describe("sim continuous batching over HTTP", () => {
         },
       );
       expect(streamed.error).not.toBeNull();
-      expect(await waitFor(() => sim.stats().aborted === 1, 1000, 1)).toBe(true);
+      expect(await waitFor(() => sim.stats().aborted === 1, undefined, 1)).toBe(true);
       const stats = sim.stats();
       expect(stats.lastAbortAt).not.toBeNull();
-      expect((stats.lastAbortAt ?? 0) - abortedAt).toBeLessThan(100);
+      // At once: the rest of the 10,000 tokens would take 50 s; 2 s allows for a busy machine.
+      expect((stats.lastAbortAt ?? 0) - abortedAt).toBeLessThan(2000);
       expect(events).toHaveLength(1);
       expect(events[0]?.path).toBe("/v1/chat/completions");
       expect(stats.running).toBe(0);
@@ -158,7 +168,9 @@ describe("sim continuous batching over HTTP", () => {
       }).catch((err: unknown) => err);
       expect(await waitFor(() => sim.stats().waiting === 1)).toBe(true);
       queued.abort();
-      expect(await waitFor(() => sim.stats().waiting === 0 && sim.stats().aborted === 2, 1000, 1)).toBe(true);
+      expect(await waitFor(() => sim.stats().waiting === 0 && sim.stats().aborted === 2, undefined, 1)).toBe(
+        true,
+      );
       holder.abort();
       await Promise.allSettled([first, second]);
       expect(await waitFor(() => sim.stats().running === 0)).toBe(true);
@@ -183,7 +195,9 @@ describe("sim continuous batching over HTTP", () => {
         ),
       );
       expect(results.every((r) => r.status === 200)).toBe(true);
-      expect(performance.now() - t0).toBeLessThan(2000);
+      // With one slot and no queue any time taken would have refused some (rejectedBusy, below);
+      // the bound only catches a stuck step (32 tokens × 50 in turn would take many seconds).
+      expect(performance.now() - t0).toBeLessThan(10_000);
       const s = await stream(
         `${sim.url}/v1/chat/completions`,
         chatBody("x", { stream: true, max_tokens: 20, stream_options: { include_usage: true } }),

@@ -57,18 +57,19 @@ describe("sim faults", () => {
   });
 
   it("adds latency before the response starts", async () => {
-    const sim = await startSim({ timeScale: 0, faults: { latencyMs: 120 } });
+    const sim = await startSim({ timeScale: 0, faults: { latencyMs: 500 } });
     try {
       const t0 = performance.now();
       const s = await stream(
         `${sim.url}/v1/chat/completions`,
         chatBody("x", { stream: true, max_tokens: 2 }),
       );
-      expect(s.headersAt - t0).toBeGreaterThanOrEqual(115);
+      expect(s.headersAt - t0).toBeGreaterThanOrEqual(495);
       await sim.setFaults({ latencyMs: 0 });
+      // Without the fault an answer takes a few ms; one still delayed would take 500 ms or more.
       const t1 = performance.now();
       await call(`${sim.url}/v1/chat/completions`, { body: chatBody("x", { max_tokens: 2 }) });
-      expect(performance.now() - t1).toBeLessThan(100);
+      expect(performance.now() - t1).toBeLessThan(495);
     } finally {
       await sim.close();
     }
@@ -85,7 +86,7 @@ describe("sim faults", () => {
       }).catch((err: unknown) => err);
       expect(outcome).toBeInstanceOf(Error);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(140);
-      expect(await waitFor(() => sim.stats().aborted === 1, 500, 1)).toBe(true);
+      expect(await waitFor(() => sim.stats().aborted === 1, undefined, 1)).toBe(true);
       expect(sim.stats().hung).toBe(1);
       // The admin side still answers while inference hangs.
       expect((await call(`${sim.url}/sim/faults`)).body).toMatchObject({ hang: true });
@@ -185,15 +186,23 @@ describe("sim faults", () => {
         return performance.now() - t0;
       };
       await timed(); // warms the connection
+      // The fastest of a few runs: a stall only lengthens a run, so one cannot spoil it.
+      const fastest = async (runs: number) => {
+        let best = Number.POSITIVE_INFINITY;
+        for (let i = 0; i < runs; i++) best = Math.min(best, await timed());
+        return best;
+      };
+      const normal = await fastest(2);
       await sim.setFaults({ slowStartMs: 400 });
       // Steps start at x5 and ease off: ~50 + 45 + 40 ms for 3 tokens, against 30 ms when warm.
-      // Lower bounds are safe (timers never fire early); the warm bound is generous for slow CI.
+      // Lower bounds are safe (timers never fire early).
       const cold = await timed();
       expect(cold).toBeGreaterThanOrEqual(120);
       await sleep(400);
-      const warm = await timed();
+      const warm = await fastest(3);
       expect(warm).toBeGreaterThanOrEqual(29);
-      expect(warm).toBeLessThan(100);
+      // Back to normal: nearer the normal time than the slow one, both measured here.
+      expect(warm).toBeLessThan((normal + cold) / 2);
     } finally {
       await sim.close();
     }

@@ -102,8 +102,11 @@ export function streamedText(result: StreamResult): string {
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-/** Polls until check() is true or the time runs out; returns whether it became true. */
-export async function waitFor(check: () => boolean, timeoutMs = 2000, everyMs = 2): Promise<boolean> {
+/**
+ * Polls until check() is true or the time runs out; returns whether it became true. The 10 s
+ * only turns a hang into a failure: a slow machine waits longer, it does not fail.
+ */
+export async function waitFor(check: () => boolean, timeoutMs = 10_000, everyMs = 2): Promise<boolean> {
   const deadline = performance.now() + timeoutMs;
   while (performance.now() < deadline) {
     if (check()) return true;

@@ -232,7 +232,8 @@ function describe(e: ErrorObject): ConfigIssue {
     }
     case "enum": {
       const allowed = (e.params as { allowedValues: unknown[] }).allowedValues;
-      return { path, message: `must be one of: ${allowed.join(", ")}; got ${JSON.stringify(e.data)}` };
+      const message = `must be one of: ${allowed.join(", ")}; got ${JSON.stringify(e.data)}`;
+      return hint ? { path, message, hint } : { path, message };
     }
     case "pattern":
       return {

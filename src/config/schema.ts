@@ -4,6 +4,7 @@
  * strings in YAML and numbers (ms, bytes) in the decoded config, through TypeBox transforms.
  */
 import { type StaticDecode, type TSchema, Type } from "@sinclair/typebox";
+import { compileRetryOn, type RetryCondition, RetryConditions } from "./retry-on.js";
 import { DURATION_PATTERN, parseDuration, parseSize, SIZE_PATTERN } from "./units.js";
 
 const DURATION_HINT = "a duration such as 250ms, 5s, 10m or 1h";
@@ -352,22 +353,45 @@ const LoadSignals = Section(
   "engine load signals",
 );
 
-const Retry = Section(
-  {
-    attempts: Type.Integer({
-      minimum: 0,
-      maximum: 10,
-      default: 2,
-      description: "retries after the first try",
-    }),
-    budgetPercent: Type.Number({ minimum: 0, maximum: 100, default: 20 }),
-    minRetryConcurrency: Type.Integer({ minimum: 0, default: 3 }),
-    backoffBase: Duration("25ms", "full-jitter exponential backoff base"),
-    backoffMax: Duration("250ms", "cap on one backoff"),
-    streamCommit: OneOf(["first_event", "headers"], "first_event"),
-  },
-  "retries",
-);
+const Retry = Type.Transform(
+  Section(
+    {
+      attempts: Type.Integer({
+        minimum: 0,
+        maximum: 10,
+        default: 2,
+        description: "retries after the first try",
+      }),
+      on: Type.Array(
+        Type.Unsafe<RetryCondition>({
+          type: "string",
+          enum: [...RetryConditions],
+          "x-hint": "status codes go in retry.statusCodes, with retriable-status-codes in retry.on",
+        }),
+        {
+          default: ["connect-failure", "reset", "5xx", "retriable-status-codes"],
+          description: "what is retried, and walked past to a fallback pool (Envoy's retry_on)",
+        },
+      ),
+      statusCodes: Type.Array(
+        Type.Integer({ minimum: 400, maximum: 599, "x-hint": "an HTTP error status, 400 to 599" }),
+        {
+          default: [429],
+          description: "the statuses retriable-status-codes retries",
+        },
+      ),
+      budgetPercent: Type.Number({ minimum: 0, maximum: 100, default: 20 }),
+      minRetryConcurrency: Type.Integer({ minimum: 0, default: 3 }),
+      backoffBase: Duration("25ms", "full-jitter exponential backoff base"),
+      backoffMax: Duration("250ms", "cap on one backoff"),
+      streamCommit: OneOf(["first_event", "headers"], "first_event"),
+    },
+    "retries",
+  ),
+)
+  // `on` and `statusCodes` compiled once here, for the request path.
+  .Decode((retry) => ({ ...retry, when: compileRetryOn(retry.on, retry.statusCodes) }))
+  .Encode(({ when: _when, ...retry }) => retry);
 
 const CircuitBreaker = Section(
   {

@@ -1,12 +1,14 @@
 /**
  * Forwarding to a pool, then down its fallback chain while a pool cannot serve: no backend could
- * take the request, or every try failed before a byte reached the client. An answer the client
- * may keep (or a stream that started) ends the walk; so do the client leaving and the total
- * timeout (a fallback would double the client's wait).
+ * take the request, or every try failed before a byte reached the client in a way the pool's
+ * `retry.on` names (the same conditions its forwarder retries). An answer the client may keep
+ * (or a stream that started) ends the walk; so do the client leaving and the total timeout (a
+ * fallback would double the client's wait).
  */
 
 import { LOAD_REFUSALS } from "../admission/admission.js";
 import { admitFor } from "../admission/admit.js";
+import type { RetryWhen } from "../config/retry-on.js";
 import type { RequestContext } from "../context.js";
 import { GatewayError } from "../errors.js";
 import type { Metrics } from "../metrics/metrics.js";
@@ -18,7 +20,7 @@ import {
   type ForwardInput,
   type ForwardResult,
   forward,
-  RETRY_STATUSES,
+  retriesFailure,
 } from "./forwarder.js";
 
 export interface Forwarding {
@@ -66,11 +68,13 @@ export async function serve(
       result = await forwardTo(deps, state, targetPool, build(target));
     } catch (err) {
       noteQueued(state);
-      if (i < chain.length && cannotServe(err, state) && mayOverflow(err, targetPool)) continue;
+      const when = targetPool.config.retry.when;
+      if (i < chain.length && cannotServe(err, state, when) && mayOverflow(err, targetPool)) continue;
       throw err;
     }
     noteQueued(state);
-    if (i < chain.length && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) continue;
+    const retried = targetPool.config.retry.when.statuses;
+    if (i < chain.length && result.kind === "buffered" && retried.has(result.status)) continue;
     if (target) {
       setHeaders(state, { "x-floodgate-fallback": targetPool.name });
       state.fallback = targetPool.name;
@@ -132,10 +136,14 @@ function mayOverflow(err: unknown, pool: UpstreamPool): boolean {
   );
 }
 
-/** The pool could not serve, so the next pool (or a stale answer) may: see the top. */
-export function cannotServe(err: unknown, state: RequestContext): boolean {
+/**
+ * The pool could not serve, so the next pool (or a stale answer) may: see the top. `when` is
+ * that pool's compiled `retry.on`.
+ */
+export function cannotServe(err: unknown, state: RequestContext, when: RetryWhen): boolean {
   if (!(err instanceof GatewayError) || state.exchange?.abortReason !== undefined) return false;
   // A limit of the client's own (its tenant's concurrency, taken at dispatch) is not the pool's.
-  if (err.type === "rate_limit_exceeded") return false;
-  return RETRY_STATUSES.has(err.statusCode) && err.code !== "upstream_total_timeout";
+  if (err.type === "rate_limit_exceeded" || err.code === "upstream_total_timeout") return false;
+  // No attempt failed: the pool itself refused (no backend, a full queue), whatever retry.on says.
+  return retriesFailure(when, err) ?? err.statusCode === 503;
 }

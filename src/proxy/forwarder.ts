@@ -3,17 +3,21 @@
  * client, and shapes the answer for the client. Knows nothing of Fastify: the plugin hands it
  * the parts of the request and sends what it returns.
  *
- * Retried (before the response is committed): refused/reset/timed-out connects and requests,
- * and 502, 503, 504 and 429 answered by the backend (an overloaded inference server's "busy"),
- * with full-jitter backoff, inside the total timeout. A backend's Retry-After keeps new work
- * away from it until then. Never retried: anything after the first byte went to the client, and
- * bodies that cannot be replayed (streamed uploads).
+ * Retried (before the response is committed), with full-jitter backoff inside the total
+ * timeout: what the pool's `retry.on` names, in Envoy's words (see src/config/retry-on.ts).
+ * By default a failed connect, an attempt that got no answer (a reset, a first-byte or idle
+ * timeout), any 5xx (the gateway's own 502 for an answer it will not pass on included) and 429,
+ * an overloaded inference server's "busy". The same conditions walk the fallback chain
+ * (src/proxy/fallback.ts). A backend's Retry-After on a retried status keeps new work away from
+ * it until then. Never retried: anything after the first byte went to the client, and bodies
+ * that cannot be replayed (streamed uploads).
  *
- * The retry budget applies to retries after overload signals (a status above, a timeout). A
- * refused connect or a connection reset before any answer is exempt: no backend did the work,
- * it says "this backend is gone", not "the fleet is busy", and a dying backend fails 1/N of the
- * pool's in-flight requests at once, more than a 20% budget covers. Those retries are bounded
- * by `attempts`, and outlier detection ejects the backend at its first refused connect.
+ * The retry budget applies to retries after overload signals (a retried status, a timeout, a
+ * bad answer). A refused connect or a connection reset before any answer is exempt: no backend
+ * did the work, it says "this backend is gone", not "the fleet is busy", and a dying backend
+ * fails 1/N of the pool's in-flight requests at once, more than a 20% budget covers. Those
+ * retries are bounded by `attempts`, and outlier detection ejects the backend at its first
+ * refused connect.
  *
  * Non-streamed answers on the OpenAI routes are read whole before anything is sent (they are
  * small, and the backend sends them at the end of generation anyway), up to `response.maxSize`:
@@ -31,6 +35,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import type { Dispatcher } from "undici";
+import type { RetryWhen } from "../config/retry-on.js";
 import { errors, type GatewayError } from "../errors.js";
 import type { Backend } from "../upstream/backend.js";
 import { BreakerOpenError, ClientGone, FailedAnswer } from "../upstream/breaker.js";
@@ -101,8 +106,6 @@ export interface ForwardHooks {
   onFirstByte?(pool: UpstreamPool, backend: Backend, seconds: number): void;
 }
 
-/** Statuses that say "busy or broken, try elsewhere": retried, and walked past to a fallback pool. */
-export const RETRY_STATUSES: ReadonlySet<number> = new Set([429, 502, 503, 504]);
 const CONNECT_ERRORS = new Set([
   "ECONNREFUSED",
   "UND_ERR_CONNECT_TIMEOUT",
@@ -126,6 +129,8 @@ interface RetryableFailure {
   reason: string;
   /** The backend is gone rather than busy: the retry needs no budget. */
   gone?: boolean;
+  /** `retry.on` names it: else it goes to the client as it is. */
+  retriable: boolean;
   /** What the client gets if no retry follows. */
   answer: { error: GatewayError } | { result: ForwardResult };
 }
@@ -175,6 +180,7 @@ async function tryBackends(
 
     const answer = outcome.answer;
     const canRetry =
+      outcome.retriable &&
       replayable &&
       retry < policy.attempts &&
       exchange.abortReason === undefined &&
@@ -260,6 +266,7 @@ async function attempt(
       return {
         reason: "breaker_open",
         gone: true,
+        retriable: true,
         answer: { error: errors.noBackendAvailable(pool.name, pool.retryAfterMs()) },
       };
     } else {
@@ -270,7 +277,8 @@ async function attempt(
   hooks.onFirstByte?.(pool, backend, (exchange.firstByteAt - sentAt) / 1000);
 
   const status = call.statusCode;
-  if (RETRY_STATUSES.has(status)) {
+  const retried = pool.config.retry.when.statuses.has(status);
+  if (retried) {
     const wait = retryAfterMs(call.headers);
     if (wait !== undefined) pool.noteRetryAfter(backend, wait);
   }
@@ -356,7 +364,7 @@ async function attempt(
     body,
     json,
   };
-  if (RETRY_STATUSES.has(status)) return { reason: `status_${status}`, answer: { result } };
+  if (retried) return { reason: `status_${status}`, retriable: true, answer: { result } };
   return result;
 
   function failed(err: unknown): RetryableFailure {
@@ -364,11 +372,36 @@ async function attempt(
     if (exchange.abortReason !== undefined || error.statusCode < 500) {
       // The client left, the total timeout passed, or the client's own body failed (too
       // large): nothing to retry, and not the backend's fault.
-      return { reason: "aborted", answer: { error } };
+      return { reason: "aborted", retriable: false, answer: { error } };
     }
     const kind: AttemptOutcome = CONNECT_ERRORS.has(errorCode(err)) ? "connect_failure" : "gateway_failure";
     pool.record(backend, kind);
-    return { reason: kind, gone: GONE_ERRORS.has(errorCode(err)), answer: { error } };
+    return {
+      reason: kind,
+      gone: GONE_ERRORS.has(errorCode(err)),
+      retriable: retriesFailure(pool.config.retry.when, error) === true,
+      answer: { error },
+    };
+  }
+}
+
+/**
+ * Whether `retry.on` names the failed attempt this error reports; undefined when it reports
+ * none (the pool refused: no backend, its queue), which retry.on does not govern.
+ */
+export function retriesFailure(when: RetryWhen, error: GatewayError): boolean | undefined {
+  switch (error.code) {
+    case "upstream_connect_timeout":
+      return when.connectFailure;
+    case "upstream_unavailable":
+      return CONNECT_ERRORS.has(errorCode(error.upstreamCause)) ? when.connectFailure : when.reset;
+    case "upstream_first_byte_timeout":
+    case "upstream_idle_timeout":
+      return when.reset;
+    case "upstream_bad_response":
+      return when.badResponse;
+    default:
+      return undefined;
   }
 }
 

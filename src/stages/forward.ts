@@ -6,7 +6,6 @@
  */
 import type { PathAnswer, RequestContext } from "../context.js";
 import { cannotServe, type Forwarding, fallbackChain, serve } from "../proxy/fallback.js";
-import { RETRY_STATUSES } from "../proxy/forwarder.js";
 import { cached } from "./cache.js";
 import type { Stage } from "./stage.js";
 
@@ -38,12 +37,15 @@ export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer
             tap,
           };
         });
-        if (stale && result.kind === "buffered" && RETRY_STATUSES.has(result.status)) {
+        // The entry is this pool's: its retry.on says which failures a stale answer may cover.
+        if (stale && result.kind === "buffered" && pool.config.retry.when.statuses.has(result.status)) {
           return cached(state, deps.metrics, stale, "STALE");
         }
         return result;
       } catch (err) {
-        if (stale && cannotServe(err, state)) return cached(state, deps.metrics, stale, "STALE");
+        if (stale && cannotServe(err, state, pool.config.retry.when)) {
+          return cached(state, deps.metrics, stale, "STALE");
+        }
         throw err;
       }
     },

@@ -1,10 +1,11 @@
 /** The forwarder's pure decisions: when a backend said to come back, and when a pool cannot serve (so the next may). */
 import { describe, expect, it } from "vitest";
+import { compileRetryOn, type RetryCondition } from "../../../src/config/retry-on.js";
 import { newContext } from "../../../src/context.js";
 import { errors } from "../../../src/errors.js";
 import { Exchange } from "../../../src/proxy/exchange.js";
 import { cannotServe } from "../../../src/proxy/fallback.js";
-import { RETRY_STATUSES, retryAfterMs } from "../../../src/proxy/forwarder.js";
+import { retryAfterMs } from "../../../src/proxy/forwarder.js";
 
 describe("retryAfterMs", () => {
   it.each([
@@ -29,6 +30,12 @@ describe("retryAfterMs", () => {
 });
 
 describe("cannotServe (the fallback walk goes on)", () => {
+  const defaults = compileRetryOn(["connect-failure", "reset", "5xx", "retriable-status-codes"], [429]);
+  const only = (...on: RetryCondition[]) => compileRetryOn(on, [429]);
+  const refused = () =>
+    errors.upstreamUnavailable().causedBy(Object.assign(new Error("refused"), { code: "ECONNREFUSED" }));
+  const reset = () =>
+    errors.upstreamUnavailable().causedBy(Object.assign(new Error("reset"), { code: "ECONNRESET" }));
   const state = (abort?: "client" | "total") => {
     const s = newContext();
     const ex = new Exchange(60_000, { band: 0, tenant: "", weight: 1, deadline: 0, patient: false });
@@ -38,21 +45,35 @@ describe("cannotServe (the fallback walk goes on)", () => {
   };
 
   it("busy or broken answers and no backend: the next pool may serve", () => {
-    expect(cannotServe(errors.noBackendAvailable("p", 1000), state())).toBe(true);
-    expect(cannotServe(errors.upstreamUnavailable(), state())).toBe(true);
-    expect(cannotServe(errors.upstreamBadResponse(), state())).toBe(true);
-    expect(cannotServe(errors.upstreamTimeout("first_byte"), state())).toBe(true);
+    expect(cannotServe(errors.noBackendAvailable("p", 1000), state(), defaults)).toBe(true);
+    expect(cannotServe(refused(), state(), defaults)).toBe(true);
+    expect(cannotServe(reset(), state(), defaults)).toBe(true);
+    expect(cannotServe(errors.upstreamBadResponse(), state(), defaults)).toBe(true);
+    expect(cannotServe(errors.upstreamTimeout("first_byte"), state(), defaults)).toBe(true);
   });
 
   it("not after the total timeout, not when the client left, not for the client's own errors or a bug", () => {
-    expect(cannotServe(errors.upstreamTimeout("total"), state())).toBe(false);
-    expect(cannotServe(errors.upstreamUnavailable(), state("client"))).toBe(false);
-    expect(cannotServe(errors.invalidRequest("bad"), state())).toBe(false);
-    expect(cannotServe(errors.bodyTooLarge(10), state())).toBe(false);
-    expect(cannotServe(new Error("bug"), state())).toBe(false);
+    expect(cannotServe(errors.upstreamTimeout("total"), state(), defaults)).toBe(false);
+    expect(cannotServe(errors.upstreamUnavailable(), state("client"), defaults)).toBe(false);
+    expect(cannotServe(errors.invalidRequest("bad"), state(), defaults)).toBe(false);
+    expect(cannotServe(errors.bodyTooLarge(10), state(), defaults)).toBe(false);
+    expect(cannotServe(errors.rateLimited("concurrency", "2 at once", 100), state(), defaults)).toBe(false);
+    expect(cannotServe(new Error("bug"), state(), defaults)).toBe(false);
   });
 
-  it("one set of retryable statuses: the overloaded and the broken", () => {
-    expect([...RETRY_STATUSES].sort()).toEqual([429, 502, 503, 504]);
+  it("a failed attempt walks on only where the pool's retry.on names it; the pool's own refusal always", () => {
+    const connectOnly = only("connect-failure");
+    expect(cannotServe(refused(), state(), connectOnly)).toBe(true);
+    expect(cannotServe(errors.upstreamTimeout("connect"), state(), connectOnly)).toBe(true);
+    expect(cannotServe(reset(), state(), connectOnly)).toBe(false);
+    expect(cannotServe(errors.upstreamTimeout("first_byte"), state(), connectOnly)).toBe(false);
+    expect(cannotServe(errors.upstreamBadResponse(), state(), connectOnly)).toBe(false);
+    expect(cannotServe(errors.upstreamTimeout("idle"), state(), only("reset"))).toBe(true);
+    expect(cannotServe(errors.upstreamBadResponse(), state(), only("reset"))).toBe(false);
+    expect(cannotServe(errors.upstreamBadResponse(), state(), only("gateway-error"))).toBe(true);
+    const none = only();
+    expect(cannotServe(refused(), state(), none)).toBe(false);
+    expect(cannotServe(errors.noBackendAvailable("p", 1000), state(), none)).toBe(true);
+    expect(cannotServe(errors.queueRefused("queue_full", "p", "interactive", 100), state(), none)).toBe(true);
   });
 });

@@ -2,6 +2,7 @@
 import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
+import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 import { postStream, spreadOf } from "../../helpers/sse.js";
 
@@ -41,32 +42,30 @@ describe("through floodgate to the simulator", () => {
     expect(spread).toBeGreaterThan(100);
   });
 
-  // 500 tokens at 10 ms would run ~5 s more, the 2 s latency fault 2 s: an abort within 1 s
-  // (slack for a busy machine) shows the client's leaving ended the work.
-  it("a client leaving mid-stream stops the generation at once (within 1 s)", async () => {
+  // Measured in the backend's own work, not in ms: its steps are timers, so a stalled machine
+  // stalls the generation too, and the tokens made after the client left stay few.
+  it("a client leaving mid-stream stops the generation at once", async () => {
     const { gw, sim } = await setup({ decodeStepMs: 10 });
-    const aborts: number[] = [];
-    sim.onAbort((e) => aborts.push(e.at));
     const controller = new AbortController();
-    let abortedAt = 0;
+    let tokensAtAbort = 0;
     await postStream(`${gw.url}/v1/chat/completions`, body({ stream: true, max_tokens: 500 }), {
       signal: controller.signal,
       onEvent: () => {
-        if (abortedAt === 0) {
-          abortedAt = Date.now();
+        if (!controller.signal.aborted) {
+          tokensAtAbort = sim.stats().completionTokens;
           controller.abort();
         }
       },
     }).catch(() => undefined);
-    await until(() => aborts.length === 1);
-    expect((aborts[0] ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
-    expect(sim.stats().running).toBe(0);
+    await until(() => sim.stats().aborted + sim.stats().completed === 1);
+    expect(sim.stats()).toMatchObject({ aborted: 1, completed: 0, running: 0 });
+    // Of the 500 tokens, the ones made between the client leaving and the gateway hanging up.
+    expect(sim.stats().completionTokens - tokensAtAbort).toBeLessThan(100);
   });
 
-  it("a client leaving while its request is queued or prefilling frees the backend at once (within 1 s)", async () => {
+  // The 2 s latency fault, then 5 tokens: a backend left running would complete the request.
+  it("a client leaving while its request is queued or prefilling frees the backend at once", async () => {
     const { gw, sim } = await setup({ decodeStepMs: 10, faults: { latencyMs: 2000 } });
-    const aborts: number[] = [];
-    sim.onAbort((e) => aborts.push(e.at));
     const controller = new AbortController();
     const pending = request(`${gw.url}/v1/chat/completions`, {
       method: "POST",
@@ -75,18 +74,11 @@ describe("through floodgate to the simulator", () => {
       signal: controller.signal,
     }).catch(() => undefined);
     await until(() => sim.stats().received === 1);
-    const abortedAt = Date.now();
     controller.abort();
     await pending;
-    await until(() => aborts.length === 1);
-    expect((aborts[0] ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
+    await until(() => sim.stats().aborted + sim.stats().completed === 1);
+    expect(sim.stats()).toMatchObject({ aborted: 1, completed: 0, completionTokens: 0 });
   });
 });
 
-async function until(predicate: () => boolean, timeoutMs = 2000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = (predicate: () => boolean) => eventually(predicate, { interval: 5 });

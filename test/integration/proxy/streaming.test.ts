@@ -2,6 +2,7 @@ import type { AddressInfo } from "node:net";
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from "node:net";
 import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
+import { eventually } from "../../helpers/eventually.js";
 import { poolYaml, type RunningGateway, startGateway } from "../../helpers/gateway.js";
 import { postStream, spreadOf } from "../../helpers/sse.js";
 import { chunkEvent, completion, jsonResponse, sleep, startUpstream } from "../../helpers/upstream.js";
@@ -28,12 +29,13 @@ async function setup(handler: Parameters<typeof startUpstream>[0], timeouts?: st
   return { upstream, gw };
 }
 
-/** A stream of `n` events spaced `gapMs` apart, then [DONE]. */
-function slowStream(n: number, gapMs: number) {
+/** A stream of `n` events spaced `gapMs` apart, then [DONE]; `sent` counts the events written. */
+function slowStream(n: number, gapMs: number, sent = { events: 0 }) {
   return async (_req: unknown, res: import("node:http").ServerResponse) => {
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
     for (let i = 0; i < n && !res.destroyed; i++) {
       res.write(chunkEvent(i, `t${i}`));
+      sent.events++;
       await sleep(gapMs);
     }
     if (!res.destroyed) res.end("data: [DONE]\n\n");
@@ -58,6 +60,7 @@ describe("streaming", () => {
       res.writeHead(200, { "content-type": "text/event-stream" });
       res.end(`${chunkEvent(0, "a")}${chunkEvent(1, "b")}data: [DONE]\n\n`);
     });
+    // A lost end would hold each stream until the 30 s idle timeout.
     const started = performance.now();
     for (let i = 0; i < 20; i++) {
       const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
@@ -67,7 +70,7 @@ describe("streaming", () => {
         true,
       ]);
     }
-    expect(performance.now() - started).toBeLessThan(2000);
+    expect(performance.now() - started).toBeLessThan(10_000);
   });
 
   it("a stream that ends with no event at all is retried, then a 502, never a hang", async () => {
@@ -85,26 +88,28 @@ describe("streaming", () => {
     expect(upstream.received.length).toBe(3); // the first try and two retries
   });
 
-  // The backend's stream would run ~2 s more; an abort well inside that, with slack for a busy
-  // machine, shows it was the client's leaving that ended it.
-  it("aborts the upstream request at once (within 1 s) when the client leaves mid-stream", async () => {
-    const { gw, upstream } = await setup(slowStream(100, 20));
+  // Counted in the backend's events, not in ms: its gaps are timers, so a stalled machine
+  // stalls the backend too. A backend left running writes all 100 and ends its response.
+  it("aborts the upstream request at once when the client leaves mid-stream", async () => {
+    const sent = { events: 0 };
+    const { gw, upstream } = await setup(slowStream(100, 20, sent));
     const controller = new AbortController();
-    let abortedAt = 0;
+    let sentAtAbort = 0;
     await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }), {
       signal: controller.signal,
       onEvent: (e) => {
         if (e.data.includes("t3")) {
-          abortedAt = Date.now();
+          sentAtAbort = sent.events;
           controller.abort();
         }
       },
     }).catch(() => undefined);
     await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
-    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
+    expect(sent.events - sentAtAbort).toBeLessThan(50);
   });
 
-  it("aborts the upstream request at once (within 1 s) when the client leaves before the response starts", async () => {
+  // Nothing else would end it soon: the firstByte timeout is 60 s.
+  it("aborts the upstream request at once when the client leaves before the response starts", async () => {
     const { gw, upstream } = await setup(() => {}); // never answers
     const controller = new AbortController();
     const pending = request(`${gw.url}/v1/chat/completions`, {
@@ -114,11 +119,9 @@ describe("streaming", () => {
       signal: controller.signal,
     }).catch(() => undefined);
     await waitFor(() => upstream.received.length === 1);
-    const abortedAt = Date.now();
     controller.abort();
     await pending;
     await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
-    expect((upstream.received[0]?.abortedAt ?? Number.POSITIVE_INFINITY) - abortedAt).toBeLessThan(1000);
     await waitFor(() => gw.gateway.upstreams.pools.get("main")?.backends[0]?.inFlight === 0);
   });
 
@@ -209,11 +212,12 @@ describe("timeouts", () => {
   });
 
   it("total: a stream still running at the total timeout gets an SSE error event", async () => {
-    const { gw, upstream } = await setup(slowStream(1000, 20), "{ total: 300ms }");
-    const started = performance.now();
+    // 1000 events 20 ms apart: the stream would run 20 s.
+    const sent = { events: 0 };
+    const { gw, upstream } = await setup(slowStream(1000, 20, sent), "{ total: 300ms }");
     const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
-    expect(performance.now() - started).toBeLessThan(1500);
-    expect(events.length).toBeGreaterThan(3);
+    expect(sent.events).toBeLessThan(1000);
+    expect(events.length).toBeGreaterThan(1);
     expect(events.at(-1)?.event).toBe("error");
     expect(JSON.parse(events.at(-1)?.data ?? "{}").error.code).toBe("upstream_total_timeout");
     await waitFor(() => upstream.received[0]?.abortedAt !== undefined);
@@ -227,7 +231,8 @@ describe("timeouts", () => {
   });
 
   it("a stream that streams longer than firstByte is fine", async () => {
-    const { gw } = await setup(slowStream(10, 40), "{ firstByte: 100ms, idle: 200ms }");
+    // 6 × 100 ms, twice firstByte; headers come at once and idle is 20 gaps, so no stall trips them.
+    const { gw } = await setup(slowStream(6, 100), "{ firstByte: 300ms, idle: 2s }");
     const { events } = await postStream(`${gw.url}/v1/chat/completions`, chat({ stream: true }));
     expect(events.at(-1)?.data).toBe("[DONE]");
     expect(events.some((e) => e.event === "error")).toBe(false);
@@ -267,10 +272,4 @@ async function post(gw: RunningGateway, body: unknown, headers: Record<string, s
   };
 }
 
-async function waitFor(predicate: () => boolean, timeoutMs = 2000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(5);
-  }
-}
+const waitFor = (predicate: () => boolean) => eventually(predicate, { interval: 5 });

@@ -92,11 +92,13 @@ function forwardTo(
 ): Promise<ForwardResult> {
   const incoming = state.incoming;
   if (!incoming) throw new Error("a request path without its request");
-  const exchange = new Exchange(pool.config.timeouts.total, admitFor(state, pool));
+  const config = pool.config;
+  const exchange = new Exchange(config.timeouts.total, admitFor(state, pool));
   state.exchange = exchange;
   return forward(
     {
       pool,
+      config,
       method: incoming.method,
       path: out.path,
       headers: incoming.headers,

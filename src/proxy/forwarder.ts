@@ -35,6 +35,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import type { Dispatcher } from "undici";
+import type { PoolConfig } from "../config/index.js";
 import type { RetryWhen } from "../config/retry-on.js";
 import { errors, type GatewayError } from "../errors.js";
 import type { Backend } from "../upstream/backend.js";
@@ -51,6 +52,11 @@ import { fromUpstreamError } from "./upstream-errors.js";
 
 export interface ForwardInput {
   pool: UpstreamPool;
+  /**
+   * The pool's config when the request started: a reload may replace pool.config while the
+   * request runs, and the request finishes on the settings it started with. Default: pool.config.
+   */
+  config?: PoolConfig;
   method: string;
   /** Path and query relative to the backend's base path; always starts with "/". */
   path: string;
@@ -158,7 +164,8 @@ async function tryBackends(
   hooks: ForwardHooks,
 ): Promise<ForwardResult> {
   const { pool } = input;
-  const policy = pool.config.retry;
+  const config = input.config ?? pool.config;
+  const policy = config.retry;
   const replayable = input.body === null || Buffer.isBuffer(input.body);
   // Backends already tried, made at the first retry (most requests never need it).
   let tried: Set<Backend> | undefined;
@@ -230,6 +237,7 @@ async function attempt(
   hooks: ForwardHooks,
 ): Promise<ForwardResult | RetryableFailure> {
   const { pool } = input;
+  const config = input.config ?? pool.config;
   const requestBody = engineBody(input, backend) ?? input.body;
   const headers = upstreamRequestHeaders(input.headers, {
     requestId: input.requestId,
@@ -252,7 +260,7 @@ async function attempt(
     // The breaker sees connect and first byte only: the call resolves at the response headers.
     await backend.breaker.call(async () => {
       try {
-        await call.start(backend.dispatcher, options, pool.config.timeouts.firstByte);
+        await call.start(backend.dispatcher, options, config.timeouts.firstByte);
       } catch (err) {
         throw exchange.abortReason === "client" ? new ClientGone(err) : err;
       }
@@ -277,7 +285,7 @@ async function attempt(
   hooks.onFirstByte?.(pool, backend, (exchange.firstByteAt - sentAt) / 1000);
 
   const status = call.statusCode;
-  const retried = pool.config.retry.when.statuses.has(status);
+  const retried = config.retry.when.statuses.has(status);
   if (retried) {
     const wait = retryAfterMs(call.headers);
     if (wait !== undefined) pool.noteRetryAfter(backend, wait);
@@ -296,8 +304,8 @@ async function attempt(
   if (status < 300 && (input.streamAny || sse)) {
     // Stream commit point: hold the response until the first event, so a backend that fails
     // before its first token is retried instead of breaking the client's stream.
-    const awaitsCommit = sse && pool.config.retry.streamCommit === "first_event" && !input.streamAny;
-    const response = pool.config.response;
+    const awaitsCommit = sse && config.retry.streamCommit === "first_event" && !input.streamAny;
+    const response = config.response;
     const tap =
       sse && !input.streamAny
         ? new StreamTap({
@@ -337,7 +345,7 @@ async function attempt(
     };
   }
 
-  const maxSize = pool.config.response.maxSize;
+  const maxSize = config.response.maxSize;
   let body: Buffer;
   try {
     body = call.completeBody() ?? (await call.body(maxSize));
@@ -379,7 +387,7 @@ async function attempt(
     return {
       reason: kind,
       gone: GONE_ERRORS.has(errorCode(err)),
-      retriable: retriesFailure(pool.config.retry.when, error) === true,
+      retriable: retriesFailure(config.retry.when, error) === true,
       answer: { error },
     };
   }

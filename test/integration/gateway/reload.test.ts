@@ -262,6 +262,21 @@ describe("hot reload", () => {
     expect((await chat(gw.url, { model: "other-model" })).status).toBe(200);
   });
 
+  it("a request under way finishes on the config it started with", async () => {
+    const slow = await answering(600);
+    const gw = await startFromFile(pools([slow.url], "    timeouts: { total: 30s }\n"));
+    const started = chat(gw.url, { model: "test-model" });
+    await eventually(() => slow.received.length === 1);
+    gw.write(
+      pools([slow.url], "    timeouts: { connect: 100ms, firstByte: 100ms, idle: 100ms, total: 200ms }\n"),
+    );
+    expect((await adminReload(gw)).body.ok).toBe(true);
+    // The new total (200 ms) would cut it off; it keeps its own (30 s).
+    expect((await started).status).toBe(200);
+    // One that starts now runs on the new timeouts.
+    expect((await chat(gw.url, { model: "test-model" })).status).toBe(504);
+  });
+
   it("says which changed sections need a restart, and applies the rest", async () => {
     const a = await answering();
     const gw = await startFromFile(pools([a.url]));

@@ -8,10 +8,10 @@
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { buildGateway } from "./app.js";
+import { describe } from "./config/describe.js";
 import {
   ConfigError,
   configWarnings,
-  formatDuration,
   formatWarning,
   type GatewayConfig,
   loadConfigFile,
@@ -87,30 +87,6 @@ function loadOrExit(file: string): GatewayConfig {
 function fail(message: string): never {
   console.error(message);
   process.exit(2);
-}
-
-export function describe(config: GatewayConfig): string {
-  const lines = [
-    `listen  ${config.listen.host}:${config.listen.port}`,
-    config.admin.enabled
-      ? `admin   ${config.admin.host}:${config.admin.port} (${config.admin.token ? "token set" : "no token: /admin/* off"})`
-      : "admin   off",
-    `store   ${config.store.type}`,
-    `auth    ${config.auth ? `${config.auth.keys.length} keys, ${Object.keys(config.tenants).length} tenants` : "open (no keys)"}`,
-  ];
-  for (const [name, pool] of Object.entries(config.pools)) {
-    const t = pool.timeouts;
-    lines.push(
-      `pool ${name}: models ${pool.models.join(", ")}; ${pool.balancer}; timeouts connect ${formatDuration(t.connect)}, first byte ${formatDuration(t.firstByte)}, idle ${formatDuration(t.idle)}, total ${formatDuration(t.total)}`,
-    );
-    for (const b of pool.backends) {
-      const cap = b.maxConcurrency === undefined ? "" : `, max ${b.maxConcurrency} in flight`;
-      lines.push(`  ${b.url} (${b.engine}, weight ${b.weight}${cap}${b.backup ? ", backup" : ""})`);
-    }
-  }
-  for (const r of config.routes)
-    lines.push(`route ${r.prefix}/* -> pool ${r.pool}${r.stripPrefix ? " (prefix stripped)" : ""}`);
-  return lines.join("\n");
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {

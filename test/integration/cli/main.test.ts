@@ -90,6 +90,23 @@ describe("floodgate CLI", () => {
     expect(res.code).toBe(0);
     expect(res.stdout).toContain("config/gateway.yaml: valid");
     expect(res.stdout).toContain("pool llama-8b: models llama-3.1-8b; least_request");
+    const lines = res.stdout.split("\n");
+    expect(lines).toContain(
+      "tenant team-a: interactive, weight 1; requests 50/s (burst 100) and 1000/m; tokens 200000/m; concurrency 20",
+    );
+    expect(lines).toContain("tenant batch-jobs: batch, weight 1; models llama-3.1-8b; no limits");
+    expect(lines).toContain("limit per-ip: 20/s (burst 40) by ip; never limited: 127.0.0.1");
+    expect(lines).toContain("limit big-model: 100/s by model, models llama-3.1-70b");
+    // Each pool's cache, admission queue and fallback chain, under the pool's own line.
+    const pool8b = lines.slice(lines.findIndex((l) => l.startsWith("pool llama-8b:")));
+    expect(pool8b.slice(1, 4)).toEqual([
+      "  cache on: ttl 10m, deterministic, scope tenant, stale-if-error 1h",
+      "  admission on: maxQueue 10000; longest waits interactive 1500ms, batch 30s, background 5m",
+      "  fallback -> llama-70b (llama-3.1-70b)",
+    ]);
+    const pool70b = lines.slice(lines.findIndex((l) => l.startsWith("pool llama-70b:")));
+    expect(pool70b[1]).toBe("  cache off");
+    expect(pool70b[3]).not.toContain("fallback");
     expect(res.stdout).not.toContain("warning:");
   });
 

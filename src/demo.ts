@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { buildGateway } from "./app.js";
 import { parseConfig } from "./config/index.js";
 import { shutdownOnSignal } from "./lifecycle.js";
+import { listenOrExit } from "./listen-error.js";
 import { type SimServer, startSim } from "./sim/index.js";
 
 const MODEL = "llama-3.1-8b";
@@ -18,12 +19,60 @@ const BACKENDS = [
   { name: "gpu-small", slots: 8, decodeStepMs: 25, weight: 1 },
 ];
 
+export const DEMO_USAGE = `usage: floodgate demo [--port N] [--admin-port N]
+
+Three simulated GPU backends (32, 16 and 8 batch slots) behind a gateway on 127.0.0.1 with the
+memory store and a fresh admin token; prints curl lines to try. Ctrl-C stops it.
+  --port N         the gateway's port (default 8080; 0 for any free one)
+  --admin-port N   the admin listener's port: /metrics and /admin/* (default 9090; 0 for any free one)
+  -h, --help       show this help`;
+
+/** A flag the user got wrong; the message names it. */
+class DemoUsageError extends Error {}
+
+function parseDemoArgs(args: string[]): { help: true } | { help: false; port: number; adminPort: number } {
+  let values: { port: string; "admin-port": string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        port: { type: "string", default: "8080" },
+        "admin-port": { type: "string", default: "9090" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    throw new DemoUsageError(err instanceof Error ? err.message : String(err));
+  }
+  if (values.help) return { help: true };
+  const port = (flag: string, text: string) => {
+    const n = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+    if (!(n >= 0 && n <= 65535))
+      throw new DemoUsageError(`--${flag} expects a port from 0 to 65535, got "${text}"`);
+    return n;
+  };
+  return {
+    help: false,
+    port: port("port", values.port),
+    adminPort: port("admin-port", values["admin-port"]),
+  };
+}
+
+/** Exits by itself for --help (0) and bad flags (2, one line and the usage). */
 export async function runDemo(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: { port: { type: "string", default: "8080" }, "admin-port": { type: "string", default: "9090" } },
-    strict: true,
-  });
+  let parsed: ReturnType<typeof parseDemoArgs>;
+  try {
+    parsed = parseDemoArgs(args);
+  } catch (err) {
+    if (!(err instanceof DemoUsageError)) throw err;
+    console.error(`floodgate demo: ${err.message}\n${DEMO_USAGE}`);
+    process.exit(2);
+  }
+  if (parsed.help) {
+    console.log(DEMO_USAGE);
+    process.exit(0);
+  }
   const sims: SimServer[] = [];
   for (const b of BACKENDS) {
     sims.push(
@@ -41,8 +90,8 @@ export async function runDemo(args: string[]): Promise<void> {
       `      - { name: ${b.name}, url: "${sims[i]?.url}", weight: ${b.weight}, maxConcurrency: ${b.slots * 2}, engine: vllm }`,
   ).join("\n");
   const config = parseConfig(
-    `listen: { host: 127.0.0.1, port: ${Number(values.port)} }
-admin: { host: 127.0.0.1, port: ${Number(values["admin-port"])}, token: ${adminToken} }
+    `listen: { host: 127.0.0.1, port: ${parsed.port} }
+admin: { host: 127.0.0.1, port: ${parsed.adminPort}, token: ${adminToken} }
 pools:
   demo:
     models: [${MODEL}]
@@ -52,7 +101,7 @@ ${backends}
     "demo config",
   );
   const gateway = buildGateway(config);
-  const { url, adminUrl } = await gateway.listen();
+  const { url, adminUrl } = await listenOrExit(gateway, { main: "--port", admin: "--admin-port" });
   shutdownOnSignal(gateway, async () => {
     await Promise.all(sims.map((s) => s.close()));
   });

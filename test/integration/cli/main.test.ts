@@ -1,6 +1,7 @@
 /** The floodgate command as an operator runs it: real processes, real exit codes. */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -184,6 +185,75 @@ ${OPEN_POOL}`);
     expect(JSON.parse(warns[0] ?? "{}").msg).toBe(
       "config: auth: none, and listen.host 0.0.0.0 is not a loopback address: anyone who can reach port 0 can use the GPUs (add auth.keys, or set listen.host: 127.0.0.1)",
     );
+  });
+
+  it("check --help and -h print check's usage, exit 0; an unknown flag to check is exit 2 with it", async () => {
+    const [help, h, bogus] = await Promise.all([
+      run(["check", "--help"]),
+      run(["check", "-h"]),
+      run(["check", "--bogus", "config/gateway.yaml"]),
+    ]);
+    for (const res of [help, h]) {
+      expect(res.code).toBe(0);
+      expect(res.stdout).toContain("usage: floodgate check FILE");
+      expect(res.stderr).toBe("");
+    }
+    expect(bogus.code).toBe(2);
+    expect(bogus.stderr).toContain("floodgate check: Unknown option '--bogus'");
+    expect(bogus.stderr).toContain("usage: floodgate check FILE");
+  });
+
+  it("demo --help documents its flags, exit 0; a bad flag is one line and the usage, exit 2, no stack", async () => {
+    const [help, bad, unknown] = await Promise.all([
+      run(["demo", "--help"]),
+      run(["demo", "--port", "eighty"]),
+      run(["demo", "--prot", "8080"]),
+    ]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("usage: floodgate demo [--port N] [--admin-port N]");
+    expect(help.stdout).toMatch(/--port N +the gateway's port \(default 8080/);
+    expect(help.stdout).toMatch(/--admin-port N +the admin listener's port/);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.split("\n")[0]).toBe(
+      'floodgate demo: --port expects a port from 0 to 65535, got "eighty"',
+    );
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr.split("\n")[0]).toContain("floodgate demo: Unknown option '--prot'");
+    for (const res of [bad, unknown]) {
+      expect(res.stderr).toContain("usage: floodgate demo");
+      expect(res.stderr).not.toMatch(/^\s+at /m);
+    }
+  });
+
+  it("--version and -v print the version in package.json", async () => {
+    const pkg = readFileSync(join(import.meta.dirname, "../../../package.json"), "utf8");
+    const { version } = JSON.parse(pkg) as { version: string };
+    const [long, short] = await Promise.all([run(["--version"]), run(["-v"])]);
+    for (const res of [long, short]) {
+      expect(res.code).toBe(0);
+      expect(res.stdout).toBe(`${version}\n`);
+    }
+  });
+
+  it("a port another process holds: one line naming the address, listen.port and the fix, exit 1", async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    const { port } = holder.address() as { port: number };
+    try {
+      const path = file(
+        `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: 0 }\n${BAD.replace("weight: heavy", "weight: 1").replace("total: 10", "total: 10s")}`,
+      );
+      const res = await run(["--config", path]);
+      expect(res.code).toBe(1);
+      const errors = res.stderr.split("\n").filter((l) => l.startsWith("floodgate:"));
+      expect(errors).toEqual([
+        `floodgate: cannot listen on 127.0.0.1:${port} (listen.port in ${path}): another process holds that port; set another listen.port, or stop the process that holds it`,
+      ]);
+      expect(res.stderr).not.toMatch(/^\s+at /m);
+      expect(res.stderr).not.toContain("EADDRINUSE");
+    } finally {
+      holder.close();
+    }
   });
 
   it("a missing file and bad usage are exit 2", async () => {

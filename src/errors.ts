@@ -110,6 +110,21 @@ export const errors = {
   invalidApiKey: () =>
     new GatewayError(401, "authentication_error", "invalid_api_key", "The API key provided is not valid."),
   adminForbidden: (why: string) => new GatewayError(403, "permission_error", "admin_forbidden", why),
+  /** The admin API's own credential: not an API key, and the message must not send anyone looking for one. */
+  missingAdminToken: () =>
+    new GatewayError(
+      401,
+      "authentication_error",
+      "missing_admin_token",
+      "No admin token provided. The admin API takes the configured admin.token, sent as 'Authorization: Bearer <admin.token>'.",
+    ),
+  invalidAdminToken: () =>
+    new GatewayError(
+      401,
+      "authentication_error",
+      "invalid_admin_token",
+      "The admin token provided is wrong: the admin API takes the configured admin.token, sent as 'Authorization: Bearer <admin.token>'.",
+    ),
   modelNotFound: (model: string) =>
     new GatewayError(
       404,

@@ -32,8 +32,10 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
     scope.addHook("onRequest", async (request) => {
       const token = deps.config().admin.token;
       if (!token) throw errors.adminForbidden("The admin API is off: set admin.token to use it.");
-      const presented = /^Bearer\s+(\S+)$/i.exec(request.headers.authorization ?? "")?.[1] ?? "";
-      if (!constantTimeEqual(presented, token)) throw errors.invalidApiKey();
+      const header = request.headers.authorization;
+      if (header === undefined || header.trim() === "") throw errors.missingAdminToken();
+      const presented = /^Bearer\s+(\S+)$/i.exec(header)?.[1] ?? "";
+      if (!constantTimeEqual(presented, token)) throw errors.invalidAdminToken();
     });
     scope.get("/admin/status", async () => ({
       pools: [...deps.upstreams.pools.values()].map((pool) => {

@@ -107,3 +107,15 @@ export function drainOrClose(res: ServerResponse): Promise<void> {
     res.on("close", done);
   });
 }
+
+/**
+ * A gate handlers wait on: a backend holds its answer until the test opens it, so a request
+ * stays in flight for as long as the test needs, however slow the machine.
+ */
+export function gate(): { opened: Promise<void>; open(): void } {
+  let open = () => {};
+  const opened = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { opened, open };
+}

@@ -529,7 +529,7 @@ describe("item 13: lower hardening items", () => {
     expect(upstream.received).toHaveLength(1);
   });
 
-  it("admin API: bad JSON is a 400 invalid_json; a wrong token of either length is a 401; the right one works", async () => {
+  it("admin API: bad JSON is a 400 invalid_json; a missing or wrong token of either length is a 401 about the admin token; the right one works", async () => {
     const upstream = await backend((_req, res) => jsonResponse(res, 200, completion));
     const gw = await gateway([upstream.url]);
     const purge = `${gw.adminUrl}/admin/cache/purge`;
@@ -540,7 +540,21 @@ describe("item 13: lower hardening items", () => {
     const sameLength = `${ADMIN_TOKEN.slice(0, -1)}x`;
     expect(sameLength).toHaveLength(ADMIN_TOKEN.length);
     for (const wrong of [sameLength, "short", `${ADMIN_TOKEN}-and-more`]) {
-      expectOpenAIError(await post(purge, "{}", auth(wrong)), 401, "invalid_api_key");
+      const refused = await post(purge, "{}", auth(wrong));
+      expectOpenAIError(refused, 401, "invalid_admin_token");
+      // An admin token, not an API key, and how it is sent.
+      const { message, type } = (JSON.parse(refused.text) as { error: { message: string; type: string } })
+        .error;
+      expect(type).toBe("authentication_error");
+      expect(message).toContain("The admin token provided is wrong");
+      expect(message).toContain("'Authorization: Bearer <admin.token>'");
+      expect(message).not.toContain("API key");
+    }
+    for (const headers of [JSON_HEADERS, { ...JSON_HEADERS, authorization: "" }]) {
+      const missing = await post(purge, "{}", headers);
+      expectOpenAIError(missing, 401, "missing_admin_token");
+      expect(missing.text).toContain("No admin token provided");
+      expect(missing.text).toContain("'Authorization: Bearer <admin.token>'");
     }
     const ok = await post(purge, '{"model":"test-model"}', auth(ADMIN_TOKEN));
     expect(ok.status).toBe(200);

@@ -4,7 +4,7 @@ import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 import { startRedis, startRedisCluster, type TestRedis, type TestRedisCluster } from "../../helpers/redis.js";
 import { postStream } from "../../helpers/sse.js";
-import { completion, jsonResponse, startUpstream, type TestUpstream } from "../../helpers/upstream.js";
+import { completion, gate, jsonResponse, startUpstream, type TestUpstream } from "../../helpers/upstream.js";
 import { chat, count, type Outcome, startLlmUpstream, USAGE } from "./fixtures.js";
 
 const KEY = "sk-team-a-0123456789";
@@ -129,12 +129,9 @@ describe("concurrency leases", () => {
   it("at most N in flight per tenant; slots free when requests end", async () => {
     // The backend holds every answer until released: the two admitted are in flight for as
     // long as the test needs, however slowly the others arrive.
-    let release = () => {};
-    const released = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const answers = gate();
     const held = await startUpstream(async (_req, res) => {
-      await released;
+      await answers.opened;
       jsonResponse(res, 200, { ...completion, usage: USAGE });
     });
     try {
@@ -146,13 +143,13 @@ describe("concurrency leases", () => {
       expect(JSON.parse(done[0]?.body ?? "{}")).toMatchObject({
         error: { code: "concurrency_limit_exceeded" },
       });
-      release();
+      answers.open();
       await Promise.all(pending);
       expect(count(done, 200)).toBe(2);
       // The slots are given back once the answers end (a refusal meanwhile holds none).
       await eventually(async () => (await chat(gw?.url ?? "", KEY)).status === 200, { what: "a free slot" });
     } finally {
-      release();
+      answers.open();
       await held.close();
     }
   });

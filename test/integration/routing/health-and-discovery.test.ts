@@ -3,8 +3,8 @@ import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
 import { startDnsServer, type TestDnsServer } from "../../helpers/dns-server.js";
+import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
-import { freePort } from "../../helpers/ports.js";
 
 let sims: SimServer[] = [];
 let gw: RunningGateway | undefined;
@@ -31,20 +31,31 @@ async function chat(url: string): Promise<number> {
   return res.statusCode;
 }
 
-async function until(predicate: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(20);
-  }
-}
+const until = (predicate: () => boolean | Promise<boolean>) => eventually(predicate, { interval: 20 });
 
 const received = (s: SimServer) => s.stats().received;
 
+/**
+ * Sims on 127.0.0.2 and 127.0.0.3 on one port (A records carry none): a listens on a port the
+ * OS picks, b on the same; if something holds it on 127.0.0.3, both move to another.
+ */
+async function simPair(): Promise<[SimServer, SimServer]> {
+  for (let attempt = 1; ; attempt++) {
+    const a = await startSim({ models: ["m"], ...fast, host: "127.0.0.2", port: 0 });
+    try {
+      return [a, await startSim({ models: ["m"], ...fast, host: "127.0.0.3", port: a.port })];
+    } catch (error) {
+      await a.close();
+      if (attempt === 5 || (error as NodeJS.ErrnoException).code !== "EADDRINUSE") throw error;
+    }
+  }
+}
+
 describe("active health checks", () => {
   it("a backend still loading its model gets no traffic until it is ready, then ramps in", async () => {
+    // Loading for 3 s: the gateway's start and 20 requests fit in it on a loaded machine too.
     const ready = await startSim({ models: ["m"], ...fast });
-    const loading = await startSim({ models: ["m"], ...fast, loadTimeMs: 1000 });
+    const loading = await startSim({ models: ["m"], ...fast, loadTimeMs: 3000 });
     sims = [ready, loading];
     gw = await startGateway(`pools:
   p:
@@ -86,7 +97,7 @@ describe("active health checks", () => {
     expect(backendA?.breaker.state).toBe("open");
     await a.setFaults({ refuseConnections: false });
     // Its next probes pass; the first of them ends the ejection (30 s early).
-    await until(() => backendA?.breaker.state === "closed", 5000);
+    await until(() => backendA?.breaker.state === "closed");
     const before = received(a);
     for (let i = 0; i < 10; i++) expect(await chat(gw.url)).toBe(200);
     expect(received(a) - before).toBeGreaterThanOrEqual(4);
@@ -128,14 +139,18 @@ describe("active health checks", () => {
     healthCheck: { interval: 100ms }
     loadSignals: { enabled: false }
 `);
-    await sleep(150);
+    const healthy = async () => {
+      const status = await request(`${gw?.adminUrl}/admin/status`, {
+        headers: { authorization: "Bearer test-admin-token-0123456789" },
+      });
+      const body = (await status.body.json()) as { pools: { backends: { healthy: boolean }[] }[] };
+      return body.pools[0]?.backends.map((b) => b.healthy);
+    };
+    // Once the first probes have decided (not after a guessed time):
+    await until(async () => JSON.stringify(await healthy()) === JSON.stringify([true, false]));
     for (let i = 0; i < 30; i++) expect(await chat(gw.url)).toBe(200);
     expect(received(wrong)).toBe(0);
-    const status = await request(`${gw.adminUrl}/admin/status`, {
-      headers: { authorization: "Bearer test-admin-token-0123456789" },
-    });
-    const body = (await status.body.json()) as { pools: { backends: { healthy: boolean }[] }[] };
-    expect(body.pools[0]?.backends.map((b) => b.healthy)).toEqual([true, false]);
+    expect(await healthy()).toEqual([true, false]);
   });
 
   it("a backend that fails its checks is taken out, and a fast 503 says when to retry if none is left", async () => {
@@ -202,9 +217,8 @@ describe("operator drain", () => {
 describe("DNS discovery", () => {
   it("A records: addresses added and removed at run time become backends; state of the others is kept", async () => {
     dns = await startDnsServer();
-    const port = await freePort(0, "127.0.0.2");
-    const a = await startSim({ models: ["m"], ...fast, host: "127.0.0.2", port });
-    const b = await startSim({ models: ["m"], ...fast, host: "127.0.0.3", port });
+    const [a, b] = await simPair();
+    const port = a.port;
     sims = [a, b];
     dns.set("llm.test", { a: ["127.0.0.2"] });
     gw = await startGateway(

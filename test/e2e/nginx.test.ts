@@ -93,6 +93,24 @@ describe.skipIf(!NGINX)("nginx.conf.example in front of floodgate", () => {
     expect(spread).toBeGreaterThan(80);
   });
 
+  it("passes a client's X-Request-Id through; without one, floodgate gets nginx's $request_id", async () => {
+    const own = await request(`${url}/v1/models`, { headers: { "x-request-id": "client-trace-42" } });
+    await own.body.dump();
+    expect(own.statusCode).toBe(200);
+    expect(own.headers["x-request-id"]).toBe("client-trace-42");
+    const ids = new Set<string>();
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${url}/v1/models`);
+      await res.body.dump();
+      ids.add(String(res.headers["x-request-id"]));
+    }
+    // nginx's $request_id: 32 hex digits, new for each request (floodgate's own would be a UUID).
+    expect([...ids]).toEqual([
+      expect.stringMatching(/^[0-9a-f]{32}$/),
+      expect.stringMatching(/^[0-9a-f]{32}$/),
+    ]);
+  });
+
   it("passes floodgate's 503 and its retry headers through unchanged", async () => {
     const headers = { "content-type": "application/json" };
     const chat = (maxTokens: number) =>

@@ -48,6 +48,7 @@ import {
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
 import type { DnsResolverLike } from "./upstream/discovery.js";
+import { FleetSlots } from "./upstream/fleet.js";
 import { Upstreams } from "./upstream/pool.js";
 
 export interface GatewayOptions {
@@ -79,6 +80,8 @@ export interface Gateway {
   apply(next: GatewayConfig): Promise<ReloadReport>;
   /** Reads configFile again and applies it, or keeps the running config on any error. */
   reload(trigger: string): Promise<ReloadReport>;
+  /** Backend slots shared with the other replicas (store: redis), if on. */
+  fleet: FleetSlots | undefined;
   /** The shared store behind the rate limits, as the limits use it. */
   store: GuardedStore;
   cache: ResponseCache;
@@ -106,11 +109,28 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     onError: (err) => logger.warn({ err: err.message }, "store connection error"),
   });
   const local = store.kind === "memory" ? store : new MemoryStore({ now: options.now });
+  // Backend slots shared by the replicas (src/upstream/fleet.ts): Redis only.
+  const fleet =
+    config.store.slots.shared && store.syncFleet
+      ? new FleetSlots(
+          { syncFleet: store.syncFleet.bind(store) },
+          upstreams,
+          { sync: config.store.slots.sync, lease: config.store.slots.lease, replicas: config.store.replicas },
+          logger,
+        )
+      : undefined;
+  if (fleet) {
+    metrics.fleet = fleet;
+    for (const pool of upstreams.pools.values()) pool.onWait = () => fleet.nudge();
+  }
   const guard = new GuardedStore(
     store,
     local,
     {
-      replicas: config.store.replicas,
+      // The local fallback divides by the live replicas the fleet last saw.
+      get replicas() {
+        return fleet?.replicas ?? config.store.replicas;
+      },
       failures: config.store.breaker.failures,
       resetTimeout: config.store.breaker.resetTimeout,
     },
@@ -326,7 +346,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const admin = config.admin.enabled ? buildAdmin() : undefined;
   function buildAdmin(): FastifyInstance {
     const adminApp = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: quietLogs() });
-    registerAdmin(adminApp, { config: () => gen.config, metrics, upstreams, cache, reload });
+    registerAdmin(adminApp, { config: () => gen.config, metrics, upstreams, cache, reload, fleet });
     return adminApp;
   }
 
@@ -347,6 +367,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       return reloadFailed(trigger, [err instanceof Error ? err.message : String(err)]);
     }
     const pools = await upstreams.reconfigure(next);
+    if (fleet) for (const pool of upstreams.pools.values()) pool.onWait = () => fleet.nudge();
     gen = built;
     metrics.observeReload("success");
     const report: ReloadReport = {
@@ -413,6 +434,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     },
     apply,
     reload,
+    fleet,
     store: guard,
     cache,
     get paths() {
@@ -432,6 +454,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
           "store not ready within connectTimeout: listening anyway; limits follow onStoreError until it connects",
         );
       }
+      await fleet?.start();
       const url = await app.listen({ host: config.listen.host, port: config.listen.port });
       const adminUrl = admin
         ? await admin.listen({ host: config.admin.host, port: config.admin.port })
@@ -467,6 +490,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         clearInterval(sweep);
         clearTimeout(refuseQueued);
       }
+      await fleet?.stop();
       await upstreams.close();
       await guard.close();
       logger.flush();

@@ -10,6 +10,7 @@ import { errors } from "../errors.js";
 import { fromFastifyError } from "../http-errors.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { ReloadReport } from "../reload.js";
+import type { FleetSlots } from "../upstream/fleet.js";
 import type { Upstreams } from "../upstream/pool.js";
 
 export interface AdminDeps {
@@ -18,6 +19,8 @@ export interface AdminDeps {
   metrics: Metrics;
   upstreams: Upstreams;
   cache: ResponseCache;
+  /** Backend slots shared with other replicas, if on. */
+  fleet?: FleetSlots;
   /** Reads the config file again and applies it (src/reload.ts). */
   reload?: (trigger: string) => Promise<ReloadReport>;
 }
@@ -38,6 +41,9 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
       if (!constantTimeEqual(presented, token)) throw errors.invalidAdminToken();
     });
     scope.get("/admin/status", async () => ({
+      fleet: deps.fleet
+        ? { replica: deps.fleet.id, replicas: deps.fleet.replicas, storeDown: deps.fleet.storeDown }
+        : null,
       pools: [...deps.upstreams.pools.values()].map((pool) => {
         const now = pool.now();
         return {
@@ -62,6 +68,9 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
               drained: b.drained,
               inFlight: b.inFlight,
               maxConcurrency: Number.isFinite(b.maxConcurrency) ? b.maxConcurrency : null,
+              // Shared slots (store.slots): this replica's share and the fleet's load on it.
+              share: Number.isFinite(b.share) ? b.share : null,
+              fleetInFlight: Number.isFinite(b.share) ? b.inFlight + b.othersInFlight : null,
               engineLoad: signal
                 ? {
                     waiting: signal.waiting,

@@ -148,6 +148,17 @@ const Store = Section(
       },
       "skip Redis while it is down",
     ),
+    slots: Section(
+      {
+        shared: Type.Boolean({
+          default: true,
+          description: "type redis: a backend's maxConcurrency holds for all replicas together",
+        }),
+        sync: Duration("100ms", "how often a replica trades slots with the others (one Redis call)"),
+        lease: Duration("3s", "a replica that stops syncing (crashed) loses its slots after this"),
+      },
+      "backend slots shared by the replicas (src/upstream/fleet.ts)",
+    ),
   },
   "where state shared between replicas lives",
 );

@@ -14,6 +14,7 @@ import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
 import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { Backend } from "../upstream/backend.js";
+import type { FleetSlots } from "../upstream/fleet.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
 import type { UpstreamEvents, Upstreams } from "../upstream/pool.js";
 import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries, SeriesIndex } from "./fast.js";
@@ -73,6 +74,8 @@ export class Metrics {
   private readonly lastReload: Gauge;
   private cache: ResponseCache | undefined;
   private upstreams: Upstreams | undefined;
+  /** Set when replicas share backend slots. */
+  fleet: FleetSlots | undefined;
 
   constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -288,6 +291,32 @@ export class Metrics {
       "Requests in flight to each backend from this replica.",
       (b) => b.inFlight,
     );
+    perBackend(
+      "floodgate_backend_slot_share",
+      "Slots of each backend this replica may use now, when replicas share slots (store.slots).",
+      (b) => (Number.isFinite(b.share) ? b.share : undefined),
+    );
+    perBackend(
+      "floodgate_backend_fleet_in_flight",
+      "Requests in flight to each backend from all replicas, as last synced (shared slots).",
+      (b) => (Number.isFinite(b.share) ? b.inFlight + b.othersInFlight : undefined),
+    );
+    new Gauge({
+      name: "floodgate_fleet_replicas",
+      help: "Live replicas sharing backend slots, as last synced (this one included).",
+      registers,
+      collect() {
+        if (metrics.fleet) this.set(metrics.fleet.replicas);
+      },
+    });
+    new Gauge({
+      name: "floodgate_fleet_store_down",
+      help: "1 while shared slots fall back to maxConcurrency / replicas because the store is down.",
+      registers,
+      collect() {
+        if (metrics.fleet) this.set(metrics.fleet.storeDown ? 1 : 0);
+      },
+    });
     perBackend("floodgate_backend_healthy", "1 when active health checks pass (or are off), else 0.", (b) =>
       b.healthy ? 1 : 0,
     );

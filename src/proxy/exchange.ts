@@ -20,7 +20,7 @@ export type Admit = Omit<AdmissionRequest<Backend>, "retry" | "exclude">;
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
   /** The backend slot of the current attempt. */
-  private slot: { pool: UpstreamPool; backend: Backend; takenAt: number } | undefined;
+  private slot: { pool: UpstreamPool; backend: Backend; takenAt: number; band: number } | undefined;
   /** The pool's retry budget, counting this request as active until it settles. */
   private budget: RetryBudget | undefined;
   /** Retries this request holds in the budget. */
@@ -118,7 +118,8 @@ export class Exchange {
   }
 
   private hold(pool: UpstreamPool, backend: Backend): void {
-    this.slot = { pool, backend, takenAt: pool.admission.lastTake };
+    this.slot = { pool, backend, takenAt: pool.admission.lastTake, band: this.band };
+    pool.bandInFlight[this.band] = (pool.bandInFlight[this.band] ?? 0) + 1;
     this.backendName = backend.name;
     this.attempts++;
   }
@@ -128,6 +129,7 @@ export class Exchange {
     const slot = this.slot;
     if (!slot) return;
     this.slot = undefined;
+    slot.pool.bandInFlight[slot.band] = (slot.pool.bandInFlight[slot.band] ?? 1) - 1;
     slot.pool.release(slot.backend, slot.takenAt);
   }
 

@@ -135,3 +135,61 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0
 `;
+
+/**
+ * Backend slots shared by the replicas of a fleet (src/upstream/fleet.ts). KEYS[1]: a hash per
+ * pool, one field per replica: its state as JSON {e: expiry ms, d: [queued per band],
+ * b: {backend: [claim, inFlight]}}. ARGV: replica id, lease ms, this replica's state (with the
+ * claim it wants per backend), the backends' slots as JSON {backend: maxConcurrency}.
+ *
+ * The invariant, kept atomically here: on each backend, the claims of the live replicas sum to
+ * at most its slots. A replica's claim grows only into room no other live claim holds; it
+ * shrinks at once to what it wants, but is recorded as no less than its requests in flight, so
+ * that others see the slots truly in use. A replica that stops syncing (crashed, cut off) lapses
+ * after the lease and its claims return to the fleet. Reply: [granted claims as JSON, the
+ * other live replicas' states as JSON strings...].
+ */
+export const FLEET_SYNC_LUA = `
+local key = KEYS[1]
+local id = ARGV[1]
+local lease = tonumber(ARGV[2])
+local mine = cjson.decode(ARGV[3])
+local slots = cjson.decode(ARGV[4])
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call("HGETALL", key)
+local others = {}
+local held = {}
+local had = {}
+for i = 1, #all, 2 do
+  local state = cjson.decode(all[i + 1])
+  if all[i] == id then
+    had = state.b
+  elseif state.e < now then
+    redis.call("HDEL", key, all[i])
+  else
+    others[#others + 1] = all[i + 1]
+    for name, v in pairs(state.b) do held[name] = (held[name] or 0) + v[1] end
+  end
+end
+local granted = {}
+for name, v in pairs(mine.b) do
+  local want, inflight = v[1], v[2]
+  local before = 0
+  if had[name] then before = had[name][1] end
+  local claim = want
+  if want > before then
+    local room = (slots[name] or 0) - (held[name] or 0)
+    claim = math.max(math.min(before, want), math.min(want, room))
+    if claim < 0 then claim = 0 end
+  end
+  granted[name] = claim
+  mine.b[name] = { math.max(claim, inflight), inflight }
+end
+mine.e = now + lease
+redis.call("HSET", key, id, cjson.encode(mine))
+redis.call("PEXPIRE", key, lease * 4)
+local reply = { cjson.encode(granted) }
+for i = 1, #others do reply[#reply + 1] = others[i] end
+return reply
+`;

@@ -56,11 +56,19 @@
 import { Cluster, type ClusterOptions, Redis, type RedisOptions, type Result } from "ioredis";
 import type { GatewayConfig } from "../config/schema.js";
 import { checkAmount, checkBucketSpec } from "./bucket.js";
-import { BUCKET_LUA, LEASE_ACQUIRE_LUA, LEASE_RENEW_LUA, LOCK_RELEASE_LUA } from "./lua-scripts.js";
+import {
+  BUCKET_LUA,
+  FLEET_SYNC_LUA,
+  LEASE_ACQUIRE_LUA,
+  LEASE_RENEW_LUA,
+  LOCK_RELEASE_LUA,
+} from "./lua-scripts.js";
 import { ttlOf } from "./ttl.js";
 import {
   type BucketResult,
   type BucketSpec,
+  type FleetReply,
+  type FleetState,
   type LeaseResult,
   type Store,
   StoreUnavailableError,
@@ -86,6 +94,13 @@ declare module "ioredis" {
     floodgateLeaseAcquire(key: string, id: string, limit: string, ttlMs: string): Result<LeaseReply, Context>;
     floodgateLeaseRenew(key: string, id: string, ttlMs: string): Result<number, Context>;
     floodgateLockRelease(key: string, owner: string): Result<number, Context>;
+    floodgateFleetSync(
+      key: string,
+      replica: string,
+      leaseMs: string,
+      state: string,
+      slots: string,
+    ): Result<string[], Context>;
   }
 }
 
@@ -95,6 +110,7 @@ export function defineScripts(client: Redis | Cluster): void {
   client.defineCommand("floodgateLeaseAcquire", { numberOfKeys: 1, lua: LEASE_ACQUIRE_LUA });
   client.defineCommand("floodgateLeaseRenew", { numberOfKeys: 1, lua: LEASE_RENEW_LUA });
   client.defineCommand("floodgateLockRelease", { numberOfKeys: 1, lua: LOCK_RELEASE_LUA });
+  client.defineCommand("floodgateFleetSync", { numberOfKeys: 1, lua: FLEET_SYNC_LUA });
 }
 
 export function parseBucketReply(reply: BucketReply): BucketResult {
@@ -193,6 +209,30 @@ export class RedisStore implements Store {
       this.client.floodgateLeaseRenew(this.keyOf(key), id, String(ttlMs)),
     );
     return reply === 1;
+  }
+
+  async syncFleet(
+    key: string,
+    replica: string,
+    state: FleetState,
+    slots: Record<string, number>,
+    leaseMs: number,
+  ): Promise<FleetReply> {
+    checkAmount("leaseMs", leaseMs);
+    const reply = await this.call("syncFleet", () =>
+      this.client.floodgateFleetSync(
+        this.keyOf(key),
+        replica,
+        String(leaseMs),
+        JSON.stringify(state),
+        JSON.stringify(slots),
+      ),
+    );
+    const [granted, ...others] = reply;
+    return {
+      granted: JSON.parse(granted ?? "{}") as Record<string, number>,
+      others: others.map((o) => JSON.parse(o) as FleetState),
+    };
   }
 
   async releaseLease(key: string, id: string): Promise<void> {

@@ -29,6 +29,21 @@ export interface LeaseResult {
   held: number;
 }
 
+/** One replica's part in a pool's shared slots (src/upstream/fleet.ts). */
+export interface FleetState {
+  /** Requests waiting, per band (interactive, batch, background). */
+  d: number[];
+  /** Per backend: [claim (wanted, or as recorded), requests in flight]. */
+  b: Record<string, [number, number]>;
+}
+
+export interface FleetReply {
+  /** The claim granted per backend (never more than the room the other live claims leave). */
+  granted: Record<string, number>;
+  /** The other live replicas' states, as recorded. */
+  others: FleetState[];
+}
+
 export interface Store {
   readonly kind: "memory" | "redis";
   /** Takes `cost` tokens only if that many are there (cost 0: read without taking). */
@@ -61,6 +76,17 @@ export interface Store {
    * lock); returns how many. Not atomic: a blob set while it runs may survive it.
    */
   deleteBlobsByPrefix(logicalPrefix: string): Promise<number>;
+  /**
+   * Shared backend slots (Redis only; one replica alone needs none): records this replica's
+   * state under `key` for leaseMs and grants its claims within the slots (FLEET_SYNC_LUA).
+   */
+  syncFleet?(
+    key: string,
+    replica: string,
+    state: FleetState,
+    slots: Record<string, number>,
+    leaseMs: number,
+  ): Promise<FleetReply>;
   /** Deletes every key under the prefix that starts with `logicalPrefix` (tests, admin). */
   clear?(logicalPrefix: string): Promise<void>;
   /**

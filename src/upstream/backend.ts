@@ -24,6 +24,10 @@ export interface BalancerBackend {
   loadPenalty(now: number): number;
   /** Smooth weighted round-robin state. */
   rrCurrent: number;
+  /** The slots this replica may use (a share of maxConcurrency, when replicas share slots). */
+  share?: number;
+  /** Requests other replicas have in flight on it (when replicas share slots). */
+  othersInFlight?: number;
 }
 
 export interface BackendOptions {
@@ -48,6 +52,10 @@ export class Backend implements BalancerBackend {
   /** The connection pool; a reload with new timeouts swaps it (the old one finishes its requests). */
   dispatcher: Pool;
   inFlight = 0;
+  /** Shared slots (src/upstream/fleet.ts): this replica's share, the others' load, a fair floor. */
+  share = Number.POSITIVE_INFINITY;
+  othersInFlight = 0;
+  fairShare = Number.POSITIVE_INFINITY;
   drained = false;
   healthy = true;
   notBefore = 0;

@@ -1,7 +1,8 @@
 /**
  * Backend choice within a pool, in Envoy's terms.
  *
- * Eligible: not drained, below its maxConcurrency. Of those, the healthy (active checks pass,
+ * Eligible: not drained, below its maxConcurrency (or this replica's share of it, when replicas
+ * share slots: src/upstream/fleet.ts). Of those, the healthy (active checks pass,
  * and the circuit breaker lets a request through: closed, or half-open with its one probe not
  * yet taken) primaries are used; backups only when no primary is healthy. Panic: when fewer
  * than panicThreshold % of the pool's backends are healthy, health is ignored and load spread
@@ -10,6 +11,7 @@
  *
  * Within that set, with the cost of a backend
  *     cost = (inFlight + 1)^bias × loadPenalty / (weight × slowStartFactor)
+ * where inFlight counts the whole fleet's requests on it when replicas share slots.
  * - least_request, equal effective weights: power of two random choices, the lower cost wins
  *   (Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing"; Envoy's default);
  * - least_request, unequal weights: weighted random with probability ∝ 1 / cost, which is
@@ -42,7 +44,7 @@ export function isHealthy(b: BalancerBackend, now: number): boolean {
 }
 
 export function canTake(b: BalancerBackend): boolean {
-  return !b.drained && b.inFlight < b.maxConcurrency;
+  return !b.drained && b.inFlight < Math.min(b.maxConcurrency, b.share ?? Number.POSITIVE_INFINITY);
 }
 
 export class Balancer {
@@ -98,7 +100,7 @@ export class Balancer {
 
   private cost(b: BalancerBackend, now: number): number {
     return (
-      ((b.inFlight + 1) ** this.settings.activeRequestBias * b.loadPenalty(now)) /
+      ((b.inFlight + (b.othersInFlight ?? 0) + 1) ** this.settings.activeRequestBias * b.loadPenalty(now)) /
       this.effectiveWeight(b, now)
     );
   }

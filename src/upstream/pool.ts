@@ -78,6 +78,10 @@ export class UpstreamPool {
   readonly now: () => number;
   readonly admission: Admission<Backend>;
   private slotsInUse = 0;
+  /** Called when a request starts waiting (shared slots trade sooner: src/upstream/fleet.ts). */
+  onWait: (() => void) | undefined;
+  /** Slots in use per band (interactive, batch, background): what shared slots weigh. */
+  readonly bandInFlight = [0, 0, 0];
   private started = false;
   private retired = false;
 
@@ -299,7 +303,9 @@ export class UpstreamPool {
    */
   acquire(request: AdmissionRequest<Backend>): Backend | Ticket<Backend> {
     try {
-      return this.admission.acquire(request);
+      const got = this.admission.acquire(request);
+      if (this.onWait && !(got instanceof Backend)) this.onWait();
+      return got;
     } catch (err) {
       const now = this.now();
       if (isNoBackend(err) && this.backends.some((x) => !x.admits(now)))
@@ -325,7 +331,10 @@ export class UpstreamPool {
     const panic = this.balancer.panic(this.backends, now);
     let n = 0;
     for (const b of this.backends) {
-      if (!b.drained && (panic || isHealthy(b, now))) n += b.maxConcurrency;
+      // With shared slots, this replica's share (at least its fair floor: a share is traded
+      // within one sync, and an estimate of zero slots would refuse what waits a moment).
+      if (!b.drained && (panic || isHealthy(b, now)))
+        n += Math.min(b.maxConcurrency, Math.max(b.share, b.fairShare));
     }
     return n;
   }

@@ -16,6 +16,7 @@ export function redisStoreConfig(overrides: Partial<StoreConfig>): StoreConfig {
     connectTimeout: 5000,
     replicas: 1,
     breaker: { failures: 3, resetTimeout: 2000 },
+    slots: { shared: true, sync: 100, lease: 3000 },
     ...overrides,
   };
 }

@@ -5,6 +5,7 @@
 import OpenAI from "openai";
 import { afterEach, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
+import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 
 let sims: SimServer[] = [];
@@ -108,10 +109,10 @@ describe("the openai npm client through floodgate", () => {
   it("its retries wait as long as our retry-after-ms says on a 503 from the gateway", async () => {
     // One slot and no room to wait (interactive maxQueue 0); a long generation holds the slot, so
     // the SDK's first attempt gets 503 queue_full with retry-after-ms from the drain estimate
-    // (the prior: one slot-second, 1000-1200 ms with jitter). The slot frees after ~600 ms; the
-    // SDK's own default first backoff is 0.375-0.5 s, so a retry at >= 1 s shows it followed our
-    // header.
-    const { gw, client } = await setup(
+    // (the prior, one slot-second, less the slot's age, with up to 20% jitter). The slot frees
+    // after ~600 ms. Each retry is checked against the header of the answer before it, seen from
+    // the client's side: the SDK's own first backoff (0.375-0.5 s) would come sooner.
+    const { gw, sim, client } = await setup(
       1,
       { decodeStepMs: 20 },
       ", admission: { bands: { interactive: { maxQueue: 0 } } }",
@@ -121,22 +122,41 @@ describe("the openai npm client through floodgate", () => {
       messages: [{ role: "user", content: "x" }],
       max_tokens: 30,
     });
-    await new Promise((r) => setTimeout(r, 50));
-    const retrying = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "unused", maxRetries: 2 });
-    const started = performance.now();
+    await eventually(() => sim.stats().received === 1, { what: "the holder at the backend" });
+    const attempts: { sentAt: number; doneAt: number; status: number; retryAfterMs: number }[] = [];
+    const recording: typeof fetch = async (input, init) => {
+      const sentAt = performance.now();
+      const answer = await fetch(input, init);
+      const retryAfterMs = Number(answer.headers.get("retry-after-ms"));
+      attempts.push({ sentAt, doneAt: performance.now(), status: answer.status, retryAfterMs });
+      return answer;
+    };
+    const retrying = new OpenAI({
+      baseURL: `${gw.url}/v1`,
+      apiKey: "unused",
+      maxRetries: 5,
+      fetch: recording,
+    });
     const res = await retrying.chat.completions.create({
       model: "sim-model",
       messages: [{ role: "user", content: "y" }],
       max_tokens: 2,
     });
-    const waited = performance.now() - started;
     expect(res.choices[0]?.finish_reason).toBe("length");
-    expect(waited).toBeGreaterThanOrEqual(990);
-    expect(waited).toBeLessThan(4000);
     await holder;
-    // Exactly one refused attempt, then success: the retry came from the SDK, paced by us.
+    // Refused while the slot was held (once, or again if the holder was slowed), then success.
+    expect(attempts.at(-1)?.status).toBe(200);
+    const refused = attempts.slice(0, -1);
+    expect(refused.length).toBeGreaterThan(0);
+    for (const [i, attempt] of refused.entries()) {
+      expect(attempt.status).toBe(503);
+      expect(attempt.retryAfterMs).toBeGreaterThan(0);
+      const retry = attempts[i + 1];
+      expect(retry?.sentAt ?? 0).toBeGreaterThanOrEqual(attempt.doneAt + attempt.retryAfterMs - 5);
+    }
+    // Every retry came from the SDK, paced by us: the gateway saw each of these attempts.
     const metrics = await gw.gateway.metrics.registry.getSingleMetricAsString("floodgate_requests_total");
-    expect(metrics).toContain('status_class="5xx"} 1');
+    expect(metrics).toContain(`status_class="5xx"} ${refused.length}`);
     expect(metrics).toContain('status_class="2xx"} 2');
   });
 });

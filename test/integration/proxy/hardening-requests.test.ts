@@ -143,7 +143,7 @@ function rawConnection(url: string): {
 }
 
 /** Waits until `check` holds, polling; false if it never did within `capMs` (a generous cap). */
-async function until(check: () => boolean | Promise<boolean>, capMs = 5000): Promise<boolean> {
+async function until(check: () => boolean | Promise<boolean>, capMs = 10_000): Promise<boolean> {
   const deadline = Date.now() + capMs;
   while (Date.now() < deadline) {
     if (await check()) return true;
@@ -512,7 +512,7 @@ describe("item 13: lower hardening items", () => {
     expect(refused?.headers.connection).toBe("close");
     expect(Number(refused?.headers["retry-after"])).toBeGreaterThanOrEqual(1);
     expect((JSON.parse(refused?.body ?? "{}") as ErrorShape).error?.code).toBe("too_many_connections");
-    await Promise.race([third.closed, sleep(3000)]);
+    await Promise.race([third.closed, sleep(10_000)]);
     expect(third.socket.destroyed || third.socket.readableEnded).toBe(true);
     expect(upstream.received).toHaveLength(0);
 

@@ -64,6 +64,16 @@ export function isPlaceholderToken(token: string): boolean {
 export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const modelOwner = new Map<string, string>();
+  // A live replica must renew its slot claims several times within a lease, or a busy moment
+  // would let them lapse while its requests run.
+  const slots = config.store.slots;
+  if (slots.sync * 3 > slots.lease) {
+    issues.push({
+      path: ["store", "slots", "lease"],
+      message: `a lease of ${slots.lease} ms is less than three syncs (${slots.sync} ms each)`,
+      hint: "make store.slots.lease at least 3 × store.slots.sync (e.g. sync 100ms, lease 3s)",
+    });
+  }
 
   for (const [poolName, pool] of Object.entries(config.pools)) {
     pool.models.forEach((model, i) => {

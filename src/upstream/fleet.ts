@@ -51,7 +51,7 @@ export interface FleetSettings {
 }
 
 /** A replica's report, with its id for a deterministic order. */
-interface Report extends FleetState {
+export interface Report extends FleetState {
   r: string;
   /** In flight per band. */
   f: number[];

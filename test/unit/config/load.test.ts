@@ -145,6 +145,11 @@ admin: { host: 0.0.0.0 }
     );
   });
 
+  it("rejects a slot lease shorter than three syncs (live replicas would lose their slots)", () => {
+    const m = issuesOf(`store: { slots: { sync: 1s, lease: 2s } }\n${MINIMAL}`).message;
+    expect(m).toContain("store.slots.lease: a lease of 2000 ms is less than three syncs (1000 ms each)");
+  });
+
   it("rejects what would fail at run time: a zero period, admin on the main port, enginePriority off vLLM", () => {
     const m = issuesOf(`
 listen: { port: 8080 }

@@ -226,7 +226,7 @@ export class FleetSlots {
 export function plan(
   mine: Report,
   others: readonly Report[],
-  backends: readonly Backend[],
+  backends: readonly Pick<Backend, "name" | "maxConcurrency">[],
 ): Map<string, number> {
   const all = [mine, ...others].sort((a, b) => (a.r < b.r ? -1 : a.r > b.r ? 1 : 0));
   const n = all.length;

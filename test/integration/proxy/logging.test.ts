@@ -5,7 +5,8 @@ import { request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildGateway, type Gateway } from "../../../src/app.js";
 import { parseConfig } from "../../../src/config/index.js";
-import { sleep, startUpstream, type TestUpstream } from "../../helpers/upstream.js";
+import { eventually } from "../../helpers/eventually.js";
+import { startUpstream, type TestUpstream } from "../../helpers/upstream.js";
 
 let cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -66,12 +67,13 @@ describe("logs", () => {
       body: JSON.stringify({ model: "m" }),
       signal: controller.signal,
     }).catch(() => undefined);
-    await sleep(100);
+    await eventually(() => upstream.received.length === 1, { what: "the request at the backend" });
     controller.abort();
     await pending;
-    await sleep(100);
+    const access = await eventually(() => lines.find((l) => l.msg === "request"), {
+      what: "the access line",
+    });
     expect(lines.filter((l) => (l.level as number) >= 50)).toEqual([]);
-    const access = lines.find((l) => l.msg === "request");
     expect(access).toMatchObject({
       status: 499,
       tenant: "t",
@@ -97,8 +99,10 @@ describe("logs", () => {
     cleanups.push(() => upstream.close());
     const { url, lines } = await logged(upstream);
     await chat(url);
-    for (let i = 0; i < 100 && !lines.some((l) => l.msg === "request"); i++) await sleep(20);
-    expect(lines.find((l) => l.msg === "request")).toMatchObject({
+    const access = await eventually(() => lines.find((l) => l.msg === "request"), {
+      what: "the access line",
+    });
+    expect(access).toMatchObject({
       status: 200,
       promptTokens: 12,
       completionTokens: 3,
@@ -113,7 +117,8 @@ describe("logs", () => {
     const { url, lines } = await logged(upstream);
     const res = await chat(url);
     expect(res.statusCode).toBe(502);
-    await sleep(50);
+    // The access line is the request's last: its error line is in by then.
+    await eventually(() => lines.some((l) => l.msg === "request"), { what: "the access line" });
     const errorsLogged = lines.filter((l) => (l.level as number) >= 50);
     expect(errorsLogged).toHaveLength(1);
     expect(errorsLogged[0]).toMatchObject({

@@ -55,7 +55,7 @@ describe("UpstreamCall", () => {
     it("a body that arrived whole is there without waiting, and only once", async () => {
       const call = new UpstreamCall();
       await call.start(pool, POST, 60_000);
-      await new Promise((r) => setTimeout(r, 50));
+      await expect.poll(() => call.finished, { timeout: 10_000 }).toBe(true);
       expect(call.completeBody()?.toString()).toBe("whole answer");
       expect(call.completeBody()).toBeUndefined();
     });
@@ -70,7 +70,7 @@ describe("UpstreamCall", () => {
       const call = new UpstreamCall();
       await call.start(pool, POST, 60_000);
       // Let the body and its end arrive with nobody listening.
-      await new Promise((r) => setTimeout(r, 50));
+      await expect.poll(() => call.finished, { timeout: 10_000 }).toBe(true);
       const sink = collector();
       call.attach(sink);
       expect(sink.chunks.join("")).toBe("whole answer");

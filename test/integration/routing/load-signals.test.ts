@@ -18,13 +18,19 @@ describe("engine load signals", () => {
     const queued = await startSim({ ...opts, slots: 1, decodeStepMs: 100 });
     const idle = await startSim({ ...opts, slots: 16, decodeStepMs: 1 });
     sims = [queued, idle];
-    // Fill the first backend's engine queue directly, as other gateways' traffic would.
+    // Fill the first backend's engine queue directly, as other gateways' traffic would: 5 s
+    // requests, so the queue lasts however slowly the rest goes, cut off at the end.
+    const others = new AbortController();
     const direct = Array.from({ length: 4 }, () =>
       request(`${queued.url}/v1/chat/completions`, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "m", max_tokens: 5, messages: [{ role: "user", content: "x" }] }),
-      }).then((r) => r.body.dump()),
+        body: JSON.stringify({ model: "m", max_tokens: 50, messages: [{ role: "user", content: "x" }] }),
+        signal: others.signal,
+      }).then(
+        (r) => r.body.dump(),
+        () => undefined,
+      ),
     );
     gw = await startGateway(`pools:
   p:
@@ -36,7 +42,7 @@ describe("engine load signals", () => {
     const gateway = gw.gateway;
     await expect
       .poll(() => gateway.metrics.registry.getSingleMetricAsString("floodgate_backend_engine_waiting"), {
-        timeout: 3000,
+        timeout: 10_000,
       })
       .toMatch(/floodgate_backend_engine_waiting\{pool="p",backend="queued"\} [1-9]/);
     const before = queued.stats().received;
@@ -51,6 +57,8 @@ describe("engine load signals", () => {
     }
     // Two backends: power of two choices always compares both, and the queued one costs more.
     expect(queued.stats().received - before).toBe(0);
+    expect(queued.stats().waiting).toBeGreaterThan(0); // the queue lasted throughout
+    others.abort();
     await Promise.all(direct);
   });
 });

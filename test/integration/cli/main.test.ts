@@ -85,7 +85,9 @@ const EXPOSED_ADMIN = `listen: { host: 127.0.0.1, port: 0 }
 admin: { host: 0.0.0.0, port: 0, token: "\${FLOODGATE_ADMIN_TOKEN}" }
 ${OPEN_POOL}`;
 
-describe("floodgate CLI", () => {
+// Each test starts up to four Node processes (tsx compiling the sources each time): seconds
+// apiece on a loaded machine, so more time than the suite's default 20 s.
+describe("floodgate CLI", { timeout: 60_000 }, () => {
   it("check: a valid file prints what it would run, exit 0", async () => {
     const res = await run(["check", "config/gateway.yaml"], SHIPPED_ENV);
     expect(res.code).toBe(0);

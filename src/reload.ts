@@ -17,7 +17,7 @@
  * - the sections bound to sockets, processes or memory at start (RESTART_SECTIONS) are kept as
  *   they are, and the reload says which of them changed and need a restart.
  */
-import { watch as watchFolder } from "node:fs";
+import { readFileSync, watch as watchFolder } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, dirname } from "node:path";
 import { isDeepStrictEqual } from "node:util";
@@ -71,16 +71,12 @@ export function watchConfigFile(
   onChange: () => void,
   onError: (err: unknown) => void,
 ): () => void {
-  let last: string | undefined;
+  // The content to compare with, read before the watch starts: read asynchronously, it could
+  // come from a change made right after, which would then never count as one.
+  let last = readOrUndefined(file);
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
   const name = basename(file);
-  void readFile(file, "utf8").then(
-    (text) => {
-      last ??= text;
-    },
-    () => {},
-  );
   const check = async () => {
     try {
       const text = await readFile(file, "utf8");
@@ -105,4 +101,12 @@ export function watchConfigFile(
     clearTimeout(timer);
     watcher.close();
   };
+}
+
+function readOrUndefined(file: string): string | undefined {
+  try {
+    return readFileSync(file, "utf8");
+  } catch {
+    return undefined;
+  }
 }

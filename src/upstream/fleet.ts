@@ -77,6 +77,8 @@ export class FleetSlots {
   private warmUntil = 0;
   /** When the store went down (the last sync failed since). */
   private downSince = Number.NEGATIVE_INFINITY;
+  /** Live replicas when it went down: the outage's part is split among them. */
+  private downReplicas = 1;
 
   constructor(
     private readonly store: Required<Pick<Store, "syncFleet">>,
@@ -160,13 +162,14 @@ export class FleetSlots {
     this.others.set(pool, others);
     this.replicas = others.length + 1;
     // Just back from an outage, Redis may have lost what the others hold: keep to the outage's
-    // part until every live replica has synced again (one lease).
+    // part until every live replica has synced again (one lease). The part of the replicas seen
+    // before the outage: a restarted Redis knows only those that synced since, and a replica
+    // still cut off runs on its part meanwhile.
     const warming = performance.now() < this.warmUntil;
+    const partOf = Math.max(this.replicas, this.downReplicas);
     for (const b of backends) {
       const granted = reply.granted[b.name] ?? 0;
-      b.share = warming
-        ? Math.min(granted, Math.max(1, Math.floor(b.maxConcurrency / this.replicas)))
-        : granted;
+      b.share = warming ? Math.min(granted, Math.max(1, Math.floor(b.maxConcurrency / partOf))) : granted;
       let elsewhere = 0;
       for (const o of others) elsewhere += o.b[b.name]?.[1] ?? 0;
       b.othersInFlight = elsewhere;
@@ -207,6 +210,7 @@ export class FleetSlots {
     this.storeDown = down;
     if (down) {
       this.downSince = performance.now();
+      this.downReplicas = this.replicas;
       this.logger.warn(
         { replicas: this.replicas, err: reason instanceof Error ? reason.message : String(reason) },
         "shared backend slots: store unavailable, using maxConcurrency / replicas per backend",

@@ -68,6 +68,9 @@ export class FleetSlots {
   /** Redis calls made (one per pool per sync), for the overhead report. */
   calls = 0;
   private readonly others = new Map<UpstreamPool, Report[]>();
+  /** What each pool last reported, and when: an unchanged report waits for the heartbeat. */
+  private readonly lastSent = new Map<UpstreamPool, { report: string; at: number }>();
+  private tickOnly = false;
   private timer: NodeJS.Timeout | undefined;
   private soon: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -93,7 +96,7 @@ export class FleetSlots {
   async start(): Promise<void> {
     for (const pool of this.upstreams.pools.values()) this.fallback(pool);
     await this.sync();
-    this.timer = setInterval(() => void this.sync(), this.settings.sync);
+    this.timer = setInterval(() => void this.sync(true), this.settings.sync);
     this.timer.unref();
   }
 
@@ -121,22 +124,33 @@ export class FleetSlots {
     );
   }
 
-  /** One sync of every pool; a sync asked for while one runs follows it. */
-  sync(): Promise<void> {
+  /**
+   * One sync of every pool; a sync asked for while one runs follows it. A tick of the timer
+   * skips a pool whose report has not changed while no other replica waits, down to one call per
+   * lease / 3 (the heartbeat): an idle fleet costs Redis a call a second per replica, not ten.
+   */
+  sync(tick = false): Promise<void> {
     if (this.running) {
       this.again = true;
+      this.tickOnly &&= tick;
       return this.running;
     }
+    this.tickOnly = tick;
     this.running = (async () => {
       do {
         this.again = false;
         const pools = [...this.upstreams.pools.values()];
-        const results = await Promise.allSettled(pools.map((pool) => this.syncPool(pool, false)));
+        const quiet = this.tickOnly && !this.storeDown;
+        this.tickOnly = true;
+        const results = await Promise.allSettled(pools.map((pool) => this.syncPool(pool, false, quiet)));
         const failed = results.find((r) => r.status === "rejected");
         this.setStoreDown(failed !== undefined, failed?.status === "rejected" ? failed.reason : undefined);
         if (failed) for (const pool of pools) this.fallback(pool);
-        for (const pool of this.others.keys())
-          if (!this.upstreams.pools.has(pool.name)) this.others.delete(pool);
+        for (const pool of this.others.keys()) {
+          if (this.upstreams.pools.has(pool.name)) continue;
+          this.others.delete(pool);
+          this.lastSent.delete(pool);
+        }
       } while (this.again && !this.stopped);
     })().finally(() => {
       this.running = undefined;
@@ -149,10 +163,18 @@ export class FleetSlots {
     return pool.backends.filter((b) => Number.isFinite(b.maxConcurrency));
   }
 
-  private async syncPool(pool: UpstreamPool, leaving: boolean): Promise<void> {
+  private async syncPool(pool: UpstreamPool, leaving: boolean, quiet = false): Promise<void> {
     const backends = this.shared(pool);
     if (backends.length === 0) return;
     const mine = this.report(pool, backends, leaving);
+    const sent = JSON.stringify([mine.d, mine.f, mine.b]);
+    const last = this.lastSent.get(pool);
+    // Waiting anywhere (here, or at a replica that may need this one's slots) trades every tick.
+    const waits = (r: FleetState) => r.d.some((n) => n > 0);
+    const othersWait = waits(mine) || (this.others.get(pool) ?? []).some(waits);
+    const now = performance.now();
+    if (quiet && last?.report === sent && !othersWait && now - last.at < this.settings.lease / 3) return;
+    this.lastSent.set(pool, { report: sent, at: now });
     const slots: Record<string, number> = {};
     for (const b of backends) slots[b.name] = b.maxConcurrency;
     this.calls++;

@@ -147,6 +147,22 @@ describe("replicas share backend slots", () => {
     expect(a.peak + b.peak).toBeGreaterThanOrEqual(4);
   }, 60_000);
 
+  it("an idle fleet calls Redis at its heartbeat (lease / 3), not at every sync tick", async () => {
+    const backend = await countingBackend(10);
+    const gws = await replicas(2, fleetYaml([{ url: backend.url, max: 2 }]));
+    // One request each, then quiet.
+    for (const g of gws) expect((await chat(g.url)).status).toBe(200);
+    await sleep(LEASE);
+    const before = gws.map((g) => g.gateway.fleet?.calls ?? 0);
+    await sleep(3 * LEASE);
+    const calls = gws.map((g, i) => (g.gateway.fleet?.calls ?? 0) - (before[i] ?? 0));
+    // Ticks every 50 ms would be 60 calls in 3 s; the heartbeat is one per 333 ms (9).
+    for (const n of calls) {
+      expect(n).toBeGreaterThan(0);
+      expect(n).toBeLessThanOrEqual(12);
+    }
+  }, 60_000);
+
   it("the next free slot of the fleet goes to an interactive request on one replica before a batch one on another", async () => {
     const backend = await countingBackend(400);
     const [holder, batch, interactive] = await replicas(3, fleetYaml([{ url: backend.url, max: 1 }]));

@@ -130,6 +130,20 @@ export function summarizeRun(run, capacityPerSecond) {
     sendLagP99: percentile(lags, 99),
     sendLagMax: lags.length ? Math.max(...lags) : null,
     tokensOff: run.records.filter((r) => r.done && r.tokens !== run.maxTokens).length,
+    // Each simulator's peak queue beyond its slots, sampled during the run (older results: none).
+    peakQueue: run.queue?.peak ?? null,
+    redis: run.redis ? redisPerRequest(run.redis, run.records.length, run.replicas?.length ?? 1) : null,
+    replicas: run.replicas ?? null,
+  };
+}
+
+/** Redis round trips of a run: in all, per request sent, and per replica and second. */
+export function redisPerRequest(redis, requests, replicas) {
+  return {
+    ...redis,
+    perRequest: requests > 0 ? redis.total / requests : null,
+    scriptsPerRequest: requests > 0 ? redis.scripts / requests : null,
+    perReplicaSecond: redis.seconds > 0 ? redis.total / replicas / redis.seconds : null,
   };
 }
 

@@ -6,7 +6,9 @@ import * as echarts from "echarts";
 import { OUTCOME_LABELS, OUTCOMES } from "./analyze.mjs";
 
 export const LOAD_SCENARIOS = ["1x", "2x", "3x", "10x"];
-const TARGET_COLORS = { nginx: "#7f8c8d", floodgate: "#2f6fdf" };
+const TARGET_COLORS = { nginx: "#7f8c8d", floodgate: "#2f6fdf", "floodgate×3": "#8e44ad" };
+/** Every scenario, in the order the run takes them. */
+const ALL_SCENARIOS = [...LOAD_SCENARIOS, "priority", "fairness"];
 const OUTCOME_COLORS = {
   withinSlo: "#2e9d5b",
   late: "#e6a23c",
@@ -79,8 +81,14 @@ export function goodputChart(summaries) {
       type: "line",
       symbolSize: 8,
       color: TARGET_COLORS[t],
-      // The first target's labels below its points, the second's above: close values stay legible.
-      label: { show: true, formatter: "{c}%", position: i === 0 ? "bottom" : "top" },
+      // The first target's labels below its points, the others' above and apart sideways: the
+      // floodgates' values are close.
+      label: {
+        show: true,
+        formatter: "{c}%",
+        position: i === 0 ? "bottom" : "top",
+        offset: i === 0 ? [0, 0] : [i === 1 ? -24 : 24, 0],
+      },
       data: LOAD_SCENARIOS.map((sc) => pct(find(summaries, t, sc)?.total.goodput)),
     })),
   });
@@ -119,20 +127,26 @@ export function ttftChart(summaries) {
       });
     }
   }
-  return render({
-    title: { text: "Time to first token of served requests", subtext: "ms, log scale", left: "center" },
-    legend: { bottom: 0, itemGap: 28 },
-    grid: { left: 70, right: 30, top: 70, bottom: 60 },
-    xAxis: {
-      type: "category",
-      data: LOAD_SCENARIOS,
-      name: "offered load (× C)",
-      nameLocation: "middle",
-      nameGap: 28,
+  // Two lines per target: with three targets the legend wraps, so it gets a taller chart.
+  const tall = targets.length > 2;
+  return render(
+    {
+      title: { text: "Time to first token of served requests", subtext: "ms, log scale", left: "center" },
+      legend: { bottom: 0, itemGap: 28 },
+      grid: { left: 70, right: 30, top: 70, bottom: tall ? 110 : 60 },
+      xAxis: {
+        type: "category",
+        data: LOAD_SCENARIOS,
+        name: "offered load (× C)",
+        nameLocation: "middle",
+        nameGap: 28,
+      },
+      yAxis: { type: "log", name: "TTFT ms", min: 10 },
+      series,
     },
-    yAxis: { type: "log", name: "TTFT ms", min: 10 },
-    series,
-  });
+    720,
+    tall ? 440 : 400,
+  );
 }
 
 /** (c) Every request's outcome, as shares of the offered requests, per target and scenario. */
@@ -198,12 +212,54 @@ export function mixChart(summaries) {
   });
 }
 
-/** All four, by file name (written next to REPORT.md). */
+/**
+ * (e) The deepest queue any simulator held beyond its slots during each run (sampled), per
+ * target: what a gateway let pile up at the GPUs instead of in front of them.
+ */
+export function queueChart(summaries) {
+  const targets = targetsOf(summaries);
+  const scenarios = ALL_SCENARIOS.filter((sc) => summaries.some((s) => s.scenario === sc));
+  return render({
+    title: {
+      text: "Peak backend queue beyond its slots",
+      subtext: "requests waiting at the busiest simulator, sampled during the run",
+      left: "center",
+    },
+    legend: { bottom: 0, itemGap: 28 },
+    grid: { left: 60, right: 30, top: 70, bottom: 60 },
+    xAxis: { type: "category", data: scenarios, axisLabel: { interval: 0 } },
+    yAxis: { type: "value", name: "requests waiting", min: 0 },
+    series: targets.map((t, i) => ({
+      name: t,
+      type: "bar",
+      color: TARGET_COLORS[t],
+      label: { show: true, position: "top", fontSize: 10 },
+      // The three-replica target's bound (2), drawn once.
+      markLine:
+        i === 0
+          ? {
+              silent: true,
+              symbol: "none",
+              lineStyle: { color: "#d64545", type: "dotted" },
+              label: { formatter: "2", position: "insideEndTop" },
+              data: [{ yAxis: 2 }],
+            }
+          : undefined,
+      data: scenarios.map((sc) => {
+        const peak = find(summaries, t, sc)?.peakQueue;
+        return peak ? Math.max(...Object.values(peak)) : null;
+      }),
+    })),
+  });
+}
+
+/** All five, by file name (written next to REPORT.md). */
 export function allCharts(summaries) {
   return {
     "goodput.svg": goodputChart(summaries),
     "ttft.svg": ttftChart(summaries),
     "outcomes.svg": outcomesChart(summaries),
     "mixes.svg": mixChart(summaries),
+    "queue.svg": queueChart(summaries),
   };
 }

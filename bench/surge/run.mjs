@@ -5,14 +5,19 @@
  * the same run, then open-loop Poisson arrivals at multiples of C through each target:
  *   nginx      least_conn over the three (when /usr/sbin/nginx or nginx is installed)
  *   floodgate  `floodgate --config`, one pool with maxConcurrency 8, 8, 4 and four tenants
+ *   floodgate×3  three `floodgate --config` replicas with the same pool on `store: redis` (one
+ *              redis-server on a free port, backend slots shared: src/upstream/fleet.ts), nginx
+ *              round-robin in front of them (needs nginx and redis-server)
  * Scenarios: tenant `interactive` alone at 1x, 2x, 3x and 10x of C; a priority mix (interactive
  * 0.5x + batch 2.5x); a fairness mix (noisy 3x + quiet 0.3x, both interactive). Every request
- * is recorded; analyze.mjs turns the records into outcomes and goodput, report.mjs into
- * bench/surge/REPORT.md and its SVG charts. Raw results go to bench/surge/results/ (git-ignored).
+ * is recorded, and so are each simulator's queue beyond its slots (sampled) and, for floodgate×3,
+ * Redis's INFO commandstats around the run; analyze.mjs turns the records into outcomes and
+ * goodput, report.mjs into bench/surge/REPORT.md and its SVG charts. Raw results go to
+ * bench/surge/results/ (git-ignored).
  *
  * usage: node bench/surge/run.mjs [--quick] [--duration SECONDS] [--seed N] [--skip-nginx]
  *                                 [--scenarios 1x,10x,...] [--gateway-config-extra FILE]
- *                                 [--build DIR]
+ *                                 [--build DIR] [--skip-replicas] [--replica-scenarios 3x,...]
  * (`npm run bench:surge` builds first and runs this.) --build runs floodgate (and the simulators)
  * from another checkout's dist/, e.g. a clean clone of HEAD while src/ is being edited.
  * --gateway-config-extra: a YAML mapping merged (deeply) into the generated pool, e.g.
@@ -40,6 +45,7 @@ import { parseArgs } from "node:util";
 import { parse as parseYaml, stringify as toYaml } from "yaml";
 import { OUTCOME_LABELS, OUTCOMES, outcome, round } from "./analyze.mjs";
 import { closedLoop, MAX_TOKENS, MODEL, newClient, openLoop, poissonTimes, streamOnce } from "./load.mjs";
+import { commandStats, redisArgs, roundTrips, waitRedis } from "./redis.mjs";
 import { pct, writeReport } from "./report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -57,6 +63,10 @@ const { values: args } = parseArgs({
     "gateway-config-extra": { type: "string" },
     /** Another floodgate checkout, built, to run instead of this one (e.g. a clean clone of HEAD). */
     build: { type: "string" },
+    /** Leave out floodgate×3 (three replicas sharing slots through Redis behind nginx). */
+    "skip-replicas": { type: "boolean", default: false },
+    /** The scenarios floodgate×3 runs, of those that run (default: all of them). */
+    "replica-scenarios": { type: "string" },
   },
 });
 /** The floodgate checkout whose build runs the simulators and the gateway. */
@@ -81,6 +91,11 @@ const FLEET = [
   { name: "sim-b", slots: 8, seed: 12 },
   { name: "sim-c", slots: 4, seed: 13 },
 ];
+/** floodgate×3: this many replicas sharing the fleet's slots through one Redis. */
+const REPLICAS = 3;
+const REPLICA_TARGET = "floodgate×3";
+/** How often each simulator's queue is read during a run, for its peak beyond the slots. */
+const QUEUE_SAMPLE_MS = 20;
 /** The simulator's default timing (src/sim/cli.ts), for the report's "ideal" capacity. */
 const SIM_TIMING = { decodeStepMs: 15, decodeMsPerSeq: 0.3 };
 
@@ -280,7 +295,11 @@ async function drain(fleet) {
   while ((await fleetStats(fleet)).busy > 0 && Date.now() < deadline) await sleep(250);
 }
 
-function nginxConf(dir, port, fleet) {
+/**
+ * nginx in front of `servers` (ports on 127.0.0.1): `least_conn;` over the simulators for the
+ * nginx target, round-robin (no directive) over the replicas for floodgate×3.
+ */
+function nginxConf(dir, port, servers, balance) {
   return `# written by bench/surge/run.mjs
 daemon off;
 master_process off;
@@ -298,8 +317,7 @@ http {
   keepalive_timeout 75s;
   keepalive_requests 1000000;
   upstream fleet {
-    least_conn;
-${fleet.map((b) => `    server 127.0.0.1:${b.port} max_fails=0;`).join("\n")}
+${balance ? `    ${balance}\n` : ""}${servers.map((p) => `    server 127.0.0.1:${p} max_fails=0;`).join("\n")}
     keepalive 256;
     keepalive_requests 1000000;
   }
@@ -317,13 +335,13 @@ ${fleet.map((b) => `    server 127.0.0.1:${b.port} max_fails=0;`).join("\n")}
 `;
 }
 
-async function startNginx(binary, fleet) {
-  const dir = join(tmp, "nginx");
+async function startNginx(binary, servers, balance, name = "nginx") {
+  const dir = join(tmp, name);
   mkdirSync(dir);
   const port = await freePort();
-  const conf = nginxConf(dir, port, fleet);
+  const conf = nginxConf(dir, port, servers, balance);
   writeFileSync(join(dir, "nginx.conf"), conf);
-  const proc = startServer("nginx", binary, [
+  const proc = startServer(name, binary, [
     "-p",
     dir,
     "-c",
@@ -337,7 +355,7 @@ async function startNginx(binary, fleet) {
   const version = spawnSync(binary, ["-v"], { encoding: "utf8" })
     .stderr.trim()
     .replace(/^nginx version: /, "");
-  return { name: "nginx", url, proc, version, conf };
+  return { name, url, proc, version, conf };
 }
 
 function isObject(x) {
@@ -354,9 +372,10 @@ function deepMerge(base, extra) {
 /**
  * floodgate's config: one pool over the fleet, the four tenants' keys, quiet logging, no admin
  * listener. Everything else is left at floodgate's defaults (admission control included, once
- * it exists), unless --gateway-config-extra says otherwise.
+ * it exists), unless --gateway-config-extra says otherwise. A replica of floodgate×3 adds its
+ * `store` (Redis, slots shared) and an admin listener on loopback, read for its fleet gauges.
  */
-function gatewayConfig(port, fleet, extra) {
+function gatewayConfig(port, fleet, extra, { store, adminPort } = {}) {
   let pool = {
     models: [MODEL],
     backends: fleet.map((b) => ({ name: b.name, url: b.url, maxConcurrency: b.slots })),
@@ -369,9 +388,10 @@ function gatewayConfig(port, fleet, extra) {
   }
   return toYaml({
     listen: { host: "127.0.0.1", port },
-    admin: { enabled: false },
+    admin: adminPort ? { enabled: true, host: "127.0.0.1", port: adminPort } : { enabled: false },
     server: { shutdownGrace: "2s" },
     log: { level: "warn", accessLog: false },
+    ...(store ? { store } : {}),
     auth: { keys: Object.keys(TENANTS).map((t) => ({ key: keyOf(t), tenant: t })) },
     tenants,
     pools: { surge: pool },
@@ -387,6 +407,117 @@ async function startFloodgate(fleet, extra) {
   const url = `http://127.0.0.1:${port}`;
   await waitReady(proc, `${url}/healthz`);
   return { name: "floodgate", url, proc, yaml };
+}
+
+/** A redis-server for floodgate×3: no persistence, loopback, a free port. */
+async function startRedis(binary) {
+  const dir = join(tmp, "redis");
+  mkdirSync(dir);
+  const port = await freePort();
+  const proc = startServer("redis", binary, redisArgs(port, dir));
+  await waitRedis(proc, port, tail);
+  const version = /v=(\S+)/.exec(spawnSync(binary, ["--version"], { encoding: "utf8" }).stdout)?.[1] ?? null;
+  return { port, proc, version };
+}
+
+/** The fleet gauges of one replica's /metrics, and its requests by status class. */
+async function replicaMetrics(replica) {
+  const res = await fetch(`${replica.adminUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  const value = (name) =>
+    Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+  let requests = 0;
+  for (const m of text.matchAll(/^floodgate_requests_total(?:\{[^}]*\})? (\S+)$/gm)) requests += Number(m[1]);
+  return {
+    replicas: value("floodgate_fleet_replicas"),
+    storeDown: value("floodgate_fleet_store_down"),
+    requests,
+  };
+}
+
+/**
+ * floodgate×3: REPLICAS floodgate processes with the one-replica target's pool and tenants on
+ * `store: redis` (slots shared at the defaults: sync 100 ms, lease 3 s), and nginx round-robin
+ * in front. Ready once every replica has seen all the others at a sync.
+ */
+async function startReplicas(nginxBinary, fleet, extra, redis) {
+  const replicas = [];
+  for (let i = 1; i <= REPLICAS; i++) {
+    const port = await freePort();
+    const adminPort = await freePort();
+    const store = { type: "redis", url: `redis://127.0.0.1:${redis.port}`, replicas: REPLICAS };
+    const yaml = gatewayConfig(port, fleet, extra, { store, adminPort });
+    const file = join(tmp, `floodgate-r${i}.yaml`);
+    writeFileSync(file, yaml);
+    const name = `floodgate-r${i}`;
+    const proc = startServer(name, process.execPath, [...NODE_FLAGS, MAIN, "--config", file]);
+    replicas.push({
+      name,
+      port,
+      url: `http://127.0.0.1:${port}`,
+      adminUrl: `http://127.0.0.1:${adminPort}`,
+      proc,
+      yaml,
+    });
+  }
+  for (const r of replicas) await waitReady(r.proc, `${r.url}/healthz`);
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const seen = await Promise.all(replicas.map((r) => replicaMetrics(r)));
+    if (seen.every((m) => m.replicas === REPLICAS && m.storeDown === 0)) break;
+    if (Date.now() > deadline)
+      throw new Error(
+        `${REPLICA_TARGET}: the replicas saw ${seen.map((m) => m.replicas).join(", ")} replicas after 15 s`,
+      );
+    await sleep(100);
+  }
+  const front = await startNginx(
+    nginxBinary,
+    replicas.map((r) => r.port),
+    "",
+    "nginx-replicas",
+  );
+  return {
+    name: REPLICA_TARGET,
+    url: front.url,
+    proc: front.proc,
+    procs: [front.proc, ...replicas.map((r) => r.proc), redis.proc],
+    replicas,
+    redis,
+    yaml: replicas[0].yaml,
+    conf: front.conf,
+  };
+}
+
+/**
+ * Reads every simulator's queue (requests waiting beyond its slots) every QUEUE_SAMPLE_MS until
+ * the returned function is called; that returns the peak per simulator and the samples taken.
+ */
+function sampleQueues(fleet) {
+  const peak = Object.fromEntries(fleet.map((b) => [b.name, 0]));
+  let samples = 0;
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const all = await Promise.all(
+        fleet.map((b) =>
+          fetch(`${b.url}/sim/stats`, { signal: AbortSignal.timeout(2000) })
+            .then((res) => res.json())
+            .catch(() => null),
+        ),
+      );
+      all.forEach((st, i) => {
+        if (st) peak[fleet[i].name] = Math.max(peak[fleet[i].name], st.waiting);
+      });
+      samples++;
+      await sleep(QUEUE_SAMPLE_MS);
+    }
+  })();
+  return async () => {
+    stopped = true;
+    await loop;
+    return { peak, samples, everyMs: QUEUE_SAMPLE_MS };
+  };
 }
 
 /** One request per tenant through the target must be a complete 50-token stream. */
@@ -410,20 +541,31 @@ async function checkTarget(target, dispatcher) {
   }
 }
 
-/** floodgate's warn and error lines (pino JSON on stdout), with a few distinct messages. */
+/**
+ * floodgate's warn and error lines (pino JSON on stdout), with a few distinct messages, and the
+ * first 100 of them and of the info lines about the store (epoch ms, level, message), so that
+ * the report can place them in the runs.
+ */
 function floodgateLog(path) {
   const lines = readFileSync(path, "utf8").split("\n");
   const warnings = lines.filter((l) => /"level":40/.test(l));
   const errors = lines.filter((l) => /"level":(50|60)/.test(l));
   const messages = new Set();
-  for (const l of [...errors, ...warnings]) {
+  const events = [];
+  for (const l of lines) {
+    const notable = /"level":(40|50|60)/.test(l);
+    if (!notable && !/"level":30.*store/.test(l)) continue;
+    let entry;
     try {
-      messages.add(JSON.parse(l).msg);
+      entry = JSON.parse(l);
     } catch {
-      messages.add(l.slice(0, 200));
+      entry = { msg: l.slice(0, 200) };
     }
+    if (notable) messages.add(entry.msg);
+    if (events.length < 100)
+      events.push({ time: entry.time ?? null, level: entry.level ?? null, msg: entry.msg });
   }
-  return { warnings: warnings.length, errors: errors.length, messages: [...messages].slice(0, 10) };
+  return { warnings: warnings.length, errors: errors.length, messages: [...messages].slice(0, 10), events };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,18 +624,40 @@ function arrivalsFor(scenario) {
 async function runScenario(target, scenario, fleet) {
   const arrivals = arrivalsFor(scenario);
   const before = await fleetStats(fleet);
+  const redisBefore = target.redis ? await commandStats(target.redis.port) : undefined;
+  const replicasBefore = target.replicas
+    ? await Promise.all(target.replicas.map((r) => replicaMetrics(r)))
+    : undefined;
   const started = Date.now();
+  const queues = sampleQueues(fleet);
   const { records, arrivalsEnded, ended, aborted } = await openLoop({
     dispatcher: target.dispatcher,
     url: target.url,
     arrivals,
     stragglerMs: PLAN.stragglerSeconds * 1000,
   });
+  const queue = await queues();
   // After the drain, so that the simulators' counters include the last answers.
   await drain(fleet);
   const after = await fleetStats(fleet);
-  if (target.proc.exited)
-    throw new Error(`${target.name} exited (${target.proc.exitCode}):\n${tail(target.proc.logPath)}`);
+  const wallSeconds = (Date.now() - started) / 1000;
+  for (const proc of target.procs ?? [target.proc]) {
+    if (proc.exited) throw new Error(`${proc.name} exited (${proc.exitCode}):\n${tail(proc.logPath)}`);
+  }
+  // Redis's calls from the send of the first arrival to the end of the drain: the replicas sync
+  // all along, so this counts the idle syncs of the drain too.
+  const redis = target.redis
+    ? { seconds: wallSeconds, ...roundTrips(redisBefore, await commandStats(target.redis.port)) }
+    : undefined;
+  // Per replica: the fleet it saw at the end, whether Redis was down, the requests nginx gave it.
+  const replicas = target.replicas
+    ? await Promise.all(
+        target.replicas.map(async (r, i) => {
+          const m = await replicaMetrics(r);
+          return { ...m, requests: m.requests - replicasBefore[i].requests };
+        }),
+      )
+    : undefined;
   const simDelta = Object.fromEntries(
     ["received", "completed", "rejectedBusy", "aborted"].map((k) => [k, after[k] - before[k]]),
   );
@@ -507,8 +671,14 @@ async function runScenario(target, scenario, fleet) {
     arrivalsEnded,
     ended,
     aborted,
-    wallSeconds: (Date.now() - started) / 1000,
+    wallSeconds,
+    // Epoch ms, to place the gateways' log lines in the run.
+    startedAtMs: started,
+    endedAtMs: started + wallSeconds * 1000,
     simDelta,
+    queue,
+    redis,
+    replicas,
     records,
   };
 }
@@ -529,7 +699,17 @@ async function main() {
   const scenarios = SCENARIOS.filter((s) => !wanted || wanted.includes(s.name));
   if (scenarios.length === 0)
     throw new Error(`--scenarios: none of ${SCENARIOS.map((s) => s.name).join(", ")}`);
-  const nginxBinary = args["skip-nginx"] ? undefined : findBinary(["/usr/sbin/nginx", "nginx"]);
+  const nginxBinary = findBinary(["/usr/sbin/nginx", "nginx"]);
+  const redisBinary = args["skip-replicas"]
+    ? undefined
+    : findBinary(["redis-server", "/usr/bin/redis-server"]);
+  const wantedReplicas = args["replica-scenarios"]?.split(",").map((s) => s.trim());
+  const replicaScenarios = scenarios.filter((s) => !wantedReplicas || wantedReplicas.includes(s.name));
+  if (wantedReplicas && replicaScenarios.length === 0)
+    throw new Error(`--replica-scenarios: none of ${scenarios.map((s) => s.name).join(", ")}`);
+  let replicasSkipped = args["skip-replicas"] ? "--skip-replicas" : null;
+  if (!replicasSkipped && !nginxBinary) replicasSkipped = "nginx not installed (it is the replicas' front)";
+  if (!replicasSkipped && !redisBinary) replicasSkipped = "redis-server not installed";
   const warnings = [];
   if (newestMtime(join(BUILD, "src")) > statSync(MAIN).mtimeMs) {
     warnings.push("dist/ is older than src/: this run measured the last build, not the source.");
@@ -551,9 +731,20 @@ async function main() {
   await drain(fleet);
 
   const targets = [];
-  if (nginxBinary) targets.push(await startNginx(nginxBinary, fleet));
+  if (nginxBinary && !args["skip-nginx"])
+    targets.push(
+      await startNginx(
+        nginxBinary,
+        fleet.map((b) => b.port),
+        "least_conn;",
+      ),
+    );
   else log(`nginx skipped: ${args["skip-nginx"] ? "--skip-nginx" : "not installed"}`);
   targets.push(await startFloodgate(fleet, extra));
+  if (!replicasSkipped) {
+    const redis = await startRedis(redisBinary);
+    targets.push(await startReplicas(nginxBinary, fleet, extra, redis));
+  } else log(`${REPLICA_TARGET} skipped: ${replicasSkipped}`);
   for (const t of targets) {
     t.dispatcher = newClient();
     await checkTarget(t, t.dispatcher);
@@ -571,6 +762,7 @@ async function main() {
   const runs = [];
   for (const sc of scenarios) {
     for (const t of targets) {
+      if (t.name === REPLICA_TARGET && !replicaScenarios.includes(sc)) continue;
       const rate = sc.streams.reduce((a, s) => a + s.rate, 0);
       log(`${sc.name} via ${t.name}: ${rate.toFixed(1)} req/s for ${PLAN.arrivalSeconds}s`);
       const run = await runScenario(t, sc, fleet);
@@ -581,6 +773,9 @@ async function main() {
 
   const floodgate = targets.find((t) => t.name === "floodgate");
   const nginx = targets.find((t) => t.name === "nginx");
+  const replicated = targets.find((t) => t.name === REPLICA_TARGET);
+  // Read before the stop: Redis stops beside the replicas, and what they log then is no run's.
+  const replicaLogs = replicated?.replicas.map((r) => ({ name: r.name, ...floodgateLog(r.proc.logPath) }));
   for (const t of targets) await t.dispatcher.close();
   await stopAll();
   const results = {
@@ -605,6 +800,18 @@ async function main() {
       gatewayConfigExtra: extraPath ?? null,
       nginxConf: nginx?.conf ?? null,
       floodgateLog: floodgateLog(floodgate.proc.logPath),
+      replicas: replicated
+        ? {
+            target: REPLICA_TARGET,
+            count: REPLICAS,
+            scenarios: replicaScenarios.map((s) => s.name),
+            redis: replicated.redis.version,
+            gatewayConfig: replicated.yaml,
+            nginxConf: replicated.conf,
+            logs: replicaLogs,
+          }
+        : { skipped: replicasSkipped },
+      queueSampleMs: QUEUE_SAMPLE_MS,
       warnings,
     },
     capacity,

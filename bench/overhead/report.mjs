@@ -11,11 +11,19 @@ export const TARGETS = {
   addedP50Ms: 0.3,
   addedP99Ms: 1.5,
   ttftAddedP50Ms: 0.6,
+  /** Redis round trips per request for admission with shared slots, on average. */
+  slotsTripsPerRequest: 1,
 };
 
 const FLOODGATES = ["floodgate", "floodgate+log"];
 /** floodgate with request limits (memory store, Redis store) and with cache hits. */
-const VARIANTS = ["floodgate+memory-limits", "floodgate+redis-limits", "floodgate+cache-hit"];
+const VARIANTS = [
+  "floodgate+memory-limits",
+  "floodgate+redis-limits",
+  "floodgate+redis-slots",
+  "floodgate+cache-hit",
+];
+const SLOTS = "floodgate+redis-slots";
 /** The yardsticks the targets table sets beside floodgate: can anything on this machine meet them? */
 const YARDSTICKS = ["fastify-floor", "node-floor", "nginx"];
 /** A target started from the --baseline build: its counterpart's name + this (run.mjs). */
@@ -94,7 +102,7 @@ export function renderReport(r) {
     `1. **Saturation**: \`wrk -t1 -c${plan.connections} -d${plan.satSeconds}s -s post.lua\` after a ${plan.satWarmup} s warm-up; ` +
       'POST /v1/chat/completions `{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}`, non-streamed' +
       (present(VARIANTS).length
-        ? ' (the limits variants add `Authorization: Bearer <key>`, the cache-hit variant `"temperature": 0`; section 4).'
+        ? ' (the limits variants add `Authorization: Bearer <key>`, the cache-hit variant `"temperature": 0`; floodgate+redis-slots sends the common request; section 4).'
         : "."),
   );
   p(
@@ -229,6 +237,24 @@ export function renderReport(r) {
     p(`| ${name} | ${goal} | ${cells.join(" | ")} |`);
   }
   p();
+  const slotTrips = [
+    ["saturation", r.saturation[SLOTS], r.saturation[SLOTS]?.requests],
+    [
+      `${plan.latRate} req/s`,
+      r.latency[SLOTS],
+      r.latency[SLOTS] && r.latency[SLOTS].sent + r.latency[SLOTS].rate * plan.latWarmup,
+    ],
+  ].filter(([, d]) => d?.counters?.roundTrips !== undefined);
+  if (slotTrips.length) {
+    const cells = slotTrips.map(([what, d, n]) => {
+      const per = d.counters.roundTrips / n;
+      return `${per.toFixed(4)} at ${what} ${per <= TARGETS.slotsTripsPerRequest ? "PASS" : "**MISS**"}`;
+    });
+    p(
+      `Redis round trips per request for admission with shared slots (${SLOTS}, section 4), goal ≤ ${TARGETS.slotsTripsPerRequest} on average: ${cells.join("; ")}.`,
+    );
+    p();
+  }
 
   // Where floodgate's cost comes from: Node, then the framework, then floodgate's own features.
   const steps = [
@@ -321,6 +347,8 @@ function targetWhat(name, lbl, baseline) {
       return "floodgate (warn, no access log) + an API key (`auth`), a tenant limit `requests: { rate: 1000000, per: 1s }` and `rateLimits: [{ name: per-ip, by: ip, rate: 1000000, per: 1s }]`, `store: memory`; requests carry the key";
     case "floodgate+redis-limits":
       return "the same limits with `store: { type: redis }` on a redis-server started by the benchmark (cpu1, no persistence): two bucket scripts (EVALSHA) per request";
+    case "floodgate+redis-slots":
+      return "floodgate (warn, no access log), no limits, `store: { type: redis }` on a second redis-server of its own (cpu1, no persistence), the backend's `maxConcurrency` at half the connections: admission against backend slots shared between replicas (`store.slots`, on by default with Redis; one replica here), which trade claims in one script call per pool per sync (every 100 ms while its report changes or anyone waits, else a heartbeat per lease / 3; and 10 ms after a request starts waiting), none on the request path";
     case "floodgate+cache-hit":
       return 'floodgate (warn, no access log) with the pool\'s `cache: { enabled: true }`; the body has `"temperature": 0`, so every request after the first is a cache HIT';
     default:
@@ -637,6 +665,8 @@ function variantsSection(p, r, present) {
     }
   }
 
+  if (sat(SLOTS)) slotsSection(p, r, plan, sat, lat, latRequests);
+
   if (hit) {
     const c = r.checks?.["floodgate+cache-hit"];
     const v = r.variants?.["floodgate+cache-hit"];
@@ -692,6 +722,74 @@ function variantsSection(p, r, present) {
     );
     p();
   }
+}
+
+/**
+ * Redis round trips per request of admission with shared slots: the fleet's syncs (one script
+ * per pool per sync) over the requests of each measurement, with what admission did meanwhile.
+ */
+function slotsSection(p, r, plan, sat, lat, latRequests) {
+  p("### Redis round trips per request with shared slots (floodgate+redis-slots)");
+  p();
+  p(
+    `One replica with \`store: redis\`, its backend at \`maxConcurrency\` ${slotsConcurrency(r) ?? "?"} (half of wrk's ${plan.connections} connections: at saturation requests wait for a slot). ` +
+      "Round trips are counted at Redis around each measurement (`INFO commandstats`): every EVALSHA/EVAL (one call each, never pipelined) plus every command a client sent itself; the commands the scripts run inside Redis (HGETALL, HSET, TIME, ...) and the harness's INFO are left out. " +
+      "The syncs run on a timer, not per request, so the figure per request falls as the load grows.",
+  );
+  p();
+  p(
+    "| measurement | requests | seconds | admitted at once | after a wait | refused | Redis round trips | per request | per second | goal ≤ 1 per request | failed | redis-server CPU |",
+  );
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
+  const rows = [];
+  const s = sat(SLOTS);
+  if (s) rows.push([`saturation (wrk ${plan.satSeconds} s; completed)`, s.requests, s.durationUs / 1e6, s]);
+  const l = lat(SLOTS);
+  if (l)
+    rows.push([
+      `${plan.latRate} req/s (incl. ${plan.latWarmup} s warm-up)`,
+      latRequests(l),
+      plan.latSeconds + plan.latWarmup,
+      l,
+    ]);
+  for (const [what, requests, seconds, d] of rows) {
+    const c = d.counters;
+    if (!c) continue;
+    const trips = c.roundTrips ?? c.evalsha + c.eval;
+    const per = trips / requests;
+    const redisCpu = d.cpu?.processes["redis-slots"];
+    p(
+      `| ${what} | ${fmtInt(requests)} | ${seconds.toFixed(1)} | ${fmtInt(c.admittedNow)} | ${fmtInt(c.admittedAfterWait)} | ${c.admissionRefused > 0 ? `**${fmtInt(c.admissionRefused)}**` : "0"} | ${fmtInt(trips)} | ${per.toFixed(4)} | ${(trips / seconds).toFixed(1)} | ${per <= TARGETS.slotsTripsPerRequest ? "PASS" : "**MISS**"} | ${c.failedScripts > 0 ? `**${c.failedScripts}**` : "0"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} |`,
+    );
+  }
+  p();
+  const v = r.variants?.[SLOTS];
+  if (v?.metrics) {
+    const gauge = (name) => v.metrics.find((m) => m.name === name)?.value;
+    p(
+      `After the run: \`floodgate_fleet_replicas\` ${gauge("floodgate_fleet_replicas") ?? "n/a"}, \`floodgate_fleet_store_down\` ${gauge("floodgate_fleet_store_down") ?? "n/a"}, \`floodgate_backend_slot_share\` ${gauge("floodgate_backend_slot_share") ?? "n/a"}; admission over the whole run: ${v.metrics
+        .filter((m) => m.name === "floodgate_admission_decisions_total")
+        .map((m) => `${label(m.labels, "outcome")} ${fmtInt(m.value)}`)
+        .join(", ")}` +
+        (v.logLines ? `; warn/error log lines ${v.logLines.count}${logKinds(v.logLines)}` : "") +
+        ".",
+    );
+    p();
+  }
+  if (v?.redis?.commandStats) {
+    const top = Object.entries(v.redis.commandStats)
+      .sort((a, b) => b[1].calls - a[1].calls)
+      .map(([name, c]) => `${name} ${fmtInt(c.calls)}${c.failed ? ` (${c.failed} failed)` : ""}`);
+    p(
+      `Its redis-server over the whole run, every command (those the script runs included): ${top.join(", ")}.`,
+    );
+    p();
+  }
+}
+
+/** The backend's maxConcurrency in floodgate+redis-slots's config. */
+function slotsConcurrency(r) {
+  return /maxConcurrency: (\d+)/.exec(r.variants?.[SLOTS]?.config ?? "")?.[1];
 }
 
 function label(labels, name) {

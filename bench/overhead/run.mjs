@@ -14,6 +14,9 @@
  *                            above the load (every request checked, none refused), memory store
  *   floodgate+redis-limits   the same with `store: redis` on a redis-server this script starts:
  *                            two bucket scripts (EVALSHA) per request
+ *   floodgate+redis-slots    no limits; `store: redis` (a second redis-server) and the backend's
+ *                            maxConcurrency at half the connections: admission with slots shared
+ *                            between replicas, whose Redis calls are per sync, not per request
  *   floodgate+cache-hit      the pool's response cache on, and `"temperature": 0` in the body:
  *                            after the first request every answer is a cache HIT
  * With --baseline DIR (another floodgate checkout, built: DIR/dist/src/main.js), the same run
@@ -537,6 +540,10 @@ function gatewayYaml(port, backendPort, accessLog, variant = {}) {
     "server: { shutdownGrace: 2s }",
     accessLog ? "log: { level: info, accessLog: true }" : "log: { level: warn, accessLog: false }",
   ];
+  if (variant.slots) {
+    // Slots shared (store.slots.shared, on by default with Redis): one replica trading claims.
+    lines.push(`store: { type: redis, url: "redis://127.0.0.1:${variant.slots.redisPort}" }`);
+  }
   if (variant.limits) {
     lines.push(
       variant.redisPort
@@ -554,7 +561,7 @@ function gatewayYaml(port, backendPort, accessLog, variant = {}) {
     "pools:",
     "  bench:",
     `    models: [${MODEL}]`,
-    `    backends: [{ url: "http://127.0.0.1:${backendPort}", maxConnections: 256 }]`,
+    `    backends: [{ url: "http://127.0.0.1:${backendPort}", maxConnections: 256${variant.slots ? `, maxConcurrency: ${variant.slots.maxConcurrency}` : ""} }]`,
   );
   if (variant.cache) lines.push("    cache: { enabled: true }");
   lines.push("");
@@ -572,6 +579,30 @@ const NEVER_LIMITED = 1_000_000;
 const LIMITS_REQUEST = { authorization: `Bearer ${BENCH_KEY}` };
 const CACHE_REQUEST = { extra: { temperature: 0 } };
 const BASE_BODY = { model: MODEL, messages: [{ role: "user", content: "hello" }], max_tokens: 16 };
+/**
+ * floodgate+redis-slots: the backend's maxConcurrency, half of wrk's connections, so that at
+ * saturation requests wait for a slot (and bring syncs forward) while at the fixed rate few do.
+ */
+const SLOTS_MAX_CONCURRENCY = CONNECTIONS / 2;
+/**
+ * The commands floodgate's scripts run inside Redis (src/store/lua-scripts.ts): INFO
+ * commandstats counts them, but they cost the client no round trip.
+ */
+const INSIDE_SCRIPTS = new Set([
+  "time",
+  "hgetall",
+  "hdel",
+  "hset",
+  "hmget",
+  "pexpire",
+  "get",
+  "del",
+  "zadd",
+  "zcard",
+  "zrange",
+  "zremrangebyscore",
+  "zscore",
+]);
 
 /** One command to a Redis server over RESP (a fresh connection; for the few calls made here). */
 function redisCommand(port, ...argv) {
@@ -607,10 +638,10 @@ function redisCommand(port, ...argv) {
 }
 
 /** Starts redis-server on core 1 (beside the backend), no persistence, loopback only. */
-async function startRedis(port) {
-  const dir = join(tmp, "redis");
+async function startRedis(port, name = "redis") {
+  const dir = join(tmp, name);
   mkdirSync(dir);
-  const proc = startServer("redis", 1, REDIS, [
+  const proc = startServer(name, 1, REDIS, [
     "--port",
     String(port),
     "--bind",
@@ -648,16 +679,21 @@ async function redisCommandStats(port) {
 }
 
 /**
- * The bucket scripts Redis ran (EVALSHA, and EVAL for the first call on a connection), failed
- * calls among them, and the other commands but INFO (mostly those the scripts run).
+ * The scripts Redis ran (EVALSHA, and EVAL for the first call on a connection), failed calls
+ * among them, the other commands but INFO (mostly those the scripts run), and the round trips
+ * clients made: the scripts plus the commands a client sent itself (not run by a script).
  */
 async function redisCalls(port) {
-  const out = { evalsha: 0, eval: 0, failedScripts: 0, otherCommands: 0 };
+  const out = { evalsha: 0, eval: 0, failedScripts: 0, otherCommands: 0, roundTrips: 0 };
   for (const [name, { calls, failed }] of Object.entries(await redisCommandStats(port))) {
     if (name === "evalsha" || name === "eval") {
       out[name] += calls;
       out.failedScripts += failed;
-    } else if (name !== "info") out.otherCommands += calls;
+      out.roundTrips += calls;
+    } else if (name !== "info") {
+      out.otherCommands += calls;
+      if (!INSIDE_SCRIPTS.has(name)) out.roundTrips += calls;
+    }
   }
   return out;
 }
@@ -681,6 +717,12 @@ function decisionCounts(metrics) {
     cacheHits: sum("floodgate_cache_requests_total", (l) => l.includes('result="hit"')),
     cacheOther: sum("floodgate_cache_requests_total", (l) => !l.includes('result="hit"')),
     upstreamAttempts: sum("floodgate_upstream_attempts_total"),
+    admittedNow: sum("floodgate_admission_decisions_total", (l) => l.includes('outcome="immediate"')),
+    admittedAfterWait: sum("floodgate_admission_decisions_total", (l) => l.includes('outcome="after_wait"')),
+    admissionRefused: sum(
+      "floodgate_admission_decisions_total",
+      (l) => !l.includes('outcome="immediate"') && !l.includes('outcome="after_wait"'),
+    ),
   };
 }
 
@@ -704,7 +746,7 @@ async function variantMetrics(adminUrl) {
   const res = await fetch(`${adminUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
   const text = await res.text();
   const wanted =
-    /^(floodgate_(requests_total|ratelimit_decisions_total|store_errors_total|ratelimit_without_store_total|cache_requests_total|upstream_attempts_total))(\{[^}]*\})? (\S+)$/;
+    /^(floodgate_(requests_total|ratelimit_decisions_total|store_errors_total|ratelimit_without_store_total|cache_requests_total|upstream_attempts_total|admission_decisions_total|fleet_replicas|fleet_store_down|backend_slot_share))(\{[^}]*\})? (\S+)$/;
   const out = [];
   for (const line of text.split("\n")) {
     const m = wanted.exec(line);
@@ -1244,12 +1286,19 @@ async function main() {
   // saturation for each; the first SSE event only for the cache (a streamed hit is replayed).
   let redis;
   let redisPort;
+  // floodgate+redis-slots has a redis-server of its own: its syncs run all the time, and the
+  // limits variant's scripts per request must stay its own.
+  let slotsRedis;
+  let slotsRedisPort;
   if (!args["skip-variants"]) {
     if (REDIS) {
       redisPort = await freePort();
       redis = await startRedis(redisPort);
+      slotsRedisPort = await freePort();
+      slotsRedis = await startRedis(slotsRedisPort, "redis-slots");
     } else {
-      const w = "redis-server is not installed (Debian: redis-server): floodgate+redis-limits was skipped.";
+      const w =
+        "redis-server is not installed (Debian: redis-server): floodgate+redis-limits and floodgate+redis-slots were skipped.";
       log(`WARNING ${w}`);
       warnings.push(w);
     }
@@ -1271,6 +1320,15 @@ async function main() {
         phases: ["saturation", "latency"],
         extraProcs: [redis],
         own: () => redisCalls(redisPort),
+      },
+      slotsRedis && {
+        name: "floodgate+redis-slots",
+        label: `floodgate, backend maxConcurrency ${SLOTS_MAX_CONCURRENCY} shared through Redis (store.slots)`,
+        variant: { slots: { redisPort: slotsRedisPort, maxConcurrency: SLOTS_MAX_CONCURRENCY } },
+        request: {},
+        phases: ["saturation", "latency"],
+        extraProcs: [slotsRedis],
+        own: () => redisCalls(slotsRedisPort),
       },
       {
         name: "floodgate+cache-hit",
@@ -1433,7 +1491,7 @@ async function main() {
       logLines: errorLines(t.proc.logPath, /"level":(40|50|60)/),
       redis: t.name.includes("redis")
         ? {
-            commandStats: await redisCommandStats(redisPort),
+            commandStats: await redisCommandStats(t.name.includes("slots") ? slotsRedisPort : redisPort),
             version: spawnSync(REDIS, ["--version"], { encoding: "utf8" }).stdout.trim(),
           }
         : undefined,
@@ -1443,6 +1501,7 @@ async function main() {
   // The proxies are stopped before profiling so that the profiled process has core 0 alone.
   await Promise.all(targets.filter((t) => t.proc).map((t) => stop(t.proc)));
   if (redis) await stop(redis);
+  if (slotsRedis) await stop(slotsRedis);
   if (!args["skip-profile"]) {
     log(`profile: floodgate (access log on) under wrk for ${PLAN.profSeconds}s with --cpu-prof`);
     results.profile = await profileFloodgate(ports.backend);

@@ -49,15 +49,26 @@ async function tokensLeft(g: RunningGateway, ratePerSec: number, burst: number):
 describe("LLM token budgets", () => {
   it("ten concurrent requests whose max_tokens exceed the budget: the excess is refused before the backend", async () => {
     // 1000 tokens a minute; each request reserves ~12 prompt + 200 completion tokens.
-    gw = await startGateway(yaml("{ tokens: { rate: 1000, per: 1m } }", slow.url));
-    const before = slow.received.length;
+    // The answers wait until every request was decided: a settled answer refunds its unused
+    // reservation, and on a slow machine that could let a late request in.
+    const hold = gate();
+    const held = await startLlmUpstream(0, hold.opened);
+    gw = await startGateway(yaml("{ tokens: { rate: 1000, per: 1m } }", held.url));
     const started = performance.now();
-    const outcomes = await Promise.all(
-      Array.from({ length: 10 }, () => chat(gw?.url ?? "", KEY, { max_tokens: 200 })),
+    let refusedSoFar = 0;
+    const pending = Array.from({ length: 10 }, () =>
+      chat(gw?.url ?? "", KEY, { max_tokens: 200 }).then((o) => {
+        if (o.status !== 200) refusedSoFar++;
+        return o;
+      }),
     );
+    await eventually(() => refusedSoFar + held.received.length === 10, { timeout: 30_000 });
+    hold.open();
+    const outcomes = await Promise.all(pending);
+    await held.close();
     const admitted = count(outcomes, 200);
     expect(admitted).toBe(4); // 4 × ~212 fit in 1000, a 5th does not
-    expect(slow.received.length - before).toBe(admitted); // refused ones never reached the GPU
+    expect(held.received.length).toBe(admitted); // refused ones never reached the GPU
     const refused = outcomes.find((o) => o.status === 429);
     expect(JSON.parse(refused?.body ?? "{}")).toMatchObject({ error: { code: "tokens_limit_exceeded" } });
     expect(Number(refused?.headers["retry-after-ms"])).toBeGreaterThan(0);

@@ -6,9 +6,11 @@ import { startUpstream, type TestUpstream } from "../../helpers/upstream.js";
 /** Every answer reports 10 prompt + 40 completion tokens, whatever max_tokens said. */
 export const USAGE = { prompt_tokens: 10, completion_tokens: 40, total_tokens: 50 };
 
-export function startLlmUpstream(delayMs = 0): Promise<TestUpstream> {
+/** `hold`: answers wait for it too (a test that must decide every request before any settles). */
+export function startLlmUpstream(delayMs = 0, hold?: Promise<void>): Promise<TestUpstream> {
   return startUpstream(async (req, res, record) => {
     if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+    if (hold) await hold;
     const body = JSON.parse(record.body || "{}") as {
       stream?: boolean;
       stream_options?: { include_usage?: boolean };
@@ -84,6 +86,8 @@ export async function hammer(
   workers: number,
   durationMs: number,
   onResult: (o: Outcome, sentAt: number) => void = () => {},
+  /** Keep going past durationMs while this says so (answers so far, ms elapsed), up to 20 s. */
+  more: (answers: number, elapsedMs: number) => boolean = () => false,
 ): Promise<{
   outcomes: Outcome[];
   firstSent: number;
@@ -99,7 +103,9 @@ export async function hammer(
   let lastSent = 0;
   await Promise.all(
     Array.from({ length: workers }, async () => {
-      while (performance.now() - start < durationMs) {
+      for (;;) {
+        const elapsed = performance.now() - start;
+        if (elapsed >= durationMs && (elapsed >= 20_000 || !more(outcomes.length, elapsed))) break;
         const url = urls[i++ % urls.length] as string;
         const sentAt = performance.now();
         lastSent = Math.max(lastSent, sentAt);

@@ -54,7 +54,10 @@ interface LoadResult {
 }
 
 /** `workers` loops sending non-streamed requests until `stop()` resolves. */
-function steadyLoad(url: string, workers: number): { stop: () => Promise<LoadResult> } {
+function steadyLoad(
+  url: string,
+  workers: number,
+): { stop: () => Promise<LoadResult>; answered: () => number } {
   const result: LoadResult = { ok: 0, failed: [] };
   let running = true;
   const loops = Array.from({ length: workers }, async () => {
@@ -77,6 +80,7 @@ function steadyLoad(url: string, workers: number): { stop: () => Promise<LoadRes
       await Promise.all(loops);
       return result;
     },
+    answered: () => result.ok + result.failed.length,
   };
 }
 
@@ -153,7 +157,8 @@ describe("failover", () => {
     const g = await setup("    loadSignals: { enabled: false }\n");
     for (const s of sims) await s.setFaults({ errorRate: 1, errorStatus: 503 });
     const load = steadyLoad(g.url, 30);
-    await sleep(1500);
+    // Enough requests for the ratio to mean something, however fast the machine is.
+    await eventually(() => load.answered() > 150, { timeout: 30_000 });
     const result = await load.stop();
     const clientRequests = result.ok + result.failed.length;
     const attempts = sims.reduce((n, s) => n + s.stats().received, 0);

@@ -210,7 +210,8 @@ describe("when Redis fails", () => {
     // The median, so that a stall of the machine now and then does not count as a hang.
     const latencies = down.outcomes.map((o) => o.ms).sort((a, b) => a - b);
     expect(latencies[Math.floor(latencies.length / 2)]).toBeLessThan(1000);
-    expect(down.outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true);
+    const others = down.outcomes.filter((o) => o.status !== 200 && o.status !== 429);
+    expect(others.map((o) => `${o.status} ${JSON.stringify(o).slice(0, 300)}`)).toEqual([]);
     const admittedDown = count(down.outcomes, 200);
     expect(admittedDown).toBeLessThanOrEqual(1.1 * (BURST + RATE * downSeconds));
     expect(admittedDown).toBeGreaterThan(0.5 * (BURST + RATE * downSeconds));

@@ -53,11 +53,17 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import { connect, createServer } from "node:net";
+import { createServer } from "node:net";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import {
+  INSIDE_SCRIPTS,
+  redisArgs,
+  commandStats as redisCommandStats,
+  waitRedis,
+} from "../surge/redis.mjs";
 import { renderReport } from "./report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -584,98 +590,13 @@ const BASE_BODY = { model: MODEL, messages: [{ role: "user", content: "hello" }]
  * saturation requests wait for a slot (and bring syncs forward) while at the fixed rate few do.
  */
 const SLOTS_MAX_CONCURRENCY = CONNECTIONS / 2;
-/**
- * The commands floodgate's scripts run inside Redis (src/store/lua-scripts.ts): INFO
- * commandstats counts them, but they cost the client no round trip.
- */
-const INSIDE_SCRIPTS = new Set([
-  "time",
-  "hgetall",
-  "hdel",
-  "hset",
-  "hmget",
-  "pexpire",
-  "get",
-  "del",
-  "zadd",
-  "zcard",
-  "zrange",
-  "zremrangebyscore",
-  "zscore",
-]);
-
-/** One command to a Redis server over RESP (a fresh connection; for the few calls made here). */
-function redisCommand(port, ...argv) {
-  return new Promise((resolvePromise, reject) => {
-    const socket = connect({ port, host: "127.0.0.1" });
-    let buffer = Buffer.alloc(0);
-    const fail = (err) => {
-      socket.destroy();
-      reject(err);
-    };
-    socket.setTimeout(2000, () => fail(new Error(`redis ${argv[0]}: no answer within 2 s`)));
-    socket.on("error", fail);
-    socket.on("connect", () => {
-      socket.write(`*${argv.length}\r\n${argv.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`);
-    });
-    socket.on("data", (chunk) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      const end = buffer.indexOf("\r\n");
-      if (end === -1) return;
-      const head = buffer.toString("utf8", 0, end);
-      let value = head.slice(1);
-      if (head[0] === "-") return fail(new Error(`redis ${argv[0]}: ${value}`));
-      if (head[0] === ":") value = Number(value);
-      if (head[0] === "$") {
-        const length = Number(value);
-        if (length >= 0 && buffer.length < end + 2 + length) return; // more to come
-        value = length < 0 ? null : buffer.toString("utf8", end + 2, end + 2 + length);
-      }
-      socket.destroy();
-      resolvePromise(value);
-    });
-  });
-}
-
 /** Starts redis-server on core 1 (beside the backend), no persistence, loopback only. */
 async function startRedis(port, name = "redis") {
   const dir = join(tmp, name);
   mkdirSync(dir);
-  const proc = startServer(name, 1, REDIS, [
-    "--port",
-    String(port),
-    "--bind",
-    "127.0.0.1",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    dir,
-    "--daemonize",
-    "no",
-  ]);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    if (proc.exited) throw new Error(`redis-server exited (${proc.exitCode}):\n${tail(proc.logPath)}`);
-    try {
-      if ((await redisCommand(port, "PING")) === "PONG") return proc;
-    } catch {
-      // not listening yet
-    }
-    await sleep(100);
-  }
-  throw new Error(`redis-server not answering PING on port ${port} after 10 s:\n${tail(proc.logPath)}`);
-}
-
-/** Calls per command from Redis's INFO commandstats (commands run inside scripts included). */
-async function redisCommandStats(port) {
-  const info = await redisCommand(port, "INFO", "commandstats");
-  const out = {};
-  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+).*?failed_calls=(\d+)/gm)) {
-    out[m[1]] = { calls: Number(m[2]), failed: Number(m[3]) };
-  }
-  return out;
+  const proc = startServer(name, 1, REDIS, redisArgs(port, dir));
+  await waitRedis(proc, port, tail);
+  return proc;
 }
 
 /**

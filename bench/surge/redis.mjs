@@ -77,7 +77,7 @@ export async function commandStats(port) {
  * The commands floodgate's scripts run inside Redis (src/store/lua-scripts.ts): commandstats
  * counts them, but they cost the client no round trip.
  */
-const INSIDE_SCRIPTS = new Set([
+export const INSIDE_SCRIPTS = new Set([
   "time",
   "hgetall",
   "hdel",

@@ -58,12 +58,7 @@ import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import {
-  INSIDE_SCRIPTS,
-  redisArgs,
-  commandStats as redisCommandStats,
-  waitRedis,
-} from "../surge/redis.mjs";
+import { INSIDE_SCRIPTS, redisArgs, commandStats as redisCommandStats, waitRedis } from "../surge/redis.mjs";
 import { renderReport } from "./report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));

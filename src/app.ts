@@ -346,7 +346,15 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const admin = config.admin.enabled ? buildAdmin() : undefined;
   function buildAdmin(): FastifyInstance {
     const adminApp = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: quietLogs() });
-    registerAdmin(adminApp, { config: () => gen.config, metrics, upstreams, cache, reload, fleet });
+    registerAdmin(adminApp, {
+      config: () => gen.config,
+      metrics,
+      upstreams,
+      cache,
+      reload,
+      fleet,
+      store: { kind: store.kind, degraded: () => guard.degraded },
+    });
     return adminApp;
   }
 

@@ -21,6 +21,8 @@ export interface AdminDeps {
   cache: ResponseCache;
   /** Backend slots shared with other replicas, if on. */
   fleet?: FleetSlots;
+  /** The shared store's kind, and whether limits run on the local fallback because it is down. */
+  store?: { kind: "memory" | "redis"; degraded: () => boolean };
   /** Reads the config file again and applies it (src/reload.ts). */
   reload?: (trigger: string) => Promise<ReloadReport>;
 }

@@ -94,7 +94,6 @@ export interface Gateway {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(config.log);
@@ -137,6 +136,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     metrics.guardEvents(logger),
     options.now,
   );
+  metrics.store = guard;
   const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
   metrics.watchCache(cache);
   let closing = false;
@@ -180,6 +180,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     http: {
       maxHeaderSize: config.server.maxHeaderSize,
       headersTimeout: config.server.headersTimeout,
+      // Given here too: Node checks headersTimeout against it when it creates the server, before
+      // Fastify sets it, and would compare with its own default of 300 s.
+      requestTimeout: config.server.requestTimeout,
       // Node checks the request and headers timeouts every 30 s by default, so a slow client
       // could hold a connection up to 30 s past them: check often enough to enforce them.
       connectionsCheckingInterval: Math.max(100, Math.min(1000, config.server.headersTimeout / 4)),
@@ -219,11 +222,27 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   // request on one is answered 503 with Retry-After and the connection closed.
   const maxConnections = config.server.maxConnections;
   const overCap = new WeakSet<Socket>();
+  /** Open client connections, for the shutdown sweep (one add and one delete per connection). */
+  const sockets = new Set<Socket>();
   let connections = 0;
   app.server.on("connection", (socket: Socket) => {
     if (++connections > maxConnections) overCap.add(socket);
-    socket.once("close", () => connections--);
+    sockets.add(socket);
+    socket.once("close", () => {
+      connections--;
+      sockets.delete(socket);
+    });
   });
+  /**
+   * At shutdown: connections with no request in progress are closed. Node's
+   * closeIdleConnections() leaves out a connection that never sent a byte (it counts as
+   * awaiting headers until headersTimeout), which a client's spare keep-alive connection is, and
+   * that would hold the shutdown for a minute.
+   */
+  function closeIdle(): void {
+    app.server.closeIdleConnections();
+    for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy();
+  }
 
   // A callback hook, not an async one: every request runs it, and a promise per request is
   // measurable at saturation.
@@ -301,20 +320,47 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     if (!finished) ctx.exchange?.abort("client");
     ctx.path?.close(ctx);
     const status = finished ? reply.statusCode : 499;
-    const seconds = (performance.now() - ctx.startedAt) / 1000;
+    const now = performance.now();
+    const seconds = (now - ctx.startedAt) / 1000;
     const route = ctx.route ?? request.routeOptions.url ?? "unmatched";
-    metrics.observeRequest(
-      {
-        route,
-        model: ctx.pool ? (ctx.model ?? "") : ctx.model ? "unknown" : "",
-        pool: ctx.pool ?? "",
-        statusClass: STATUS_CLASSES[Math.floor(status / 100)] ?? "other",
-      },
-      seconds,
-    );
-    if (!config.log.accessLog) return;
-    const exchange = ctx.exchange;
     const usage = answerUsage(ctx);
+    const exchange = ctx.exchange;
+    let firstToken: number | undefined;
+    let outputToken: number | undefined;
+    const answer = ctx.answer;
+    // The LLM routes' successful answers: the first token reached the client when the first
+    // data event passed (a stream), the answer was written (a cache hit), or it was all sent.
+    if (answer !== undefined && ctx.body !== undefined && status < 300 && status >= 200) {
+      if (answer.kind === "stream") {
+        const at = answer.tap?.firstDataAt;
+        if (at !== undefined) {
+          firstToken = (at - ctx.startedAt) / 1000;
+          if (usage && usage.completion > 1 && finished)
+            outputToken = (now - at) / 1000 / (usage.completion - 1);
+        }
+      } else if (answer.kind === "cached") {
+        firstToken = ((ctx.answeredAt ?? now) - ctx.startedAt) / 1000;
+      } else {
+        firstToken = seconds;
+      }
+    }
+    const upstreamMs = ctx.upstreamMs + (exchange ? exchange.upstreamMs : 0);
+    metrics.observeRequest({
+      route,
+      model: ctx.pool ? (ctx.model ?? "") : ctx.model ? "unknown" : "",
+      pool: ctx.pool ?? "",
+      tenant: ctx.tenant?.id ?? "",
+      status,
+      error: ctx.error?.code ?? (finished ? "" : "client_closed"),
+      stream: ctx.stream,
+      seconds,
+      firstTokenSeconds: firstToken,
+      outputTokenSeconds: outputToken,
+      promptTokens: usage?.prompt,
+      completionTokens: usage?.completion,
+      overheadSeconds: Math.max(0, seconds - (upstreamMs + ctx.queuedMs) / 1000),
+    });
+    if (!config.log.accessLog) return;
     logger.info(
       {
         requestId: request.id,
@@ -491,7 +537,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       );
       // server.close() drops the connections idle at that moment only; a keep-alive connection
       // whose request finishes later would hold shutdown until keepAliveTimeout.
-      const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+      const sweep = setInterval(closeIdle, 50);
       try {
         await Promise.all([app.close(), admin?.close()]);
       } finally {

@@ -63,6 +63,8 @@ export interface RequestContext extends PathProgress {
   exchange: Exchange | undefined;
   /** Milliseconds spent waiting for a backend slot (admission queues). */
   queuedMs: number;
+  /** Milliseconds backend slots were held by the exchanges of pools tried before this one. */
+  upstreamMs: number;
   /** Runs once the first backend slot is held (the concurrency lease is taken at dispatch). */
   dispatch: (() => Promise<void>) | undefined;
   /** The error sent to the client (or ending its stream), for the log and the way back. */
@@ -81,6 +83,8 @@ export interface RequestContext extends PathProgress {
   headers: Record<string, string> | undefined;
   /** The answer the path produced. */
   answer: PathAnswer | undefined;
+  /** performance.now() when a cached answer was written (its first token, for the metrics). */
+  answeredAt: number | undefined;
   /** The whole response reached the client's socket (set when the connection is done). */
   delivered: boolean;
 
@@ -110,6 +114,7 @@ export function newContext(): RequestContext {
     cache: undefined,
     exchange: undefined,
     queuedMs: 0,
+    upstreamMs: 0,
     dispatch: undefined,
     error: undefined,
     path: undefined,
@@ -123,6 +128,7 @@ export function newContext(): RequestContext {
     target: undefined,
     headers: undefined,
     answer: undefined,
+    answeredAt: undefined,
     delivered: false,
     reservation: undefined,
     lease: undefined,

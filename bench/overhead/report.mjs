@@ -800,12 +800,12 @@ function sum(metrics, name, filter = () => true) {
   return metrics.filter((m) => m.name === name && filter(m.labels)).reduce((a, m) => a + m.value, 0);
 }
 
-/** floodgate_requests_total on the chat route by status class. */
+/** floodgate_requests_total on the chat route by status code. */
 function classes(metrics) {
   const by = new Map();
   for (const m of metrics) {
     if (m.name !== "floodgate_requests_total" || !m.labels.includes('route="/v1/chat/completions"')) continue;
-    const c = label(m.labels, "status_class");
+    const c = label(m.labels, "code");
     by.set(c, (by.get(c) ?? 0) + m.value);
   }
   return [...by].map(([c, n]) => `${c} ${fmtInt(n)}`).join(", ") || "none";

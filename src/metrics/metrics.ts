@@ -23,11 +23,73 @@ import { type CounterSeries, FastCounter, FastHistogram, type HistogramSeries, S
 const WAIT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 1.5, 2, 5, 10, 30, 60, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
-export interface RequestLabels {
+/**
+ * Time to first token, after the OpenTelemetry GenAI conventions' advisory buckets for
+ * gen_ai.server.time_to_first_token (1 ms to 10 s), extended for whole buffered answers.
+ */
+const TTFT_BUCKETS = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160,
+];
+/** Time per output token: the GenAI conventions' buckets, with a few below 10 ms for small models. */
+const TPOT_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5,
+];
+/** floodgate's own part of a request: tens of microseconds when all is well. */
+const OVERHEAD_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+];
+const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+const BREAKER_STATES = ["closed", "half_open", "open"] as const;
+
+/** One finished request, as the catalogue sees it (every string bounded by the config). */
+export interface RequestObservation {
   route: string;
   model: string;
   pool: string;
-  statusClass: string;
+  tenant: string;
+  status: number;
+  /** The gateway's error code ("client_closed" when the client left first), "" for none. */
+  error: string;
+  stream: boolean;
+  seconds: number;
+  /** Client-observed time to the first token (2xx answers of the LLM routes only). */
+  firstTokenSeconds: number | undefined;
+  /** A stream's time per output token after the first. */
+  outputTokenSeconds: number | undefined;
+  /** Tokens the backend reported in `usage`. */
+  promptTokens: number | undefined;
+  completionTokens: number | undefined;
+  /** Time in floodgate itself: the duration less the upstream's part and the admission wait. */
+  overheadSeconds: number;
+}
+
+/**
+ * Every series one request label set updates, found with one lookup per request. The LLM ones
+ * are bound on first use, so that a refusal's label set makes no empty token or latency series.
+ */
+interface RequestSeries {
+  readonly pool: string;
+  readonly model: string;
+  readonly tenant: string;
+  readonly stream: string;
+  count: CounterSeries;
+  duration: HistogramSeries;
+  overhead: HistogramSeries;
+  firstToken: HistogramSeries | undefined;
+  outputToken: HistogramSeries | undefined;
+  promptTokens: CounterSeries | undefined;
+  completionTokens: CounterSeries | undefined;
+}
+
+/** Status codes as label values, made once each. */
+const CODES: string[] = [];
+function codeLabel(status: number): string {
+  let code = CODES[status];
+  if (code === undefined) {
+    code = String(status);
+    if (status >= 0 && status < 1000) CODES[status] = code;
+  }
+  return code;
 }
 
 /** Bound children by label values, for the metrics that change less often than per request. */
@@ -48,10 +110,13 @@ class Children<T> {
 export class Metrics {
   readonly registry = new Registry();
   // Updated on every request: the fast kinds (see fast.ts).
-  private readonly requests: FastCounter<"route" | "model" | "pool" | "status_class">;
-  private readonly duration: FastHistogram<"route" | "model" | "pool" | "status_class">;
-  /** Both series of each request label set, found with one lookup per request. */
-  private readonly requestSeries = new SeriesIndex<{ count: CounterSeries; duration: HistogramSeries }>();
+  private readonly requests: FastCounter<"route" | "model" | "pool" | "tenant" | "code" | "error">;
+  private readonly duration: FastHistogram<"route" | "model" | "pool" | "tenant" | "stream" | "status_class">;
+  private readonly firstToken: FastHistogram<"pool" | "model" | "tenant" | "stream">;
+  private readonly outputToken: FastHistogram<"pool" | "model" | "tenant">;
+  private readonly tokensUsed: FastCounter<"pool" | "model" | "tenant" | "type">;
+  private readonly overhead: FastHistogram<"pool">;
+  private readonly requestSeries = new SeriesIndex<RequestSeries>();
   private readonly firstByte: FastHistogram<"pool" | "backend">;
   private readonly selections: FastCounter<"pool" | "backend">;
   private readonly attempts: FastCounter<"pool" | "backend" | "outcome">;
@@ -76,11 +141,19 @@ export class Metrics {
   private upstreams: Upstreams | undefined;
   /** Set when replicas share backend slots. */
   fleet: FleetSlots | undefined;
+  /** The limits' guarded store, for floodgate_store_degraded. */
+  store: { readonly degraded: boolean } | undefined;
 
   constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (options.processMetrics ?? true)
+    if (options.processMetrics ?? true) {
       collectDefaultMetrics({ register: this.registry, prefix: "floodgate_" });
+      // Gauges named like counters (promtool rejects them); the same counts by type remain as
+      // floodgate_nodejs_active_{handles,requests,resources}.
+      for (const kind of ["handles", "requests", "resources"]) {
+        this.registry.removeSingleMetric(`floodgate_nodejs_active_${kind}_total`);
+      }
+    }
     const metrics = this;
     const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
       new Counter({ name, help, labelNames, registers });
@@ -99,18 +172,51 @@ export class Metrics {
     this.lastReload.set(Date.now() / 1000);
     this.requests = new FastCounter({
       name: "floodgate_requests_total",
-      help: "Client requests answered, by route, model, pool and status class.",
-      labelNames: ["route", "model", "pool", "status_class"],
+      help: "Client requests answered, by route, model, pool, tenant, HTTP status code and the gateway's error code (client_closed: the client left first; empty: the backend's or the cache's own answer).",
+      labelNames: ["route", "model", "pool", "tenant", "code", "error"],
       registers,
     });
     this.duration = new FastHistogram(
       {
         name: "floodgate_request_duration_seconds",
         help: "Time from request received to response finished, streams included.",
-        labelNames: ["route", "model", "pool", "status_class"],
+        labelNames: ["route", "model", "pool", "tenant", "stream", "status_class"],
         registers,
       },
       LATENCY_BUCKETS,
+    );
+    this.firstToken = new FastHistogram(
+      {
+        name: "floodgate_time_to_first_token_seconds",
+        help: "Client-observed time from request received to the first data event of a stream, or to the end of a buffered answer (successful answers of the OpenAI routes).",
+        labelNames: ["pool", "model", "tenant", "stream"],
+        registers,
+      },
+      TTFT_BUCKETS,
+    );
+    this.outputToken = new FastHistogram(
+      {
+        name: "floodgate_time_per_output_token_seconds",
+        help: "A successful stream's time per output token after the first: (end - first token) / (completion tokens - 1).",
+        labelNames: ["pool", "model", "tenant"],
+        registers,
+      },
+      TPOT_BUCKETS,
+    );
+    this.tokensUsed = new FastCounter({
+      name: "floodgate_tokens_total",
+      help: "Tokens the backends reported in usage, by pool, model, tenant and type (prompt, completion); cache hits are not counted.",
+      labelNames: ["pool", "model", "tenant", "type"],
+      registers,
+    });
+    this.overhead = new FastHistogram(
+      {
+        name: "floodgate_overhead_seconds",
+        help: "Time spent in floodgate itself: request duration less the time backend slots were held and the admission queue wait.",
+        labelNames: ["pool"],
+        registers,
+      },
+      OVERHEAD_BUCKETS,
     );
     this.firstByte = new FastHistogram(
       {
@@ -283,9 +389,22 @@ export class Metrics {
       "Slots (requests at once) of each backend: maxConcurrency, at most maxConnections.",
       (b) => b.maxConcurrency,
     );
-    perBackend("floodgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", (b) =>
-      b.breaker.state === "closed" ? 0 : b.breaker.state === "half_open" ? 1 : 2,
-    );
+    new Gauge({
+      name: "floodgate_breaker_state",
+      help: "Circuit breaker state of each backend: one series per state (closed, half_open, open), 1 for the state it is in.",
+      labelNames: ["pool", "backend", "state"],
+      registers,
+      collect() {
+        this.reset();
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          for (const b of pool.backends) {
+            for (const state of BREAKER_STATES) {
+              this.set({ pool: pool.name, backend: b.name, state }, b.breaker.state === state ? 1 : 0);
+            }
+          }
+        }
+      },
+    });
     perBackend(
       "floodgate_backend_in_flight",
       "Requests in flight to each backend from this replica.",
@@ -301,6 +420,14 @@ export class Metrics {
       "Requests in flight to each backend from all replicas, as last synced (shared slots).",
       (b) => (Number.isFinite(b.share) ? b.inFlight + b.othersInFlight : undefined),
     );
+    new Gauge({
+      name: "floodgate_store_degraded",
+      help: "1 while limits run on the in-process fallback because the shared store (Redis) keeps failing, else 0.",
+      registers,
+      collect() {
+        this.set(metrics.store?.degraded ? 1 : 0);
+      },
+    });
     new Gauge({
       name: "floodgate_fleet_replicas",
       help: "Live replicas sharing backend slots, as last synced (this one included).",
@@ -431,16 +558,57 @@ export class Metrics {
     };
   }
 
-  observeRequest(labels: RequestLabels, seconds: number): void {
-    const values = [labels.route, labels.model, labels.pool, labels.statusClass] as const;
-    const series =
-      this.requestSeries.get(values) ??
-      this.requestSeries.add(values, {
-        count: this.requests.bind(...values),
-        duration: this.duration.bind(...values),
-      });
+  observeRequest(r: RequestObservation): void {
+    const code = codeLabel(r.status);
+    const stream = r.stream ? "true" : "false";
+    const values = [r.route, r.model, r.pool, r.tenant, code, r.error, stream] as const;
+    const series = this.requestSeries.get(values) ?? this.addRequestSeries(r, code, stream, values);
     series.count.inc();
-    series.duration.observe(seconds);
+    series.duration.observe(r.seconds);
+    series.overhead.observe(r.overheadSeconds);
+    if (r.firstTokenSeconds !== undefined) {
+      series.firstToken ??= this.firstToken.bind(series.pool, series.model, series.tenant, series.stream);
+      series.firstToken.observe(r.firstTokenSeconds);
+    }
+    if (r.outputTokenSeconds !== undefined) {
+      series.outputToken ??= this.outputToken.bind(series.pool, series.model, series.tenant);
+      series.outputToken.observe(r.outputTokenSeconds);
+    }
+    if (r.promptTokens !== undefined) {
+      series.promptTokens ??= this.tokensUsed.bind(series.pool, series.model, series.tenant, "prompt");
+      series.promptTokens.inc(r.promptTokens);
+    }
+    if (r.completionTokens !== undefined) {
+      series.completionTokens ??= this.tokensUsed.bind(
+        series.pool,
+        series.model,
+        series.tenant,
+        "completion",
+      );
+      series.completionTokens.inc(r.completionTokens);
+    }
+  }
+
+  private addRequestSeries(
+    r: RequestObservation,
+    code: string,
+    stream: string,
+    values: readonly string[],
+  ): RequestSeries {
+    const statusClass = STATUS_CLASSES[Math.floor(r.status / 100)] ?? "other";
+    return this.requestSeries.add(values, {
+      pool: r.pool,
+      model: r.model,
+      tenant: r.tenant,
+      stream,
+      count: this.requests.bind(r.route, r.model, r.pool, r.tenant, code, r.error),
+      duration: this.duration.bind(r.route, r.model, r.pool, r.tenant, stream, statusClass),
+      overhead: this.overhead.bind(r.pool),
+      firstToken: undefined,
+      outputToken: undefined,
+      promptTokens: undefined,
+      completionTokens: undefined,
+    });
   }
 
   observeReload(result: "success" | "failure"): void {

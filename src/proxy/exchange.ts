@@ -20,7 +20,9 @@ export type Admit = Omit<AdmissionRequest<Backend>, "retry" | "exclude">;
 export class Exchange {
   private timer: NodeJS.Timeout | undefined;
   /** The backend slot of the current attempt. */
-  private slot: { pool: UpstreamPool; backend: Backend; takenAt: number; band: number } | undefined;
+  private slot:
+    | { pool: UpstreamPool; backend: Backend; takenAt: number; band: number; heldAt: number }
+    | undefined;
   /** The pool's retry budget, counting this request as active until it settles. */
   private budget: RetryBudget | undefined;
   /** Retries this request holds in the budget. */
@@ -32,6 +34,8 @@ export class Exchange {
   private ticket: Ticket<Backend> | undefined;
   /** Time spent waiting in admission queues. */
   queuedMs = 0;
+  /** Time backend slots were held: the upstream's part of the request (the rest is floodgate's). */
+  upstreamMs = 0;
   /** Ends a pause() early. */
   private wake: (() => void) | undefined;
   abortReason: AbortReason | undefined;
@@ -118,7 +122,13 @@ export class Exchange {
   }
 
   private hold(pool: UpstreamPool, backend: Backend): void {
-    this.slot = { pool, backend, takenAt: pool.admission.lastTake, band: this.band };
+    this.slot = {
+      pool,
+      backend,
+      takenAt: pool.admission.lastTake,
+      band: this.band,
+      heldAt: performance.now(),
+    };
     pool.bandInFlight[this.band] = (pool.bandInFlight[this.band] ?? 0) + 1;
     this.backendName = backend.name;
     this.attempts++;
@@ -129,6 +139,7 @@ export class Exchange {
     const slot = this.slot;
     if (!slot) return;
     this.slot = undefined;
+    this.upstreamMs += performance.now() - slot.heldAt;
     slot.pool.bandInFlight[slot.band] = (slot.pool.bandInFlight[slot.band] ?? 1) - 1;
     slot.pool.release(slot.backend, slot.takenAt);
   }

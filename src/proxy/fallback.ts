@@ -69,12 +69,18 @@ export async function serve(
     } catch (err) {
       noteQueued(state);
       const when = targetPool.config.retry.when;
-      if (i < chain.length && cannotServe(err, state, when) && mayOverflow(err, targetPool)) continue;
+      if (i < chain.length && cannotServe(err, state, when) && mayOverflow(err, targetPool)) {
+        leavePool(state);
+        continue;
+      }
       throw err;
     }
     noteQueued(state);
     const retried = targetPool.config.retry.when.statuses;
-    if (i < chain.length && result.kind === "buffered" && retried.has(result.status)) continue;
+    if (i < chain.length && result.kind === "buffered" && retried.has(result.status)) {
+      leavePool(state);
+      continue;
+    }
     if (target) {
       setHeaders(state, { "x-floodgate-fallback": targetPool.name });
       state.fallback = targetPool.name;
@@ -120,6 +126,11 @@ function forwardTo(
     exchange,
     deps.hooks,
   );
+}
+
+/** The next pool gets its own exchange: this one's upstream time stays with the request. */
+function leavePool(state: RequestContext): void {
+  state.upstreamMs += state.exchange?.upstreamMs ?? 0;
 }
 
 /** A request that waited for a slot says how long, to the client and the log. */

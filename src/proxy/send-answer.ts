@@ -15,6 +15,7 @@ export function sendAnswer(
   if (state.headers) reply.headers(state.headers);
   if (answer.kind === "cached") {
     const { hit } = answer;
+    state.answeredAt = performance.now();
     reply.code(200);
     if (!state.stream && hit.body) {
       // The usual hit: the JSON body rendered once for the entry, sent as is.

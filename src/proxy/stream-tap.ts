@@ -45,6 +45,8 @@ export interface StreamTapOptions {
 export class StreamTap {
   /** usage.total_tokens from the stream, once seen. */
   total: number | undefined;
+  /** performance.now() when the first data event (not `[DONE]`) passed: the first token's time. */
+  firstDataAt: number | undefined;
   /** The usage object itself, once seen. */
   usage: Record<string, unknown> | undefined;
   /** The backend's `data: [DONE]` arrived: the stream is complete. */
@@ -254,6 +256,7 @@ export class StreamTap {
       this.done = true;
       return true;
     }
+    this.firstDataAt ??= performance.now();
     const mentionsUsage = this.dataUsage;
     if (this.events === undefined && !mentionsUsage) {
       this.clearData();

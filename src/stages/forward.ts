@@ -8,6 +8,7 @@ import type { PathAnswer, RequestContext } from "../context.js";
 import { cannotServe, type Forwarding, fallbackChain, serve } from "../proxy/fallback.js";
 import { cached } from "./cache.js";
 import type { Stage } from "./stage.js";
+import { tapStream } from "./stream-usage.js";
 
 export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer> {
   return {
@@ -15,6 +16,9 @@ export function forwardStage(deps: Forwarding): Stage<RequestContext, PathAnswer
     async enter(state) {
       const pool = state.target;
       const incoming = state.incoming;
+      // Every stream is asked for its usage: the token metrics count it (the client sees the
+      // usage chunk only if it asked).
+      if (state.stream && !state.tap) tapStream(state);
       const body = state.upstreamBody ?? state.body;
       if (!pool || !incoming || !body || !state.route) throw new Error("forward without a route");
       const path = state.route + queryOf(incoming.url);

@@ -76,8 +76,8 @@ ${sims.map((s, i) => `      - { url: "${s.url}", name: s${i}, engine: vllm }`).j
     const g = gw;
     const state = async () =>
       (await g.gateway.metrics.registry.getSingleMetric("floodgate_breaker_state")?.get())?.values.find(
-        (v) => v.labels.backend === "s0",
-      )?.value;
+        (v) => v.labels.backend === "s0" && v.value === 1,
+      )?.labels.state;
     await bad.setFaults({ errorRate: 1, errorStatus: 503 });
     const failures: number[] = [];
     let running = true;
@@ -90,7 +90,7 @@ ${sims.map((s, i) => `      - { url: "${s.url}", name: s${i}, engine: vllm }`).j
     });
     // Open, and the requests sent to s0 before it opened are over: from now on only probes reach it.
     const s0 = g.gateway.upstreams.pools.get("p")?.backends.find((b) => b.name === "s0");
-    await until(async () => (await state()) === 2 && s0?.inFlight === 0);
+    await until(async () => (await state()) === "open" && s0?.inFlight === 0);
     const atOpen = bad.stats().received;
     expect(atOpen).toBeGreaterThanOrEqual(10); // not before the volume threshold
     const opens = () =>
@@ -103,7 +103,7 @@ ${sims.map((s, i) => `      - { url: "${s.url}", name: s${i}, engine: vllm }`).j
     expect(bad.stats().received - atOpen).toBeGreaterThanOrEqual(opened - 1);
     expect(bad.stats().received - atOpen).toBeLessThanOrEqual(opened);
     await bad.clearFaults();
-    await until(async () => (await state()) === 0); // the next probe succeeds: closed
+    await until(async () => (await state()) === "closed"); // the next probe succeeds: closed
     // One probe per opening, the last one passed; then the traffic comes back.
     const probes = await opens();
     await until(() => bad.stats().received > atOpen + probes + 10); // ramped back in

@@ -243,16 +243,16 @@ describe("models, probes, metrics, shutdown", () => {
     ).toEqual(["m1", "m2", "m3"]);
   });
 
-  it("counts requests by route, model, pool and status class without keys in labels", async () => {
+  it("counts requests by route, model, pool, code and error without keys in labels", async () => {
     const { gw } = await setup();
     await call(`${gw.url}/v1/chat/completions`, { headers: JSON_HEADERS, body: '{"model":"test-model"}' });
     await call(`${gw.url}/v1/chat/completions`, { headers: JSON_HEADERS, body: '{"model":"made-up-model"}' });
     const text = (await call(`${gw.adminUrl}/metrics`, { method: "GET" })).text;
     expect(text).toContain(
-      'floodgate_requests_total{route="/v1/chat/completions",model="test-model",pool="main",status_class="2xx"} 1',
+      'floodgate_requests_total{route="/v1/chat/completions",model="test-model",pool="main",tenant="",code="200",error=""} 1',
     );
     expect(text).toContain(
-      'floodgate_requests_total{route="/v1/chat/completions",model="unknown",pool="",status_class="4xx"} 1',
+      'floodgate_requests_total{route="/v1/chat/completions",model="unknown",pool="",tenant="",code="404",error="model_not_found"} 1',
     );
     expect(text).toMatch(/floodgate_request_duration_seconds_bucket\{.*model="test-model"/);
     expect(text).toContain("floodgate_backend_in_flight");

@@ -281,6 +281,14 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       hint: "url: redis://127.0.0.1:6379",
     });
   }
+  if (config.server.headersTimeout > config.server.requestTimeout) {
+    // Node refuses to start a server whose head may take longer than the whole request.
+    issues.push({
+      path: ["server", "headersTimeout"],
+      message: `(${config.server.headersTimeout} ms) must not exceed server.requestTimeout (${config.server.requestTimeout} ms)`,
+      hint: "lower headersTimeout, or raise requestTimeout to at least as much",
+    });
+  }
   const token = config.admin.token;
   if (config.admin.enabled && !isLoopback(config.admin.host)) {
     // Off loopback, whoever can reach the port can try the token: it must be unguessable.

@@ -114,6 +114,15 @@ admin: { host: 0.0.0.0 }
     expect(m).toContain("admin.token: is required when the admin listener binds 0.0.0.0");
   });
 
+  it("refuses a head timeout longer than the whole request's, which Node would refuse at start", () => {
+    expect(issuesOf(`server: { headersTimeout: 10m }\n${MINIMAL}`).message).toContain(
+      "server.headersTimeout: (600000 ms) must not exceed server.requestTimeout (30000 ms)",
+    );
+    expect(
+      parseConfig(`server: { headersTimeout: 10m, requestTimeout: 10m }\n${MINIMAL}`, "x", {}).server,
+    ).toMatchObject({ headersTimeout: 600_000, requestTimeout: 600_000 });
+  });
+
   it("a pool's cache block turns its cache on unless it says enabled: false; no block, no cache", () => {
     const pool = (cache: string) =>
       parseConfig(

@@ -6,10 +6,9 @@
  * shutdown timing, secrets, autoscaler targets, discovery. The prometheus-adapter queries that
  * drive the vLLM autoscaler are run on a real Prometheus scraping two real gateways.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { IDeployment } from "kubernetes-models/apps/v1";
 import type { IHorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2";
@@ -23,7 +22,7 @@ import { ConfigError, configWarnings, type GatewayConfig, parseConfig } from "..
 import { type SimServer, startSim } from "../../src/sim/index.js";
 import { eventually } from "../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../helpers/gateway.js";
-import { freePort } from "../helpers/ports.js";
+import { PROMETHEUS_BIN, type RunningPrometheus, startPrometheus } from "../helpers/prometheus.js";
 
 const DIR = "deploy/k8s";
 
@@ -603,20 +602,16 @@ describe("kustomization.yaml", () => {
   });
 });
 
-const PROMETHEUS = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].find((p) => existsSync(p));
-
 /**
  * The adapter's queries on real series: two gateway replicas in front of one backend of one
  * slot (as the fleet reports it: each replica reports every backend's slots), one request in
  * flight and one waiting on the first replica.
  */
-describe.skipIf(!PROMETHEUS)("the adapter's queries on a real Prometheus", () => {
+describe.skipIf(!PROMETHEUS_BIN)("the adapter's queries on a real Prometheus", () => {
   let sim: SimServer;
   let busy: RunningGateway;
   let idle: RunningGateway;
-  let prometheus: ChildProcess | undefined;
-  let promUrl = "";
-  let dir = "";
+  let prometheus: RunningPrometheus | undefined;
   const held = new AbortController();
 
   beforeAll(async () => {
@@ -640,65 +635,23 @@ describe.skipIf(!PROMETHEUS)("the adapter's queries on a real Prometheus", () =>
         signal: held.signal,
       }).catch(() => {});
     }
-
-    dir = mkdtempSync(join(tmpdir(), "floodgate-adapter-"));
-    const targets = [busy, idle].map((g) => new URL(g.adminUrl).host);
-    writeFileSync(
-      join(dir, "prometheus.yml"),
-      `global: { scrape_interval: 1s, evaluation_interval: 1s }
-scrape_configs:
-  - job_name: floodgate
-    static_configs:
-      - targets: ${JSON.stringify(targets)}
-        labels: { namespace: floodgate }
-`,
-    );
-    // Prometheus cannot be asked for a free port: a probed one may be taken before it binds.
-    for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
-      const child = spawn(
-        PROMETHEUS as string,
-        [
-          `--config.file=${join(dir, "prometheus.yml")}`,
-          `--storage.tsdb.path=${join(dir, `data-${attempt}`)}`,
-          `--web.listen-address=127.0.0.1:${port}`,
-        ],
-        { stdio: "ignore" },
-      );
-      prometheus = child;
-      promUrl = `http://127.0.0.1:${port}`;
-      const up = await eventually(
-        async () => {
-          if (child.exitCode !== null || child.signalCode !== null) return "exited";
-          const res = await request(`${promUrl}/-/ready`);
-          const text = await res.body.text();
-          return res.statusCode === 200 && /Prometheus/i.test(text) ? "ready" : undefined;
-        },
-        { timeout: 30_000, interval: 100, what: "Prometheus to be ready" },
-      );
-      if (up === "ready") break;
-      if (attempt >= 5) throw new Error("Prometheus did not start");
-    }
+    prometheus = await startPrometheus({
+      targets: [busy, idle].map((g) => new URL(g.adminUrl).host),
+      labels: { namespace: "floodgate" },
+    });
   }, 60_000);
 
   afterAll(async () => {
     held.abort();
-    prometheus?.kill("SIGTERM");
+    await prometheus?.close();
     await busy?.close();
     await idle?.close();
     await sim?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   async function query(promql: string): Promise<Map<string, number>> {
-    const res = await request(`${promUrl}/api/v1/query?query=${encodeURIComponent(promql)}`);
-    const json = (await res.body.json()) as {
-      status: string;
-      error?: string;
-      data: { result: { metric: Record<string, string>; value: [number, string] }[] };
-    };
-    if (json.status !== "success") throw new Error(`${promql}: ${json.error}`);
-    return new Map(json.data.result.map((r) => [r.metric.pool ?? "", Number(r.value[1])]));
+    const result = (await prometheus?.query(promql)) ?? [];
+    return new Map(result.map((r) => [r.metric.pool ?? "", Number(r.value[1])]));
   }
 
   // What prometheus-adapter puts for <<.LabelMatchers>>: the HPA's namespace and selector.

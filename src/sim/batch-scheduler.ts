@@ -7,7 +7,10 @@
  *
  *   stepMs = scale * ( prefillMsPerToken * P  +  (B > 0 ? decodeStepMs + decodeMsPerSeq * B : 0) )
  *
- *   P = prompt tokens of the sequences prefilled in this step (those admitted since the last step)
+ *   P = prompt tokens of the sequences prefilled in this step (those admitted since the last step),
+ *       less the tokens each finds in the prefix cache (SequenceSpec.cachedPromptTokens, asked
+ *       once, when the sequence is scheduled for its prefill step, as vLLM looks blocks up when
+ *       it schedules a waiting request)
  *   B = sequences that emit a token at the end of this step (the newly prefilled ones included:
  *       a prefill's forward pass yields the first token)
  *   scale = timeScale * slow-start factor, read at the start of each step
@@ -42,6 +45,12 @@ export interface SequenceSpec {
   /** Lower waits less (priority scheduling); 0 when absent, so that FCFS is plain arrival order. */
   priority?: number;
   promptTokens: number;
+  /**
+   * Asked once, as the sequence is scheduled for prefill: how many of its prompt tokens are
+   * already in the prefix cache, which its prefill step does not compute. Absent: none.
+   * The KV cache still counts the whole prompt.
+   */
+  cachedPromptTokens?: () => number;
   /** 0 for prefill-only work (embeddings): finishes at the end of its prefill step. */
   outputTokens: number;
   /** Called when the sequence emits token `index` (0-based). */
@@ -216,7 +225,8 @@ export class BatchScheduler {
     for (const seq of batch) {
       if (seq.state === "admitted") {
         seq.state = "prefilling";
-        prefillTokens += seq.spec.promptTokens;
+        const cached = seq.spec.cachedPromptTokens?.() ?? 0;
+        prefillTokens += seq.spec.promptTokens - Math.min(seq.spec.promptTokens, Math.max(0, cached));
       }
       if (seq.spec.outputTokens > 0) emitting++;
     }

@@ -32,6 +32,13 @@ Batching model (times in ms, multiplied by --time-scale):
   --output-tokens N|MIN..MAX    output length without max_tokens (default 16..256)
   --kv-cache-tokens N           KV-cache capacity in tokens (default 32768)
 
+Prefix caching (vLLM's automatic prefix caching, for chat and completion prompts):
+  --prefix-cache-blocks N       blocks of prompt text the server keeps, least recently used
+                                evicted first; prefill skips the longest cached run of leading
+                                blocks (default 0: prefix caching off)
+  --prefix-block-chars N        characters per block of the prompt's text; only full blocks are
+                                cached (default 256)
+
 Faults (also settable at run time: POST /sim/faults):
   --error-rate X                fraction 0..1 of requests answered with --error-status
   --error-status N              status of injected errors (default 500)
@@ -70,6 +77,8 @@ const FLAGS = {
   "time-scale": { type: "string" },
   "output-tokens": { type: "string" },
   "kv-cache-tokens": { type: "string" },
+  "prefix-cache-blocks": { type: "string" },
+  "prefix-block-chars": { type: "string" },
   "error-rate": { type: "string" },
   "error-status": { type: "string" },
   "retry-after": { type: "string" },
@@ -167,6 +176,12 @@ export function parseSimArgs(argv: string[]): ParsedSimArgs {
   if (values["kv-cache-tokens"] !== undefined) {
     options.kvCacheTokens = number("kv-cache-tokens", values["kv-cache-tokens"], 1, true);
   }
+  if (values["prefix-cache-blocks"] !== undefined) {
+    options.prefixCacheBlocks = number("prefix-cache-blocks", values["prefix-cache-blocks"], 0, true);
+  }
+  if (values["prefix-block-chars"] !== undefined) {
+    options.prefixBlockChars = number("prefix-block-chars", values["prefix-block-chars"], 1, true);
+  }
   if (values["error-rate"] !== undefined)
     faults.errorRate = number("error-rate", values["error-rate"], 0, false, 1);
   if (values["error-status"] !== undefined) {
@@ -214,7 +229,10 @@ export async function runSimCli(
   const o = sim.options;
   print(
     `floodgate sim listening on ${sim.url} (models: ${o.models.join(", ")}; slots ${o.slots}, ` +
-      `queue ${o.maxQueue}, time scale ${o.timeScale})`,
+      `queue ${o.maxQueue}, time scale ${o.timeScale}` +
+      (o.prefixCacheBlocks > 0
+        ? `, prefix cache ${o.prefixCacheBlocks} blocks of ${o.prefixBlockChars} chars)`
+        : ")"),
   );
   return sim;
 }

@@ -10,7 +10,13 @@
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { completionBody, type ResponseMeta, StreamEncoder, type Usage, usageOf } from "./openai-format.js";
 import type { GenerationRequest } from "./request-parse.js";
-import { dropConnection, type RequestLife, type SimRuntime, submitOrReject } from "./runtime.js";
+import {
+  consultPrefixCache,
+  dropConnection,
+  type RequestLife,
+  type SimRuntime,
+  submitOrReject,
+} from "./runtime.js";
 import { type FinishReason, type Generation, generateAll, startGeneration } from "./text-generator.js";
 
 const SSE_HEADERS: OutgoingHttpHeaders = {
@@ -74,6 +80,7 @@ function serveStream(
       buffer += event;
     });
     rt.counters.promptTokens += request.promptTokens;
+    consultPrefixCache(rt, request.promptKey, request.promptTokens);
     res.writeHead(200, { ...life.headers, ...SSE_HEADERS });
     for (let i = 0; i < generation.outputTokens; i++) {
       if (dropAfter === i) {
@@ -101,6 +108,7 @@ function serveStream(
   const accepted = submitOrReject(rt, res, life, {
     priority: request.priority,
     promptTokens: request.promptTokens,
+    cachedPromptTokens: () => consultPrefixCache(rt, request.promptKey, request.promptTokens),
     outputTokens: generation.outputTokens,
     onToken(index) {
       encoder.token(index, generation.nextToken());
@@ -138,6 +146,7 @@ function serveUnary(
 
   if (rt.instant) {
     rt.counters.promptTokens += request.promptTokens;
+    consultPrefixCache(rt, request.promptKey, request.promptTokens);
     rt.counters.completionTokens += generation.outputTokens;
     send(generateAll(generation));
     return;
@@ -147,6 +156,7 @@ function serveUnary(
   const accepted = submitOrReject(rt, res, life, {
     priority: request.priority,
     promptTokens: request.promptTokens,
+    cachedPromptTokens: () => consultPrefixCache(rt, request.promptKey, request.promptTokens),
     outputTokens: generation.outputTokens,
     onToken() {
       text += generation.nextToken();

@@ -15,5 +15,7 @@ export { parseSimArgs, runSimCli, SIM_USAGE, SimCliUsageError } from "./cli.js";
 export { parseDurationMs } from "./duration.js";
 export { defaultSimFaults, parseFaults } from "./faults.js";
 export { resolveSimOptions } from "./options.js";
+export type { PrefixLookup } from "./prefix-cache.js";
+export { blockHash, blockHashes, cachedPromptTokens, PrefixCache } from "./prefix-cache.js";
 export type { SimAbortEvent, SimFaults, SimOptions, SimServer, SimStats } from "./server.js";
 export { defaultSimOptions, startSim } from "./server.js";

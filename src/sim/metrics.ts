@@ -42,6 +42,20 @@ export function renderMetrics(modelName: string, stats: SimStats): string {
   metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", [
     [model, stats.completionTokens],
   ]);
+  // vLLM v1 declares the counters vllm:prefix_cache_queries and vllm:prefix_cache_hits, in
+  // tokens; prometheus_client adds _total, so a real scrape reads these names.
+  metric(
+    "vllm:prefix_cache_queries_total",
+    "counter",
+    "Prefix cache queries, in terms of number of queried tokens.",
+    [[model, stats.prefixCache.queries]],
+  );
+  metric(
+    "vllm:prefix_cache_hits_total",
+    "counter",
+    "Prefix cache hits, in terms of number of cached tokens.",
+    [[model, stats.prefixCache.hits]],
+  );
   metric("sim_requests_received_total", "counter", "Inference requests received by the simulator.", [
     [model, stats.received],
   ]);

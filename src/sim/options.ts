@@ -33,6 +33,13 @@ export interface SimOptions {
    * as vLLM's --scheduling-policy; under fcfs a request that sends `priority` gets 400, as vLLM.
    */
   schedulingPolicy: "fcfs" | "priority";
+  /**
+   * Prefix-cache capacity in blocks (vLLM's automatic prefix caching, see prefix-cache.ts); 0 turns
+   * prefix caching off. Chat and completion prompts only: embeddings are always prefilled in full.
+   */
+  prefixCacheBlocks: number;
+  /** Characters per prefix-cache block, cut from the prompt's canonical text. */
+  prefixBlockChars: number;
   faults: Partial<SimFaults>;
 }
 
@@ -52,6 +59,8 @@ export const defaultSimOptions: SimOptions = Object.freeze({
   loadTimeMs: 0,
   seed: 1,
   schedulingPolicy: "fcfs",
+  prefixCacheBlocks: 0,
+  prefixBlockChars: 256,
   faults: {},
 });
 
@@ -99,6 +108,8 @@ export function resolveSimOptions(partial: Partial<SimOptions> = {}): SimOptions
       `sim option schedulingPolicy must be fcfs or priority, got ${String(options.schedulingPolicy)}`,
     );
   }
+  requireNumber("prefixCacheBlocks", options.prefixCacheBlocks, 0, true);
+  requireNumber("prefixBlockChars", options.prefixBlockChars, 1, true);
   const faults = parseFaults(options.faults);
   if (!faults.ok) throw new RangeError(`sim option faults: ${faults.error}`);
   options.faults = faults.faults;

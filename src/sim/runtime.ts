@@ -8,12 +8,15 @@ import type { BatchScheduler, SequenceSpec } from "./batch-scheduler.js";
 import type { SimFaults } from "./faults.js";
 import { sendError } from "./http-io.js";
 import type { SimOptions } from "./options.js";
+import { cachedPromptTokens, type PrefixCache } from "./prefix-cache.js";
 import type { SimCounters } from "./stats.js";
 
 export interface SimRuntime {
   readonly options: SimOptions;
   readonly counters: SimCounters;
   readonly scheduler: BatchScheduler;
+  /** Null while prefix caching is off (prefixCacheBlocks 0). */
+  readonly prefixCache: PrefixCache | null;
   /** All batching times are zero: answer synchronously, no timers. */
   readonly instant: boolean;
   faults(): SimFaults;
@@ -38,6 +41,18 @@ export const SERVER_BUSY = {
   type: "server_error",
   code: "server_busy",
 } as const;
+
+/**
+ * Looks a prompt up in the prefix cache and inserts its blocks; counts the query and the hit in
+ * prompt tokens and returns the tokens whose prefill is skipped. 0 while prefix caching is off.
+ */
+export function consultPrefixCache(rt: SimRuntime, promptKey: string, promptTokens: number): number {
+  if (rt.prefixCache === null) return 0;
+  const hits = cachedPromptTokens(promptTokens, rt.prefixCache.process(promptKey));
+  rt.counters.prefixCache.queries += promptTokens;
+  rt.counters.prefixCache.hits += hits;
+  return hits;
+}
 
 /**
  * Queues work on the batch scheduler, or answers 503 server_busy when the queue is full.

@@ -17,6 +17,7 @@ import { type OpenAIErrorSpec, readJsonBody, sendError, sendJson } from "./http-
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.js";
 import { type GenerationKind, modelCard, modelsBody } from "./openai-format.js";
 import { defaultSimOptions, isInstant, resolveSimOptions, type SimOptions } from "./options.js";
+import { PrefixCache } from "./prefix-cache.js";
 import { parseEmbeddingsRequest, parseGenerationRequest } from "./request-parse.js";
 import { createRng, mixSeeds } from "./rng.js";
 import { type RequestLife, SERVER_BUSY, type SimRuntime } from "./runtime.js";
@@ -118,6 +119,11 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     schedule,
   });
 
+  const prefixCache =
+    options.prefixCacheBlocks > 0
+      ? new PrefixCache(options.prefixCacheBlocks, options.prefixBlockChars)
+      : null;
+
   // Own stream for fault dice, so injecting errors does not change what the model says.
   const faultRng = createRng(mixSeeds(options.seed, 0x6661756c));
   const idBase = randomBytes(4).toString("hex");
@@ -129,6 +135,7 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     options,
     counters,
     scheduler,
+    prefixCache,
     instant: isInstant(options),
     faults: () => faults,
     nextRequestNumber: () => requestNumber++,
@@ -140,6 +147,7 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     running: scheduler.runningCount,
     waiting: scheduler.waitingCount,
     kvCacheUsage: scheduler.kvCacheUsage,
+    prefixCache: { ...counters.prefixCache, blocks: prefixCache?.size ?? 0 },
   });
 
   const server = createServer();
@@ -381,8 +389,9 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
         server.close();
       } else if (!faults.refuseConnections && !server.listening) {
         await listenOn(port);
-        // The GPU "comes back" cold.
+        // The GPU "comes back" cold, as a restarted engine: slow at first, its prefix cache empty.
         warmupFrom = performance.now();
+        prefixCache?.clear();
       }
     });
     listenChain = op.catch(() => {});

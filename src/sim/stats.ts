@@ -24,6 +24,11 @@ export interface SimCounters {
   completionTokens: number;
   finishedStop: number;
   finishedLength: number;
+  /**
+   * Prefix-cache lookups in prompt tokens (vllm:prefix_cache_queries / _hits): queries are the
+   * prompt tokens looked up, hits the ones found cached. Both stay 0 while prefix caching is off.
+   */
+  prefixCache: { queries: number; hits: number };
   /** Epoch ms of the last client abort; null before the first. */
   lastAbortAt: number | null;
 }
@@ -35,6 +40,8 @@ export interface SimStats extends SimCounters {
   waiting: number;
   /** Fraction 0..1 of the KV cache in use. */
   kvCacheUsage: number;
+  /** The counters above, and the blocks the prefix cache holds now. */
+  prefixCache: { queries: number; hits: number; blocks: number };
 }
 
 export function createCounters(): SimCounters {
@@ -51,6 +58,7 @@ export function createCounters(): SimCounters {
     completionTokens: 0,
     finishedStop: 0,
     finishedLength: 0,
+    prefixCache: { queries: 0, hits: 0 },
     lastAbortAt: null,
   };
 }

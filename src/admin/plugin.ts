@@ -1,5 +1,6 @@
 /**
- * The admin listener: /metrics for Prometheus, and /admin/* behind the admin bearer token.
+ * The admin listener: /metrics for Prometheus, /status (a page that holds no data and reads
+ * the other two), and /admin/* behind the admin bearer token.
  * Bound to loopback by default; config validation demands a token on any other address.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -12,6 +13,7 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { ReloadReport } from "../reload.js";
 import type { FleetSlots } from "../upstream/fleet.js";
 import type { Upstreams } from "../upstream/pool.js";
+import { STATUS_PAGE_HEADERS, STATUS_PAGE_HTML } from "./status-page.js";
 
 export interface AdminDeps {
   /** The config in force (a reload may change the token, the tenants, the pools). */
@@ -32,6 +34,9 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
     const text = await deps.metrics.registry.metrics();
     return reply.type(deps.metrics.registry.contentType).send(text);
   });
+  // The page is static: it asks for the token itself and sends it only to /admin/status.
+  app.get("/status", async (_request, reply) => reply.headers(STATUS_PAGE_HEADERS).send(STATUS_PAGE_HTML));
+  app.get("/", async (_request, reply) => reply.redirect("/status"));
 
   app.register(async (scope) => {
     scope.addHook("onRequest", async (request) => {
@@ -46,6 +51,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
       fleet: deps.fleet
         ? { replica: deps.fleet.id, replicas: deps.fleet.replicas, storeDown: deps.fleet.storeDown }
         : null,
+      store: deps.store ? { kind: deps.store.kind, degraded: deps.store.degraded() } : null,
       pools: [...deps.upstreams.pools.values()].map((pool) => {
         const now = pool.now();
         return {

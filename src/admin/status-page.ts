@@ -278,7 +278,7 @@ const SCRIPT = String.raw`
     setLive("", "Connecting\u2026");
     refresh();
   }
-  function refuse(message) {
+  function signOut() {
     generation++;
     clearTimeout(timer);
     token = "";
@@ -289,6 +289,9 @@ const SCRIPT = String.raw`
     showBanner("");
     setLive("", "Not connected");
     $("login").hidden = false;
+  }
+  function refuse(message) {
+    signOut();
     $("login-error").textContent = message;
     $("login-error").hidden = false;
     $("token").setAttribute("aria-invalid", "true");
@@ -310,16 +313,7 @@ const SCRIPT = String.raw`
     start();
   });
   $("forget").addEventListener("click", function () {
-    generation++;
-    clearTimeout(timer);
-    token = "";
-    sessionStorage.removeItem(KEY);
-    $("overview").hidden = true;
-    $("pools").replaceChildren();
-    $("forget").hidden = true;
-    showBanner("");
-    setLive("", "Not connected");
-    $("login").hidden = false;
+    signOut();
     $("login-error").hidden = true;
     $("token").focus();
   });

@@ -30,8 +30,18 @@ import { AdmissionQueue, BAND_NAMES, type BandName, type QueueEntry } from "./qu
 /** What admission needs of a pool. */
 export interface SlotSource<B> {
   readonly name: string;
-  /** A slot on the backend the balancer picks, or undefined when none has one free. */
-  take(exclude?: ReadonlySet<B>): B | undefined;
+  /**
+   * A slot on the backend the balancer picks, or undefined when none has one free. With an
+   * affinity key, on the key's backend; with `hops` as well, only on its home or that many
+   * ring successors within their load bounds.
+   */
+  take(exclude?: ReadonlySet<B>, key?: number, hops?: number): B | undefined;
+  /** A slot take() gave was handed to a request (metrics). */
+  selected?(b: B): void;
+  /** How long a queued request with an affinity key waits for its own backends; 0: not at all. */
+  readonly affinityGraceMs?: number;
+  /** Ring successors past the home that count as its own backends. */
+  readonly affinityHops?: number;
   /** Gives back a slot take() gave, unused (no completion). */
   untake(b: B): void;
   /** Some backend could serve if it had a free slot (healthy, not drained). */
@@ -54,6 +64,8 @@ export interface AdmissionRequest<B> {
   /** Work a job runs: never refused on the estimate, only by its deadline or a full queue. */
   patient: boolean;
   exclude?: ReadonlySet<B>;
+  /** The request's prefix-affinity key (src/upstream/affinity.ts), when its pool has affinity. */
+  affinity?: number;
 }
 
 export const ADMISSION_OUTCOMES = [
@@ -105,8 +117,12 @@ export class Ticket<B> implements QueueEntry {
   readonly deadline: number;
   readonly retry: boolean;
   readonly exclude: ReadonlySet<B> | undefined;
+  readonly key: number | undefined;
   seq = 0;
   waiting = false;
+  /** Its turn came, and it waits until graceUntil for a slot on its own backends (affinity). */
+  parked = false;
+  graceUntil = 0;
   timer: NodeJS.Timeout | undefined;
   readonly promise: Promise<B>;
   /** Called with the slot as it is handed over, before the promise resolves. */
@@ -125,6 +141,7 @@ export class Ticket<B> implements QueueEntry {
     this.deadline = request.deadline;
     this.retry = request.retry;
     this.exclude = request.exclude;
+    this.key = request.affinity;
     this.promise = new Promise<B>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -157,6 +174,15 @@ export class Admission<B> {
    */
   readonly decisions: number[][] = BAND_NAMES.map(() => ADMISSION_OUTCOMES.map(() => 0));
   private pumping = false;
+  /**
+   * Keyed requests whose turn came while their own backends (the key's home and its next
+   * successors within their bounds) had no free slot: each waits up to the grace for one of
+   * them, ahead of the queue, and after it takes any backend. Slots they pass up go on to the
+   * queue behind them, so a pool never idles a slot a waiting request could use for longer
+   * than the grace. In the order their turn came; at most as many as the pool's slots.
+   */
+  private readonly parked: Ticket<B>[] = [];
+  private graceTimer: NodeJS.Timeout | undefined;
   /** When each slot in use was taken, oldest first (takes happen in time order). */
   private readonly starts: number[] = [];
   /** When the last slot was taken: its holder gives it back with released(lastTake). */
@@ -182,16 +208,17 @@ export class Admission<B> {
    */
   reconfigure(config: AdmissionConfig): void {
     this.config = config;
-    if (this.queue.total > 0) this.pump();
+    if (this.waitingTotal > 0) this.pump();
   }
 
   /** A slot now, a Ticket to wait on, or a refusal thrown (GatewayError). */
   acquire(request: AdmissionRequest<B>): B | Ticket<B> {
     const band = request.band;
     if (this.queue.ahead(band, request.tenant, request.weight, true) === 0 && this.mayTake(band)) {
-      const b = this.take(request.exclude, band, request.tenant);
+      const b = this.take(request.exclude, band, request.tenant, request.affinity);
       if (b !== undefined) {
         this.decided(band, "immediate");
+        this.source.selected?.(b);
         return b;
       }
     }
@@ -236,12 +263,12 @@ export class Admission<B> {
   released(takenAt: number): void {
     this.forgetStart(takenAt);
     this.drain.completed(this.now() - takenAt);
-    if (this.queue.total > 0) this.pump();
+    if (this.waitingTotal > 0) this.pump();
   }
 
   /** A backend's health, breaker or membership changed: serve the queue, or send it elsewhere. */
   poolChanged(): void {
-    if (this.queue.total === 0) return;
+    if (this.waitingTotal === 0) return;
     if (!this.source.servable()) {
       const retryAfter = this.source.unavailableRetryAfterMs();
       this.refuseAll("no_backend", () => errors.noBackendAvailable(this.source.name, retryAfter));
@@ -256,12 +283,31 @@ export class Admission<B> {
   }
 
   cancel(ticket: Ticket<B>, err: Error): void {
-    if (ticket.waiting) this.drop(ticket, "cancelled", err);
+    if (ticket.waiting || ticket.parked) this.drop(ticket, "cancelled", err);
+  }
+
+  /** Requests waiting for a slot: in the queue, and those whose turn came (parked). */
+  get waitingTotal(): number {
+    return this.queue.total + this.parked.length;
+  }
+
+  /** Requests waiting in a band, parked ones included. */
+  waiting(band: number): number {
+    let n = this.queue.size(band);
+    for (const t of this.parked) if (t.band === band) n++;
+    return n;
+  }
+
+  /** Requests waiting at or above a band, parked ones included. */
+  private waitingAtOrAbove(band: number): number {
+    let n = this.queue.sizeAtOrAbove(band);
+    for (const t of this.parked) if (t.band <= band) n++;
+    return n;
   }
 
   /** When a client refused in this band should come back (ms). */
   retryAfterMs(band: number): number {
-    const ms = this.estimateMs(this.queue.sizeAtOrAbove(band), band);
+    const ms = this.estimateMs(this.waitingAtOrAbove(band), band);
     const cap = Math.max(RETRY_AFTER_CAP_MS, this.settings(band).maxWait);
     const jittered = ms * (1 + 0.2 * this.random());
     return Math.round(Math.min(cap, Math.max(RETRY_AFTER_MIN_MS, jittered)));
@@ -303,8 +349,8 @@ export class Admission<B> {
     const waiting = {} as Record<BandName, number>;
     const estimatedWaitMs = {} as Record<BandName, number | null>;
     BAND_NAMES.forEach((name, band) => {
-      waiting[name] = this.queue.size(band);
-      const ms = this.estimateMs(this.queue.sizeAtOrAbove(band), band);
+      waiting[name] = this.waiting(band);
+      const ms = this.estimateMs(this.waitingAtOrAbove(band), band);
       estimatedWaitMs[name] = Number.isFinite(ms) ? Math.round(ms) : null;
     });
     return {
@@ -322,6 +368,8 @@ export class Admission<B> {
     if (this.pumping) return;
     this.pumping = true;
     try {
+      if (this.parked.length > 0) this.serveParked();
+      const grace = this.source.affinityGraceMs ?? 0;
       while (this.queue.total > 0) {
         const inUse = this.source.inUse();
         const b = this.take(undefined);
@@ -330,6 +378,11 @@ export class Admission<B> {
         if (!ticket) {
           this.untake(b);
           return;
+        }
+        if (ticket.key !== undefined && grace > 0) {
+          this.untake(b);
+          this.placeKeyed(ticket, grace);
+          continue;
         }
         let slot = b;
         if (ticket.exclude?.has(b)) {
@@ -342,17 +395,86 @@ export class Admission<B> {
             this.untake(other);
           }
         }
-        this.left(ticket, "after_wait");
-        this.drain.handed(this.now(), ticket.band, ticket.tenant);
-        ticket.grant(slot);
+        this.hand(ticket, slot);
       }
     } finally {
       this.pumping = false;
+      this.scheduleGrace();
     }
   }
 
-  private take(exclude: ReadonlySet<B> | undefined, band = -1, tenant = ""): B | undefined {
-    const b = this.source.take(exclude);
+  /**
+   * A keyed request whose turn came (a slot is free somewhere): a slot on its own backends, else
+   * it waits for one (parked), else, when as many wait so already as the pool has slots, any.
+   */
+  private placeKeyed(ticket: Ticket<B>, grace: number): void {
+    let slot = this.take(ticket.exclude, -1, "", ticket.key, this.source.affinityHops ?? 0);
+    if (slot === undefined && this.parked.length < Math.max(1, this.source.capacity())) {
+      this.park(ticket, this.now() + grace);
+      return;
+    }
+    slot ??= this.take(ticket.exclude, -1, "", ticket.key) ?? this.take(ticket.exclude);
+    // Cannot be undefined (a slot was free a moment ago); were it so, waiting is never wrong.
+    if (slot === undefined) this.park(ticket, this.now());
+    else this.hand(ticket, slot);
+  }
+
+  private park(ticket: Ticket<B>, graceUntil: number): void {
+    ticket.parked = true;
+    ticket.graceUntil = graceUntil;
+    this.parked.push(ticket);
+  }
+
+  /** Parked requests, first come first: a slot on their own backends, or any once past the grace. */
+  private serveParked(): void {
+    const now = this.now();
+    const grace = this.source.affinityGraceMs ?? 0;
+    const hops = this.source.affinityHops ?? 0;
+    for (let i = 0; i < this.parked.length; ) {
+      const ticket = this.parked[i] as Ticket<B>;
+      const late = grace === 0 || now >= ticket.graceUntil;
+      const b = this.take(ticket.exclude, -1, "", ticket.key, late ? undefined : hops);
+      if (b === undefined) {
+        // No slot anywhere: nobody behind it can have one either.
+        if (late) return;
+        i++;
+        continue;
+      }
+      this.parked.splice(i, 1);
+      ticket.parked = false;
+      this.hand(ticket, b);
+    }
+  }
+
+  /** Wakes the queue when the first parked request that is not yet late reaches its grace. */
+  private scheduleGrace(): void {
+    clearTimeout(this.graceTimer);
+    this.graceTimer = undefined;
+    const now = this.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const t of this.parked) if (t.graceUntil > now && t.graceUntil < next) next = t.graceUntil;
+    if (!Number.isFinite(next)) return;
+    this.graceTimer = setTimeout(() => {
+      this.graceTimer = undefined;
+      this.pump();
+    }, next - now);
+  }
+
+  private hand(ticket: Ticket<B>, b: B): void {
+    this.left(ticket, "after_wait");
+    this.drain.handed(this.now(), ticket.band, ticket.tenant);
+    this.source.selected?.(b);
+    ticket.grant(b);
+  }
+
+  private take(
+    exclude: ReadonlySet<B> | undefined,
+    band = -1,
+    tenant = "",
+    key?: number,
+    hops?: number,
+  ): B | undefined {
+    const b = this.source.take(exclude, key, hops);
     if (b !== undefined) {
       const now = this.now();
       if (band >= 0) this.drain.handed(now, band, tenant);
@@ -392,7 +514,7 @@ export class Admission<B> {
   }
 
   private expire(ticket: Ticket<B>): void {
-    if (!ticket.waiting) return;
+    if (!ticket.waiting && !ticket.parked) return;
     const waited = this.now() - ticket.enqueuedAt;
     this.drop(ticket, "timed_out", this.refusal("timed_out", ticket.band, waited));
   }
@@ -414,12 +536,18 @@ export class Admission<B> {
   /** A waiting ticket leaves the queue refused. */
   private drop(ticket: Ticket<B>, outcome: AdmissionOutcome, error: Error): void {
     this.queue.remove(ticket);
+    if (ticket.parked) {
+      ticket.parked = false;
+      const i = this.parked.indexOf(ticket);
+      if (i !== -1) this.parked.splice(i, 1);
+    }
     this.left(ticket, outcome);
     ticket.fail(error);
   }
 
   private refuseAll(outcome: AdmissionOutcome, error: () => GatewayError): void {
-    for (const ticket of [...this.queue.entries()]) this.drop(ticket, outcome, error());
+    for (const ticket of [...this.parked, ...this.queue.entries()]) this.drop(ticket, outcome, error());
+    this.scheduleGrace();
   }
 
   private left(ticket: Ticket<B>, outcome: AdmissionOutcome): void {

@@ -2,11 +2,13 @@
  * A request's place in admission: its band (the tenant's priority, or the pool's
  * `defaultPriority` for a request with no tenant), lowered, never raised, by
  * `x-floodgate-priority`; its deadline (the band's maxWait from arrival, shortened by
- * `x-floodgate-max-wait`); its tenant and weight for fair queuing.
+ * `x-floodgate-max-wait`); its tenant and weight for fair queuing; its prefix-affinity key when
+ * the pool keeps prefixes or sessions together (src/upstream/affinity.ts).
  */
 import type { RequestContext } from "../context.js";
 import { errors } from "../errors.js";
 import type { Admit } from "../proxy/exchange.js";
+import { affinityKey } from "../upstream/affinity.js";
 import type { UpstreamPool } from "../upstream/pool.js";
 import { BAND_NAMES, type BandName } from "./queue.js";
 
@@ -32,12 +34,14 @@ export function admitFor(state: RequestContext, pool: UpstreamPool): Admit {
   let maxWait = config.bands[BAND_NAMES[band] ?? "interactive"].maxWait;
   const wait = headers?.[MAX_WAIT_HEADER];
   if (wait !== undefined) maxWait = Math.min(maxWait, parseWait(wait));
+  const affinity = pool.config.affinity;
   return {
     band,
     tenant: tenant?.id ?? "",
     weight: tenant?.weight ?? 1,
     deadline: state.startedAt + maxWait,
     patient: false,
+    affinity: affinity.by === "off" ? undefined : affinityKey(state.body, affinity, headers),
   };
 }
 

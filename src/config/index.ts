@@ -10,6 +10,7 @@ export { loadConfigFile, parseConfig } from "./load.js";
 export { type ModelMatcher, modelMatcher } from "./model-patterns.js";
 export type {
   AdmissionConfig,
+  AffinityConfig,
   BackendConfig,
   CacheConfig,
   CircuitBreakerConfig,

@@ -516,6 +516,46 @@ const Admission = Section(
   "admission control: a queue for the pool's slots",
 );
 
+const Affinity = Section(
+  {
+    by: OneOf(["off", "prefix", "header"], "off"),
+    prefixChars: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      default: 2048,
+      description: "by prefix: the leading characters of the prompt that make the key",
+    }),
+    header: Type.Transform(
+      Type.String({
+        pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        default: "x-session-id",
+        description:
+          "by header: the header holding the session key (else the body's prompt_cache_key, else user)",
+        "x-hint": "a header name such as x-session-id",
+      }),
+    )
+      .Decode((name) => name.toLowerCase())
+      .Encode((name) => name),
+    loadFactor: Type.Number({
+      minimum: 1,
+      default: 1.25,
+      description:
+        "a backend takes a key while its load is below loadFactor x the pool's average per unit of weight",
+    }),
+    successors: Type.Integer({
+      minimum: 0,
+      maximum: 64,
+      default: 1,
+      description: "a queued request waits for a slot on its home backend or this many next ones on the ring",
+    }),
+    grace: Duration(
+      "100ms",
+      "how long a queued request whose turn came waits for those backends before taking any",
+    ),
+  },
+  "prefix affinity: requests that share a prompt prefix or session go to the backend that caches it",
+);
+
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
@@ -542,6 +582,7 @@ const Pool = Type.Object(
     dnsRefresh: Duration("10s", "how often discovered backends are re-resolved"),
     cache: Cache,
     admission: Admission,
+    affinity: Affinity,
   },
   { additionalProperties: false },
 );
@@ -614,6 +655,7 @@ export type RetryConfig = PoolConfig["retry"];
 export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
 export type CacheConfig = PoolConfig["cache"];
 export type AdmissionConfig = PoolConfig["admission"];
+export type AffinityConfig = PoolConfig["affinity"];
 export type Priority = (typeof Priorities)[number];
 export type RateSpecConfig = StaticDecode<typeof RateSpec>;
 export type RateLimitConfig = GatewayConfig["rateLimits"][number];

@@ -16,9 +16,13 @@
  * - The bound: backend i may take a key while
  *       load_i < ceil(loadFactor × (totalLoad + 1) × w_i / sum(w))
  *   where load is requests in flight (fleet-wide: this replica's plus the other replicas' when
- *   they share counts) and the sums run over the usable candidates. For loadFactor ≥ 1 some
- *   candidate always passes: the bounds add up to at least totalLoad + 1 > totalLoad. The key
- *   takes the first ring successor that is usable and within its bound.
+ *   they share counts) and the sums run over the usable candidates, plus, when the caller says
+ *   so, the backends that carry the pool's load but cannot take this request (full, or excluded
+ *   by a retry): the pool's average, not only that of the backends with a free slot. Over the
+ *   candidates alone, for loadFactor ≥ 1 some candidate always passes: the bounds add up to at
+ *   least totalLoad + 1 > totalLoad. The key takes the first ring successor that is usable and
+ *   within its bound; when none is, the least loaded candidate per unit of weight (`bounded`
+ *   false), which a queued request may decline to wait for a better one.
  *
  * Points per unit of weight: 512. The share of the circle a backend owns deviates from its weight's
  * share by about 1/sqrt(points). Measured over 300 random rings of six backends weighted
@@ -210,16 +214,18 @@ export class HashRing<T extends RingMember> {
     loadFactor: number,
     maxHops: number,
     weightOf: (b: T) => number,
+    counted?: (b: T) => boolean,
   ): AffinityPick<T> | undefined {
     const members = this.members;
-    // The bound's sums run over the usable candidates.
+    // The bound's sums run over the candidates and the members `counted` adds.
     let usable = 0;
     let totalLoad = 0;
     let totalWeight = 0;
     for (let i = 0; i < members.length; i++) {
       const b = members[i] as T;
-      if (!isCandidate(candidates, b)) continue;
-      usable++;
+      const candidate = isCandidate(candidates, b);
+      if (candidate) usable++;
+      else if (counted === undefined || !counted(b)) continue;
       totalLoad += loadOf(b);
       totalWeight += weightOf(b);
     }
@@ -349,7 +355,9 @@ export interface AffinityPick<T> {
  * The backend for a key: the first ring successor (home first) that is a candidate and within
  * its bound, walking at most `maxHops` successors past the home. Undefined when no member of the
  * ring is a candidate. `weightOf` is the weight in the bound (by default the configured weight; a
- * slow-start ramp's effective weight makes a warming backend spill its keys sooner). The walk
+ * slow-start ramp's effective weight makes a warming backend spill its keys sooner). The bound's
+ * sums run over the candidates; `counted` adds members that cannot take this request but carry
+ * the pool's load (full, or excluded by a retry), so that the average is the pool's. The walk
  * allocates nothing but the result; it is not reentrant per ring, which synchronous code never is.
  */
 export function pickWithAffinity<T extends RingMember>(
@@ -360,8 +368,9 @@ export function pickWithAffinity<T extends RingMember>(
   loadFactor: number,
   maxHops: number = Number.POSITIVE_INFINITY,
   weightOf: (b: T) => number = configuredWeight,
+  counted?: (b: T) => boolean,
 ): AffinityPick<T> | undefined {
-  return ring.pick(keyHash, candidates, loadOf, loadFactor, maxHops, weightOf);
+  return ring.pick(keyHash, candidates, loadOf, loadFactor, maxHops, weightOf, counted);
 }
 
 // ---------------------------------------------------------------------------------------------

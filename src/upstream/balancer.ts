@@ -75,6 +75,18 @@ export class Balancer {
   }
 
   pick<T extends BalancerBackend>(backends: readonly T[], options: PickOptions): T | undefined {
+    const tier = this.tier(backends, options);
+    if (tier === undefined) return undefined;
+    return tier.length === 1 ? tier[0] : this.choose(tier, options.now);
+  }
+
+  /**
+   * The backends a request may go to now, in the order given: those with a free slot, not
+   * excluded (unless only excluded ones have one), of the best tier (healthy primaries, else
+   * healthy backups; every primary in panic), and of those, the ones no Retry-After holds back
+   * when there are any. Undefined when there are none.
+   */
+  tier<T extends BalancerBackend>(backends: readonly T[], options: PickOptions): T[] | undefined {
     const { now, exclude } = options;
     let usable = backends.filter((b) => canTake(b) && !exclude?.has(b));
     if (usable.length === 0 && exclude && exclude.size > 0) usable = backends.filter(canTake);
@@ -90,18 +102,26 @@ export class Balancer {
       if (tier.length === 0) return undefined;
     }
     const ready = tier.filter((b) => b.notBefore <= now);
-    if (ready.length > 0) tier = ready;
-    return tier.length === 1 ? tier[0] : this.choose(tier, now);
+    return ready.length > 0 ? ready : tier;
   }
 
-  private effectiveWeight(b: BalancerBackend, now: number): number {
+  /**
+   * Whether a backend counts in a pool's average load, next to those of `tier`: it could serve
+   * requests of that tier now, free slot or not (not drained; healthy, or the pool in panic).
+   */
+  serves(b: BalancerBackend, backup: boolean, panic: boolean, now: number): boolean {
+    return !b.drained && b.backup === backup && (panic || isHealthy(b, now));
+  }
+
+  /** The weight a backend balances by now: its configured weight ramped by slow start. */
+  weightOf(b: BalancerBackend, now: number): number {
     return b.weight * rampFactor(this.settings.slowStart, b.rampFrom, now);
   }
 
   private cost(b: BalancerBackend, now: number): number {
     return (
       ((b.inFlight + (b.othersInFlight ?? 0) + 1) ** this.settings.activeRequestBias * b.loadPenalty(now)) /
-      this.effectiveWeight(b, now)
+      this.weightOf(b, now)
     );
   }
 
@@ -110,10 +130,10 @@ export class Balancer {
       case "round_robin":
         return this.smoothRoundRobin(tier, now);
       case "random":
-        return this.weightedRandom(tier, (b) => this.effectiveWeight(b, now));
+        return this.weightedRandom(tier, (b) => this.weightOf(b, now));
       case "least_request": {
-        const w0 = this.effectiveWeight(tier[0] as T, now);
-        if (tier.every((b) => this.effectiveWeight(b, now) === w0)) return this.powerOfTwo(tier, now);
+        const w0 = this.weightOf(tier[0] as T, now);
+        if (tier.every((b) => this.weightOf(b, now) === w0)) return this.powerOfTwo(tier, now);
         return this.weightedRandom(tier, (b) => 1 / this.cost(b, now));
       }
     }
@@ -144,7 +164,7 @@ export class Balancer {
     let total = 0;
     let best: T | undefined;
     for (const b of tier) {
-      const w = this.effectiveWeight(b, now);
+      const w = this.weightOf(b, now);
       b.rrCurrent += w;
       total += w;
       if (!best || b.rrCurrent > best.rrCurrent) best = b;

@@ -203,10 +203,10 @@ export class FleetSlots {
 
   /** This replica's report, with the claim it wants per backend. */
   private report(pool: UpstreamPool, backends: Backend[], leaving: boolean): Report {
-    const queue = pool.admission.queue;
+    const admission = pool.admission;
     const mine: Report = {
       r: this.id,
-      d: [queue.size(0), queue.size(1), queue.size(2)],
+      d: [admission.waiting(0), admission.waiting(1), admission.waiting(2)],
       f: [...pool.bandInFlight],
       b: {},
     };

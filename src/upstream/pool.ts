@@ -13,6 +13,7 @@ import {
 } from "../admission/admission.js";
 import type { BackendConfig, GatewayConfig, PoolConfig } from "../config/index.js";
 import { GatewayError } from "../errors.js";
+import { type AffinityOutcome, fleetLoad, HashRing } from "./affinity.js";
 import { Backend, type BackendOptions } from "./backend.js";
 import { Balancer, isHealthy } from "./balancer.js";
 import type { BreakerState } from "./breaker.js";
@@ -84,6 +85,14 @@ export class UpstreamPool {
   readonly bandInFlight = [0, 0, 0];
   private started = false;
   private retired = false;
+  /** The consistent-hash ring of prefix affinity, rebuilt when the backends or weights change. */
+  private ring = HashRing.build<Backend>([]);
+  /** Affinity decisions so far, read by the metrics at scrape time. */
+  readonly affinityDecisions: Record<AffinityOutcome, number> = {
+    home: 0,
+    spilled: 0,
+    home_unavailable: 0,
+  };
 
   constructor(
     readonly name: string,
@@ -344,14 +353,64 @@ export class UpstreamPool {
     return this.balancer.servable(this.backends, this.now());
   }
 
-  take(exclude?: ReadonlySet<Backend>): Backend | undefined {
-    const b = this.balancer.pick(this.backends, { now: this.now(), exclude });
+  /**
+   * A slot on a backend: the balancer's pick, or, for a request with an affinity key on a pool
+   * with affinity on, the key's ring successor within the load bound (src/upstream/affinity.ts).
+   * `hops` (a queued request whose turn came) limits the walk to the home and that many
+   * successors within their bounds; undefined when none of them has a free slot.
+   */
+  take(exclude?: ReadonlySet<Backend>, key?: number, hops?: number): Backend | undefined {
+    const now = this.now();
+    const b =
+      key !== undefined && this.config.affinity.by !== "off"
+        ? this.takeKeyed(key, exclude, hops, now)
+        : this.balancer.pick(this.backends, { now, exclude });
     if (b) {
       b.inFlight++;
       this.slotsInUse++;
-      this.events.selected?.(this.name, b.name);
     }
     return b;
+  }
+
+  selected(b: Backend): void {
+    this.events.selected?.(this.name, b.name);
+  }
+
+  private takeKeyed(
+    key: number,
+    exclude: ReadonlySet<Backend> | undefined,
+    hops: number | undefined,
+    now: number,
+  ): Backend | undefined {
+    const tier = this.balancer.tier(this.backends, { now, exclude });
+    if (tier === undefined) return undefined;
+    this.ring = this.ring.update(this.backends);
+    const balancer = this.balancer;
+    const backup = tier[0]?.backup ?? false;
+    const panic = balancer.panic(this.backends, now);
+    const pick = this.ring.pick(
+      key,
+      new Set(tier),
+      fleetLoad,
+      this.config.affinity.loadFactor,
+      hops ?? Number.POSITIVE_INFINITY,
+      (b) => balancer.weightOf(b, now),
+      (b) => balancer.serves(b, backup, panic, now),
+    );
+    if (pick === undefined || (hops !== undefined && !pick.bounded)) return undefined;
+    this.affinityDecisions[pick.outcome]++;
+    return pick.backend;
+  }
+
+  /** The affinity grace of a queued keyed request (ms), 0 when the pool has no affinity. */
+  get affinityGraceMs(): number {
+    const affinity = this.config.affinity;
+    return affinity.by === "off" ? 0 : affinity.grace;
+  }
+
+  /** Ring successors past the home a queued keyed request waits for. */
+  get affinityHops(): number {
+    return this.config.affinity.successors;
   }
 
   untake(b: Backend): void {

@@ -61,6 +61,10 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
           panic: pool.balancer.panic(pool.backends, now),
           retries: { inFlight: pool.budget.retries, limit: pool.budget.limit },
           admission: pool.admission.status(),
+          affinity:
+            pool.config.affinity.by === "off"
+              ? null
+              : { by: pool.config.affinity.by, decisions: { ...pool.affinityDecisions } },
           backends: pool.backends.map((b) => {
             const signal = pool.lastSignal(b);
             return {
@@ -84,6 +88,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
                     waiting: signal.waiting,
                     running: signal.running,
                     kvCacheUsage: signal.kvCacheUsage ?? null,
+                    prefixCacheHitRatio: signal.prefixCacheHitRatio ?? null,
                     ageMs: Math.round(now - signal.at),
                   }
                 : null,

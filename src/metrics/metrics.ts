@@ -350,6 +350,21 @@ export class Metrics {
         }
       },
     });
+    new Counter({
+      name: "floodgate_affinity_decisions_total",
+      help: "Prefix-affinity picks by pool and outcome: home (the key's backend), spilled (its home was at the load bound), home_unavailable (its home could not serve).",
+      labelNames: ["pool", "outcome"],
+      registers,
+      collect() {
+        this.reset();
+        for (const pool of metrics.upstreams?.pools.values() ?? []) {
+          if (pool.config.affinity.by === "off") continue;
+          for (const [outcome, n] of Object.entries(pool.affinityDecisions)) {
+            this.inc({ pool: pool.name, outcome }, n);
+          }
+        }
+      },
+    });
     const waits = new Histogram({
       name: "floodgate_admission_wait_seconds",
       help: "Time requests waited in a pool's admission queue, however they left it.",
@@ -366,7 +381,7 @@ export class Metrics {
       collect() {
         for (const pool of metrics.upstreams?.pools.values() ?? []) {
           BAND_NAMES.forEach((band, i) => {
-            this.set({ pool: pool.name, band }, pool.admission.queue.size(i));
+            this.set({ pool: pool.name, band }, pool.admission.waiting(i));
           });
         }
       },
@@ -464,6 +479,11 @@ export class Metrics {
       "floodgate_backend_engine_kv_cache_usage_ratio",
       "Engine KV-cache usage (0..1), as last read.",
       (_b, _n, s) => s?.kvCacheUsage,
+    );
+    perBackend(
+      "floodgate_backend_engine_prefix_cache_hit_ratio",
+      "Engine prefix-cache hit ratio (0..1, in prompt tokens) between its last two readings, or its own gauge.",
+      (_b, _n, s) => s?.prefixCacheHitRatio,
     );
   }
 

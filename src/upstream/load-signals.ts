@@ -19,6 +19,11 @@
  * (huggingface.co/docs/text-generation-inference/reference/metrics); llama.cpp server README,
  * GET /metrics (needs `--metrics`).
  *
+ * Prefix-cache hit ratio (metrics and status only; the balancer does not use it): vLLM's counters
+ * `vllm:prefix_cache_hits_total` ÷ `vllm:prefix_cache_queries_total` (prompt tokens) between
+ * two readings, else the older `vllm:gpu_prefix_cache_hit_rate` gauge; SGLang's
+ * `sglang:cache_hit_rate` gauge. TGI and llama.cpp publish none.
+ *
  * A metric with several label sets (vLLM and SGLang label by model_name, and per data-parallel
  * engine or rank) is one server's load split up: counts are summed; usage fractions take the
  * max, since the fullest cache is the one that starts preempting. NaN and ±Inf samples are
@@ -49,6 +54,14 @@ export interface LoadSignal {
   running: number;
   /** KV-cache (or token pool) usage 0..1; undefined when the engine does not publish it. */
   kvCacheUsage: number | undefined;
+  /**
+   * The engine's prefix-cache hit ratio 0..1 (prompt tokens found cached ÷ prompt tokens
+   * looked up) since the previous reading, or as the engine's own gauge states it; the last
+   * known one while no prompt arrived; undefined when the engine publishes neither.
+   */
+  prefixCacheHitRatio?: number;
+  /** The engine's prefix-cache counters (vLLM, in prompt tokens), for the next reading's ratio. */
+  prefixCache?: { hits: number; queries: number };
   /** performance.now() of the reading. */
   at: number;
 }
@@ -58,6 +71,11 @@ interface EngineMetrics {
   running: string;
   /** Candidates in order of preference; the first one present wins. */
   kvCache: readonly string[];
+  /** Prefix-cache counters (hits, queries), summed over label sets. */
+  prefixHits?: readonly string[];
+  prefixQueries?: readonly string[];
+  /** A prefix-cache hit-rate gauge (0..1), averaged over label sets, when there are no counters. */
+  prefixHitRate?: readonly string[];
 }
 
 // A Record over every Engine, so adding an engine to the config forces a decision here.
@@ -67,11 +85,17 @@ const ENGINE_METRICS: Readonly<Record<Engine, EngineMetrics | undefined>> = {
     running: "vllm:num_requests_running",
     // Renamed in vLLM's v1 engine; some versions publish both, the new one is authoritative.
     kvCache: ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+    // V1 counters in prompt tokens (the client library adds _total; some scrapes show both).
+    prefixHits: ["vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"],
+    prefixQueries: ["vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"],
+    // The older engine's gauge.
+    prefixHitRate: ["vllm:gpu_prefix_cache_hit_rate"],
   },
   sglang: {
     waiting: "sglang:num_queue_reqs",
     running: "sglang:num_running_reqs",
     kvCache: ["sglang:token_usage"],
+    prefixHitRate: ["sglang:cache_hit_rate"],
   },
   tgi: { waiting: "tgi_queue_size", running: "tgi_batch_current_size", kvCache: [] },
   llamacpp: {
@@ -94,22 +118,64 @@ export function extractSignal(engine: Engine, samples: Sample[], at: number): Lo
   let waiting: number | undefined;
   let running: number | undefined;
   const kv = new Map<string, number>();
+  const hits = new Map<string, number>();
+  const queries = new Map<string, number>();
+  const rates = new Map<string, { sum: number; n: number }>();
   for (const { name, value } of samples) {
     if (!Number.isFinite(value)) continue;
     if (name === metrics.waiting) waiting = (waiting ?? 0) + value;
     else if (name === metrics.running) running = (running ?? 0) + value;
     else if (metrics.kvCache.includes(name)) kv.set(name, Math.max(kv.get(name) ?? 0, value));
+    else if (metrics.prefixHits?.includes(name)) hits.set(name, (hits.get(name) ?? 0) + value);
+    else if (metrics.prefixQueries?.includes(name)) queries.set(name, (queries.get(name) ?? 0) + value);
+    else if (metrics.prefixHitRate?.includes(name)) {
+      const r = rates.get(name) ?? { sum: 0, n: 0 };
+      r.sum += value;
+      r.n++;
+      rates.set(name, r);
+    }
   }
   const kvName = metrics.kvCache.find((name) => kv.has(name));
   const kvCacheUsage = kvName === undefined ? undefined : kv.get(kvName);
   if (waiting === undefined && running === undefined && kvCacheUsage === undefined) return undefined;
-  return {
+  const signal: LoadSignal = {
     // A count the engine did not publish is taken as 0: the others still describe its load.
     waiting: Math.max(0, waiting ?? 0),
     running: Math.max(0, running ?? 0),
-    kvCacheUsage: kvCacheUsage === undefined ? undefined : Math.min(1, Math.max(0, kvCacheUsage)),
+    kvCacheUsage: kvCacheUsage === undefined ? undefined : clamp01(kvCacheUsage),
     at,
   };
+  const hitsName = metrics.prefixHits?.find((name) => hits.has(name));
+  const queriesName = metrics.prefixQueries?.find((name) => queries.has(name));
+  if (hitsName !== undefined && queriesName !== undefined) {
+    signal.prefixCache = { hits: hits.get(hitsName) ?? 0, queries: queries.get(queriesName) ?? 0 };
+  } else {
+    const rateName = metrics.prefixHitRate?.find((name) => rates.has(name));
+    const rate = rateName === undefined ? undefined : rates.get(rateName);
+    if (rate !== undefined) signal.prefixCacheHitRatio = clamp01(rate.sum / rate.n);
+  }
+  return signal;
+}
+
+function clamp01(v: number): number {
+  return Math.min(1, Math.max(0, v));
+}
+
+/**
+ * The hit ratio of a reading with prefix-cache counters: over the prompt tokens looked up since
+ * the previous reading; the previous ratio while none were (an idle engine keeps its last
+ * figure); undefined on the first reading or after the engine restarted (counters went back).
+ */
+export function prefixCacheRatio(previous: LoadSignal | undefined, next: LoadSignal): number | undefined {
+  const now = next.prefixCache;
+  const before = previous?.prefixCache;
+  if (now === undefined) return next.prefixCacheHitRatio;
+  if (before === undefined) return undefined;
+  const queries = now.queries - before.queries;
+  const hits = now.hits - before.hits;
+  if (queries < 0 || hits < 0) return undefined;
+  if (queries === 0) return previous?.prefixCacheHitRatio;
+  return clamp01(hits / queries);
 }
 
 /**
@@ -268,7 +334,11 @@ export class LoadSignalScraper {
     }
     // stop() may land while the body is parsed; a stopped scraper reports nothing more.
     if (controller.signal.aborted) return;
-    if (reading !== undefined) this.reading = reading;
+    if (reading !== undefined) {
+      if (reading.prefixCache !== undefined)
+        reading.prefixCacheHitRatio = prefixCacheRatio(this.reading, reading);
+      this.reading = reading;
+    }
     try {
       this.onReading?.(reading);
     } catch {

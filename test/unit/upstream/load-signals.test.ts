@@ -5,6 +5,7 @@ import {
   extractSignal,
   type LoadSignal,
   loadPenalty,
+  prefixCacheRatio,
   UNKNOWN_PENALTY,
 } from "../../../src/upstream/load-signals.js";
 import { parsePrometheusText } from "../../../src/upstream/prometheus-text.js";
@@ -163,7 +164,40 @@ describe("extractSignal", () => {
   });
 
   it("SGLang: num_queue_reqs / num_running_reqs summed over dp ranks, token_usage max", () => {
-    expect(signalOf("sglang", SGLANG)).toEqual({ waiting: 7, running: 58, kvCacheUsage: 0.85, at: AT });
+    expect(signalOf("sglang", SGLANG)).toEqual({
+      waiting: 7,
+      running: 58,
+      kvCacheUsage: 0.85,
+      prefixCacheHitRatio: 0.0075,
+      at: AT,
+    });
+  });
+
+  it("vLLM prefix-cache counters: summed over label sets, the ratio taken between two readings", () => {
+    const page = (hits: number, queries: number) => `vllm:num_requests_running{model_name="m",engine="0"} 1
+vllm:prefix_cache_hits_total{model_name="m",engine="0"} ${hits / 2}
+vllm:prefix_cache_hits_total{model_name="m",engine="1"} ${hits / 2}
+vllm:prefix_cache_queries_total{model_name="m",engine="0"} ${queries / 2}
+vllm:prefix_cache_queries_total{model_name="m",engine="1"} ${queries / 2}
+`;
+    const first = signalOf("vllm", page(1000, 4000));
+    expect(first?.prefixCache).toEqual({ hits: 1000, queries: 4000 });
+    expect(first && prefixCacheRatio(undefined, first)).toBeUndefined();
+    const second = signalOf("vllm", page(2800, 6000));
+    if (!first || !second) throw new Error("no signal");
+    // 1,800 of 2,000 prompt tokens looked up since the first reading were cached.
+    first.prefixCacheHitRatio = 0.25;
+    expect(prefixCacheRatio(first, second)).toBeCloseTo(0.9, 10);
+    // No prompt since: the last ratio stands. Counters that went back (a restart): unknown.
+    second.prefixCacheHitRatio = 0.9;
+    expect(prefixCacheRatio(second, signalOf("vllm", page(2800, 6000)) as LoadSignal)).toBe(0.9);
+    expect(prefixCacheRatio(second, signalOf("vllm", page(10, 20)) as LoadSignal)).toBeUndefined();
+  });
+
+  it("vLLM's older prefix-cache gauge when the counters are absent", () => {
+    const s = signalOf("vllm", "vllm:num_requests_waiting 0\nvllm:gpu_prefix_cache_hit_rate 0.42\n");
+    expect(s?.prefixCacheHitRatio).toBe(0.42);
+    expect(s?.prefixCache).toBeUndefined();
   });
 
   it("TGI: tgi_queue_size / tgi_batch_current_size, no KV usage", () => {

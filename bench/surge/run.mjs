@@ -24,25 +24,25 @@
  * `admission: { reserve: 10 }`; a top-level `tenants:` key in it is merged into the config's
  * tenants instead (e.g. `tenants: { quiet: { weight: 2 } }`).
  */
-import { spawn, spawnSync } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
-import { createServer } from "node:net";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { parse as parseYaml, stringify as toYaml } from "yaml";
+import {
+  findBinary,
+  freePort,
+  running,
+  setUp,
+  sleep,
+  startNginx,
+  startServer,
+  stopAll,
+  tail,
+  waitReady,
+} from "../lib/processes.mjs";
 import { OUTCOME_LABELS, OUTCOMES, outcome, round } from "./analyze.mjs";
 import { closedLoop, MAX_TOKENS, MODEL, newClient, openLoop, poissonTimes, streamOnce } from "./load.mjs";
 import { commandStats, redisArgs, roundTrips, waitRedis } from "./redis.mjs";
@@ -126,109 +126,16 @@ const SCENARIOS = [
 ];
 
 // ---------------------------------------------------------------------------------------------
-// Child processes: every one is tracked and ended on exit, error, SIGINT and SIGTERM.
+// Child processes (bench/lib/processes.mjs: tracked and ended on exit, error, SIGINT and SIGTERM)
+// and helpers.
 
-const children = new Set();
+/** The temp dir for the servers' logs and the gateways' configs (setUp makes it, in main). */
 let tmp;
-
-/** Starts a long-running server; its output goes to a log file in the temp dir. */
-function startServer(name, command, commandArgs) {
-  const logPath = join(tmp, `${name}.log`);
-  const out = openSync(logPath, "a");
-  const child = spawn(command, commandArgs, { cwd: ROOT, stdio: ["ignore", out, out] });
-  closeSync(out);
-  const proc = { name, child, logPath, exited: false, exitCode: null };
-  children.add(proc);
-  child.on("exit", (code, signal) => {
-    proc.exited = true;
-    proc.exitCode = code ?? signal;
-    children.delete(proc);
-  });
-  return proc;
-}
-
-async function stop(proc) {
-  if (proc.exited) return;
-  const exited = new Promise((r) => proc.child.once("exit", r));
-  proc.child.kill("SIGTERM");
-  const timeout = new Promise((r) => setTimeout(() => r("timeout"), 5000).unref());
-  if ((await Promise.race([exited, timeout])) === "timeout" && !proc.exited) {
-    proc.child.kill("SIGKILL");
-    await exited;
-  }
-}
-
-async function stopAll() {
-  await Promise.all([...children].map((p) => stop(p)));
-}
-
-process.on("exit", () => {
-  for (const p of children) if (!p.exited) p.child.kill("SIGKILL");
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
-});
+/** Set on SIGINT/SIGTERM, whose handlers (processes.mjs's) stop everything and exit. */
 let interrupted = false;
-for (const signal of ["SIGINT", "SIGTERM"]) {
-  process.on(signal, () => {
-    interrupted = true;
-    console.error(`\n${signal}: stopping the benchmark's processes`);
-    stopAll().finally(() => process.exit(130));
-  });
-}
 
-// ---------------------------------------------------------------------------------------------
-// Helpers.
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const startedAt = new Date();
 const log = (msg) => console.log(`[${((Date.now() - startedAt) / 1000).toFixed(0).padStart(4)}s] ${msg}`);
-
-function freePort() {
-  return new Promise((resolvePromise, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolvePromise(port));
-    });
-  });
-}
-
-function findBinary(candidates) {
-  for (const c of candidates) {
-    if (c.includes("/")) {
-      if (existsSync(c)) return c;
-    } else {
-      const found = spawnSync("sh", ["-c", `command -v ${c}`], { encoding: "utf8" }).stdout.trim();
-      if (found) return found;
-    }
-  }
-  return undefined;
-}
-
-function tail(path) {
-  try {
-    return readFileSync(path, "utf8").split("\n").slice(-20).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-async function waitReady(proc, url) {
-  const deadline = Date.now() + 15_000;
-  while (Date.now() < deadline) {
-    if (proc.exited)
-      throw new Error(`${proc.name} exited (${proc.exitCode}) before it was ready:\n${tail(proc.logPath)}`);
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status < 500) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(100);
-  }
-  throw new Error(`${proc.name} not ready at ${url} after 15 s:\n${tail(proc.logPath)}`);
-}
 
 /** The newest modification time of a file under dir, in ms. */
 function newestMtime(dir) {
@@ -255,18 +162,23 @@ async function startFleet() {
   const fleet = [];
   for (const b of FLEET) {
     const port = await freePort();
-    const proc = startServer(b.name, process.execPath, [
-      MAIN,
-      "sim",
-      "--port",
-      String(port),
-      "--model",
-      MODEL,
-      "--slots",
-      String(b.slots),
-      "--seed",
-      String(b.seed),
-    ]);
+    const proc = startServer(
+      b.name,
+      process.execPath,
+      [
+        MAIN,
+        "sim",
+        "--port",
+        String(port),
+        "--model",
+        MODEL,
+        "--slots",
+        String(b.slots),
+        "--seed",
+        String(b.seed),
+      ],
+      ROOT,
+    );
     fleet.push({ ...b, url: `http://127.0.0.1:${port}`, port, proc });
   }
   for (const b of fleet) await waitReady(b.proc, `${b.url}/health`);
@@ -293,69 +205,6 @@ async function drain(fleet) {
   await sleep(PLAN.pauseSeconds * 1000);
   const deadline = Date.now() + 30_000;
   while ((await fleetStats(fleet)).busy > 0 && Date.now() < deadline) await sleep(250);
-}
-
-/**
- * nginx in front of `servers` (ports on 127.0.0.1): `least_conn;` over the simulators for the
- * nginx target, round-robin (no directive) over the replicas for floodgate×3.
- */
-function nginxConf(dir, port, servers, balance) {
-  return `# written by bench/surge/run.mjs
-daemon off;
-master_process off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_timeout 75s;
-  keepalive_requests 1000000;
-  upstream fleet {
-${balance ? `    ${balance}\n` : ""}${servers.map((p) => `    server 127.0.0.1:${p} max_fails=0;`).join("\n")}
-    keepalive 256;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://fleet;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_read_timeout 120s;
-    }
-  }
-}
-`;
-}
-
-async function startNginx(binary, servers, balance, name = "nginx") {
-  const dir = join(tmp, name);
-  mkdirSync(dir);
-  const port = await freePort();
-  const conf = nginxConf(dir, port, servers, balance);
-  writeFileSync(join(dir, "nginx.conf"), conf);
-  const proc = startServer(name, binary, [
-    "-p",
-    dir,
-    "-c",
-    join(dir, "nginx.conf"),
-    "-e",
-    join(dir, "error.log"),
-  ]);
-  const url = `http://127.0.0.1:${port}`;
-  // Any answer will do (the simulators 404 an unknown path): nginx is up and passing through.
-  await waitReady(proc, `${url}/health`);
-  const version = spawnSync(binary, ["-v"], { encoding: "utf8" })
-    .stderr.trim()
-    .replace(/^nginx version: /, "");
-  return { name, url, proc, version, conf };
 }
 
 function isObject(x) {
@@ -403,7 +252,7 @@ async function startFloodgate(fleet, extra) {
   const yaml = gatewayConfig(port, fleet, extra);
   const file = join(tmp, "floodgate.yaml");
   writeFileSync(file, yaml);
-  const proc = startServer("floodgate", process.execPath, [...NODE_FLAGS, MAIN, "--config", file]);
+  const proc = startServer("floodgate", process.execPath, [...NODE_FLAGS, MAIN, "--config", file], ROOT);
   const url = `http://127.0.0.1:${port}`;
   await waitReady(proc, `${url}/healthz`);
   return { name: "floodgate", url, proc, yaml };
@@ -414,7 +263,7 @@ async function startRedis(binary) {
   const dir = join(tmp, "redis");
   mkdirSync(dir);
   const port = await freePort();
-  const proc = startServer("redis", binary, redisArgs(port, dir));
+  const proc = startServer("redis", binary, redisArgs(port, dir), ROOT);
   await waitRedis(proc, port, tail);
   const version = /v=(\S+)/.exec(spawnSync(binary, ["--version"], { encoding: "utf8" }).stdout)?.[1] ?? null;
   return { port, proc, version };
@@ -450,7 +299,7 @@ async function startReplicas(nginxBinary, fleet, extra, redis) {
     const file = join(tmp, `floodgate-r${i}.yaml`);
     writeFileSync(file, yaml);
     const name = `floodgate-r${i}`;
-    const proc = startServer(name, process.execPath, [...NODE_FLAGS, MAIN, "--config", file]);
+    const proc = startServer(name, process.execPath, [...NODE_FLAGS, MAIN, "--config", file], ROOT);
     replicas.push({
       name,
       port,
@@ -715,7 +564,11 @@ async function main() {
     warnings.push("dist/ is older than src/: this run measured the last build, not the source.");
     log(`WARNING ${warnings.at(-1)}`);
   }
-  tmp = mkdtempSync(join(os.tmpdir(), "floodgate-surge-"));
+  tmp = setUp("floodgate-surge-");
+  for (const signal of ["SIGINT", "SIGTERM"])
+    process.on(signal, () => {
+      interrupted = true;
+    });
 
   const fleet = await startFleet();
   log(`fleet up: ${fleet.map((b) => `${b.name} ${b.slots} slots ${b.url}`).join(", ")}`);
@@ -838,7 +691,7 @@ main().then(
   async (err) => {
     if (interrupted) return; // the signal handler cleans up and exits
     console.error(err instanceof Error ? err.message : err);
-    for (const p of children) console.error(`--- ${p.name} log ---\n${tail(p.logPath)}`);
+    for (const p of running()) console.error(`--- ${p.name} log ---\n${tail(p.logPath)}`);
     await stopAll();
     process.exit(1);
   },

@@ -22,7 +22,7 @@ const TEXT = { fontFamily: "sans-serif", fontSize: 12 };
  * only hover rules (useless in an image, and a CDATA section the project's linter cannot parse),
  * so it goes; and a <title> names the chart for screen readers (the linter's a11y rule).
  */
-function render(option, width = 720, height = 400) {
+export function render(option, width = 720, height = 400) {
   const chart = echarts.init(null, null, { renderer: "svg", ssr: true, width, height });
   chart.setOption({ animation: false, backgroundColor: "#ffffff", textStyle: TEXT, ...option });
   const svg = chart

@@ -57,7 +57,7 @@ export function poissonTimes(rate, seconds, seed) {
 }
 
 /**
- * Sends one streamed chat completion and records what happened. Times are ms on `clock` (the
+ * Sends one streamed chat completion (`body`, by default the surge's one) and records what happened. Times are ms on `clock` (the
  * caller's performance.now() origin). Never throws: a failure is a record with `error` set.
  *   status      HTTP status, 0 when no response head arrived
  *   headers     when the response head arrived
@@ -69,7 +69,7 @@ export function poissonTimes(rate, seconds, seed) {
  *               (200 without [DONE]), "timeout" (aborted by the runner) or "network:<code>"
  *   code        the error code in a non-200 JSON body (e.g. no_backend_available, server_busy)
  */
-export async function streamOnce(dispatcher, url, authorization, signal, clock) {
+export async function streamOnce(dispatcher, url, authorization, signal, clock, body = BODY) {
   const rec = {
     status: 0,
     headers: null,
@@ -88,7 +88,7 @@ export async function streamOnce(dispatcher, url, authorization, signal, clock) 
       dispatcher,
       method: "POST",
       headers: { "content-type": "application/json", authorization },
-      body: BODY,
+      body,
       signal,
     });
     rec.headers = clock();
@@ -160,7 +160,7 @@ function errorCode(text) {
 /**
  * Open loop: every arrival is sent at its time whatever the target does, so an overloaded
  * target cannot slow the arrivals down (no coordinated omission). `arrivals` is a sorted list
- * of { at (ms from start), tenant, authorization }. After the last arrival, requests still open
+ * of { at (ms from start), tenant, authorization, body? }. After the last arrival, requests still open
  * get `stragglerMs` to end; then they are aborted and recorded as timeouts.
  * Returns one record per arrival: { tenant, at, sent, ...streamOnce's record }, all times in ms
  * from the start.
@@ -180,7 +180,7 @@ export async function openLoop({ dispatcher, url, arrivals, stragglerMs }) {
         const a = arrivals[next++];
         const sent = clock();
         open.push(
-          streamOnce(dispatcher, url, a.authorization, abort.signal, clock).then((rec) => ({
+          streamOnce(dispatcher, url, a.authorization, abort.signal, clock, a.body).then((rec) => ({
             tenant: a.tenant,
             at: round1(a.at),
             sent,

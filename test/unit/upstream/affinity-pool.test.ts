@@ -198,6 +198,18 @@ describe("a keyed request that waits", () => {
     expect(pool.admission.waitingTotal).toBe(0);
   });
 
+  it("an arrival whose home has a free slot but is past its bound spills at once", () => {
+    const pool = makePool("{ by: prefix, successors: 0, grace: 10s }", 3, 4);
+    const key = hashString("hot");
+    const [home, next] = successorsOf(pool, key);
+    const got: Held[] = [];
+    // The second finds the home at ceil(1.25 x 2 / 3) = 1 with a free slot: it spills at once
+    // (no wait); the third finds the home within ceil(1.25 x 3 / 3) = 2 again.
+    for (let i = 0; i < 3; i++) got.push(now(pool, key));
+    expect(got.map((h) => h.backend)).toEqual([home, next, home]);
+    expect(pool.admission.waitingTotal).toBe(0);
+  });
+
   it("takes a slot on its next successor when `successors` lets it", () => {
     const { pool, held, a, keyOf } = full("{ by: prefix, successors: 1, grace: 1s }");
     const key = keyOf(a);

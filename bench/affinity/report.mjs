@@ -10,6 +10,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { percentile, round } from "../surge/analyze.mjs";
 import { render } from "../surge/charts.mjs";
+import { table } from "../surge/report.mjs";
 import {
   APPS,
   BLOCK_CHARS,
@@ -75,14 +76,6 @@ const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed
 const ms = (x) => (x === null || x === undefined ? "–" : `${Math.round(x)}`);
 const x2 = (x) => (x === null || x === undefined ? "–" : `${x.toFixed(2)}x`);
 
-function table(header, rows) {
-  return [
-    `| ${header.join(" | ")} |`,
-    `| ${header.map(() => "---").join(" | ")} |`,
-    ...rows.map((r) => `| ${r.join(" | ")} |`),
-  ].join("\n");
-}
-
 function spread(values, format) {
   if (values.length < 2) return format(values[0]);
   return `${format(median(values))} (${format(Math.min(...values))} – ${format(Math.max(...values))})`;
@@ -92,21 +85,21 @@ function cacheChart(rounds) {
   const last = rounds.at(-1).summaries;
   const targets = last.map((s) => s.target);
   return render({
-    title: { text: "Prefix-cache hit rate and answers within SLO, last round", left: "center" },
-    legend: { top: 28 },
+    title: { text: "Prefix-cache hit rate and answers within SLO", left: "center", top: 4 },
+    legend: { top: 36 },
     grid: { top: 70, left: 60, right: 20, bottom: 40 },
     xAxis: { type: "category", data: targets },
     yAxis: { type: "value", min: 0, max: 100, name: "%", axisLabel: { formatter: "{value}%" } },
     series: [
       {
-        name: "prefix-cache hit rate (prompt tokens)",
+        name: "prefix-cache hit rate",
         type: "bar",
         data: last.map((s) => round((s.hitRate ?? 0) * 100, 1)),
         itemStyle: { color: "#2e9d5b" },
         label: { show: true, position: "top", formatter: "{c}%" },
       },
       {
-        name: "requests served within the 2 s first-token SLO",
+        name: "first token within 2 s",
         type: "bar",
         data: last.map((s) => round((s.withinShare ?? 0) * 100, 1)),
         itemStyle: { color: "#2f6fdf" },
@@ -137,10 +130,10 @@ function ttftChart(rounds) {
     };
   });
   return render({
-    title: { text: "Time to first token (share of requests served by then), last round", left: "center" },
-    legend: { top: 28 },
+    title: { text: "Time to first token: share of requests served by then", left: "center", top: 4 },
+    legend: { top: 36 },
     grid: { top: 70, left: 60, right: 30, bottom: 50 },
-    xAxis: { type: "log", name: "ms after the scheduled send", nameLocation: "middle", nameGap: 30, min: 1 },
+    xAxis: { type: "log", name: "ms after the scheduled send", nameLocation: "middle", nameGap: 30, min: 10 },
     yAxis: { type: "value", min: 0, max: 100, name: "%", axisLabel: { formatter: "{value}%" } },
     series,
   });

@@ -91,7 +91,7 @@ function ms(x) {
   return x === null || x === undefined ? "–" : `${Math.round(x)}`;
 }
 
-function table(header, rows) {
+export function table(header, rows) {
   return [
     `| ${header.join(" | ")} |`,
     `| ${header.map(() => "---").join(" | ")} |`,

@@ -175,12 +175,16 @@ const TARGETS = [
   { name: "nginx least_conn", kind: "nginx" },
 ];
 
+/** Each nginx run gets a directory of its own. */
+let nginxRuns = 0;
+
 async function startTarget(target, fleet, tmp, nginx) {
   if (target.kind === "nginx") {
     const t = await startNginx(
       nginx,
       fleet.map((b) => ({ port: b.port, weight: b.weight })),
       "least_conn;",
+      `nginx-${++nginxRuns}`,
     );
     return { ...t, config: t.conf };
   }

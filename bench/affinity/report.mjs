@@ -71,7 +71,12 @@ function judge(round) {
   };
 }
 
-const median = (xs) => percentile(xs, 50);
+/** The middle value; of an even count, the mean of the two middle ones. */
+function median(xs) {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
 const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`);
 const ms = (x) => (x === null || x === undefined ? "–" : `${Math.round(x)}`);
 const x2 = (x) => (x === null || x === undefined ? "–" : `${x.toFixed(2)}x`);

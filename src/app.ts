@@ -28,7 +28,7 @@ import {
 import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
-import { combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
+import { accessLogWriter, combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
 import { registerOpenAIRoutes } from "./proxy/openai-routes.js";
@@ -97,6 +97,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}): Gateway {
   const logger = options.logger ?? createLogger(config.log);
+  const writeAccess = accessLogWriter(logger);
   const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
   const upstreams = new Upstreams(config, {
     events: combineEvents(metrics.upstreamEvents(), upstreamLogEvents(logger)),
@@ -361,32 +362,29 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       overheadSeconds: Math.max(0, seconds - (upstreamMs + ctx.queuedMs) / 1000),
     });
     if (!config.log.accessLog) return;
-    logger.info(
-      {
-        requestId: request.id,
-        tenant: ctx.tenant?.id,
-        method: request.method,
-        route,
-        model: ctx.model,
-        pool: ctx.pool,
-        backend: exchange?.backendName ?? undefined,
-        stream: ctx.stream || undefined,
-        fallback: ctx.fallback,
-        cache: ctx.cache,
-        status,
-        error: ctx.error?.code,
-        durationMs: Math.round(seconds * 1e4) / 10,
-        queueMs: ctx.queuedMs > 0 ? Math.round(ctx.queuedMs * 10) / 10 : undefined,
-        firstByteMs: exchange?.firstByteAt
-          ? Math.round((exchange.firstByteAt - ctx.startedAt) * 10) / 10
-          : undefined,
-        promptTokens: usage?.prompt,
-        completionTokens: usage?.completion,
-        bytesIn: request.rawBody?.length,
-        bytesOut: exchange?.bytesOut,
-      },
-      "request",
-    );
+    writeAccess({
+      requestId: request.id,
+      tenant: ctx.tenant?.id,
+      method: request.method,
+      route,
+      model: ctx.model,
+      pool: ctx.pool,
+      backend: exchange?.backendName ?? undefined,
+      stream: ctx.stream,
+      fallback: ctx.fallback,
+      cache: ctx.cache,
+      status,
+      error: ctx.error?.code,
+      durationMs: Math.round(seconds * 1e4) / 10,
+      queueMs: ctx.queuedMs > 0 ? Math.round(ctx.queuedMs * 10) / 10 : undefined,
+      firstByteMs: exchange?.firstByteAt
+        ? Math.round((exchange.firstByteAt - ctx.startedAt) * 10) / 10
+        : undefined,
+      promptTokens: usage?.prompt,
+      completionTokens: usage?.completion,
+      bytesIn: request.rawBody?.length,
+      bytesOut: exchange?.bytesOut,
+    });
   }
 
   const admin = config.admin.enabled ? buildAdmin() : undefined;

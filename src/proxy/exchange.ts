@@ -46,17 +46,29 @@ export class Exchange {
   bytesOut = 0;
   attempts = 0;
 
-  constructor(
-    totalTimeoutMs: number,
-    /** Who waits, in which band, until when, if no slot is free (src/admission). */
-    private readonly admit: Admit,
-  ) {
+  /**
+   * Who waits, in which band, until when, if no slot is free (src/admission): one object for
+   * every attempt, its retry flag and the backends to avoid set per attempt.
+   */
+  private readonly request: AdmissionRequest<Backend>;
+
+  constructor(totalTimeoutMs: number, admit: Admit) {
     this.deadline = performance.now() + totalTimeoutMs;
     this.timer = setTimeout(() => this.abort("total"), totalTimeoutMs);
+    this.request = {
+      band: admit.band,
+      tenant: admit.tenant,
+      weight: admit.weight,
+      deadline: admit.deadline,
+      patient: admit.patient,
+      affinity: admit.affinity,
+      retry: false,
+      exclude: undefined,
+    };
   }
 
   get band(): number {
-    return this.admit.band;
+    return this.request.band;
   }
 
   /** The call of the current attempt; if the exchange was aborted already, it ends at once. */
@@ -101,7 +113,10 @@ export class Exchange {
    */
   acquire(pool: UpstreamPool, exclude?: ReadonlySet<Backend>): Backend | Promise<Backend> {
     this.release();
-    const got = pool.acquire({ ...this.admit, retry: this.attempts > 0, exclude });
+    const request = this.request;
+    request.retry = this.attempts > 0;
+    request.exclude = exclude;
+    const got = pool.acquire(request);
     if (!(got instanceof Ticket)) {
       this.hold(pool, got);
       return got;

@@ -382,7 +382,8 @@ const SCRIPT = String.raw`
       fact("Slots in use", fmtInt(a.slotsInUse) + " / " + (Number.isFinite(a.slotCapacity) ? fmtInt(a.slotCapacity) : "\u221e"), "slots"),
       fact("Drain rate", a.drainMeasured ? (a.drainPerSecond || 0).toFixed(1) + "/s" : "not measured", "drain"),
       fact("Est. wait", fmtMs(a.estimatedWaitMs && a.estimatedWaitMs.interactive), "wait"),
-      fact("Retries", fmtInt(pool.retries && pool.retries.inFlight) + " / " + fmtInt(pool.retries && pool.retries.limit), "retries"));
+      fact("Retries", fmtInt(pool.retries && pool.retries.inFlight) + " / " + fmtInt(pool.retries && pool.retries.limit), "retries"),
+      fact("Affinity", affinityText(pool.affinity), "affinity"));
     facts.setAttribute("aria-label", "Pool " + pool.name + " summary");
     var rows = (pool.backends || []).map(renderBackend);
     var table = el("table", { "aria-labelledby": titleId },
@@ -395,10 +396,22 @@ const SCRIPT = String.raw`
         el("th", { scope: "col", text: "In flight / slots" }),
         el("th", { scope: "col", class: "num", text: "Engine queue" }),
         el("th", { scope: "col", text: "KV cache" }),
+        el("th", { scope: "col", class: "num", text: "Prefix hits", title: "the engine's prefix-cache hit ratio" }),
         el("th", { scope: "col", text: "Drained" }))),
       el("tbody", null, rows));
     return el("section", { class: "card pool", "data-pool": pool.name, "aria-labelledby": titleId },
       head, facts, el("div", { class: "table-wrap" }, table));
+  }
+
+  // Where the pool's keyed requests went since start: their home backend, a successor because
+  // the home was past its load bound, or another backend because the home could not serve.
+  function affinityText(affinity) {
+    if (!affinity) return "off";
+    var d = affinity.decisions || {};
+    var total = (d.home || 0) + (d.spilled || 0) + (d.home_unavailable || 0);
+    if (total === 0) return "by " + affinity.by + " \u00b7 no requests yet";
+    return "by " + affinity.by + " \u00b7 home " + fmtPct(d.home / total) + ", spilled " +
+      fmtPct(d.spilled / total) + ", home unavailable " + fmtPct(d.home_unavailable / total);
   }
 
   function renderBackend(b) {
@@ -426,6 +439,12 @@ const SCRIPT = String.raw`
     } else {
       kv.append(el("span", { class: "muted", text: DASH }));
     }
+    var prefix = el("td", { class: "num", "data-field": "prefix-cache" });
+    if (load && load.prefixCacheHitRatio !== null && load.prefixCacheHitRatio !== undefined) {
+      prefix.append(fmtPct(load.prefixCacheHitRatio));
+    } else {
+      prefix.append(el("span", { class: "muted", title: "the engine publishes no prefix-cache counters", text: DASH }));
+    }
     var bad = !b.healthy || b.breaker === "open";
     var warn = b.drained || b.breaker === "half_open";
     return el("tr", { "data-backend": b.name, class: bad ? "row-bad" : warn ? "row-warn" : null },
@@ -437,7 +456,7 @@ const SCRIPT = String.raw`
       el("td", null, b.healthy ? pill("healthy", "ok", "health") : pill("unhealthy", "bad", "health")),
       el("td", null, breaker),
       el("td", { class: "num", "data-field": "ejections", text: fmtInt(b.ejections) }),
-      inflight, queue, kv,
+      inflight, queue, kv, prefix,
       el("td", null, b.drained ? pill("drained", "warn", "drained") : pill("no", "idle", "drained")));
   }
 

@@ -37,7 +37,14 @@ describe.skipIf(!existsSync(CHROMIUM))("the /status page in headless Chromium", 
   beforeAll(async () => {
     sims = await Promise.all(
       [0, 1].map(() =>
-        startSim({ models: ["m"], prefillMsPerToken: 0, decodeStepMs: 20, decodeMsPerSeq: 0, slots: 8 }),
+        startSim({
+          models: ["m"],
+          prefillMsPerToken: 0,
+          decodeStepMs: 20,
+          decodeMsPerSeq: 0,
+          slots: 8,
+          prefixCacheBlocks: 256,
+        }),
       ),
     );
     // Two slots a backend and no admission queue: a fifth request at once is shed (queue_full).
@@ -50,6 +57,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the /status page in headless Chromium", 
     loadSignals: { interval: 500ms }
     admission: { maxQueue: 0 }
     cache: { enabled: true }
+    affinity: { by: header }
 `);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -188,6 +196,24 @@ describe.skipIf(!existsSync(CHROMIUM))("the /status page in headless Chromium", 
     expect(await tile("store", "big").textContent()).toBe("memory");
     expect(await tile("store", "small").textContent()).toBe("ok");
     expect(await tile("fleet", "big").textContent()).toBe("off");
+    // The engines' prefix-cache hit ratio, from their counters between two readings.
+    await eventually(
+      async () =>
+        (await Promise.all(["gpu-a", "gpu-b"].map((b) => row(b, "prefix-cache").textContent()))).some((t) =>
+          /^\d+(\.\d)?%$/.test(t ?? ""),
+        ),
+      { timeout: 15_000, interval: 100, what: "a prefix-cache hit ratio" },
+    );
+    // Affinity by session: no request so far carried one; one that does goes to its home.
+    const affinity = page.locator('[data-pool="chat"] [data-field="affinity"]');
+    expect(await affinity.textContent()).toBe("by header \u00b7 no requests yet");
+    expect(await chat(gw, { max_tokens: 2, user: "alice" })).toBe(200);
+    await eventually(async () => (await affinity.textContent())?.includes("home 100%"), {
+      timeout: 15_000,
+      interval: 100,
+      what: "a session's request shown as sent home",
+    });
+    expect(await affinity.textContent()).toBe("by header \u00b7 home 100%, spilled 0%, home unavailable 0%");
 
     // Drain gpu-b through the admin API: the page shows it within a few refreshes.
     const drained = await request(`${gw.adminUrl}/admin/pools/chat/backends/gpu-b/drain`, {

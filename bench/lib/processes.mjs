@@ -1,7 +1,8 @@
 /**
  * What the benchmarks share on the server side: child processes that are tracked and always
- * ended (on exit, error, SIGINT and SIGTERM), free ports, finding a binary, waiting for a server
- * to answer, and nginx in front of a list of local ports. One benchmark per process: the state
+ * ended (on exit, error, SIGINT and SIGTERM), optionally pinned to a core (taskset), commands
+ * run to their end (load generators), free ports, finding a binary, waiting for a server to
+ * answer, and nginx in front of a list of local ports. One benchmark per process: the state
  * (the children, the temp dir) is the module's.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -20,7 +21,32 @@ import os from "node:os";
 import { join } from "node:path";
 
 const children = new Set();
+/** Every process id this module started, ended or not: CPU used by any other is interference. */
+export const spawnedPids = new Set();
 let tmp;
+
+/** Whether `core` options pin processes: taskset is installed and there are two cores or more. */
+export const PINNING =
+  os.availableParallelism() >= 2 && spawnSync("taskset", ["-V"], { stdio: "ignore" }).status === 0;
+
+/** The command line that runs `command` on `core` (taskset execs it: same pid), or as is. */
+export function pinned(core, command, commandArgs) {
+  return PINNING && core !== undefined
+    ? ["taskset", ["-c", String(core), command, ...commandArgs]]
+    : [command, commandArgs];
+}
+
+function track(name, child, logPath) {
+  spawnedPids.add(child.pid);
+  const proc = { name, child, logPath, exited: false, exitCode: null };
+  children.add(proc);
+  child.on("exit", (code, signal) => {
+    proc.exited = true;
+    proc.exitCode = code ?? signal;
+    children.delete(proc);
+  });
+  return proc;
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -43,20 +69,54 @@ export function setUp(prefix) {
   return tmp;
 }
 
-/** Starts a long-running server; its output goes to a log file in the temp dir. */
-export function startServer(name, command, commandArgs, cwd = process.cwd()) {
+/**
+ * Starts a long-running server; its output goes to a log file in the temp dir. Options: `core`
+ * pins it (taskset, when PINNING), `stdout` sends its stdout elsewhere (e.g. /dev/null; stderr
+ * stays in the log).
+ */
+export function startServer(name, command, commandArgs, cwd = process.cwd(), { core, stdout } = {}) {
   const logPath = join(tmp, `${name}.log`);
-  const out = openSync(logPath, "a");
-  const child = spawn(command, commandArgs, { cwd, stdio: ["ignore", out, out] });
+  const out = openSync(stdout ?? logPath, "a");
+  const err = stdout ? openSync(logPath, "a") : out;
+  const [cmd, cmdArgs] = pinned(core, command, commandArgs);
+  const child = spawn(cmd, cmdArgs, { cwd, stdio: ["ignore", out, err] });
   closeSync(out);
-  const proc = { name, child, logPath, exited: false, exitCode: null };
-  children.add(proc);
-  child.on("exit", (code, signal) => {
-    proc.exited = true;
-    proc.exitCode = code ?? signal;
-    children.delete(proc);
+  if (err !== out) closeSync(err);
+  return track(name, child, logPath);
+}
+
+/**
+ * Runs a command to its end (killed after `timeoutSeconds`), tracked like a server, and
+ * resolves with its stdout and stderr; rejects when it exits with another code than 0.
+ */
+export function runToEnd(
+  command,
+  commandArgs,
+  { cwd = process.cwd(), env = process.env, core, timeoutSeconds = 60 } = {},
+) {
+  const [cmd, cmdArgs] = pinned(core, command, commandArgs);
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(cmd, cmdArgs, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    const watchdog = setTimeout(() => child.kill("SIGKILL"), timeoutSeconds * 1000);
+    track(command, child, undefined);
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c) => {
+      stdout += c;
+    });
+    child.stderr.on("data", (c) => {
+      stderr += c;
+    });
+    child.on("error", (err) => {
+      clearTimeout(watchdog);
+      reject(err);
+    });
+    child.on("exit", (code, signal) => {
+      clearTimeout(watchdog);
+      if (code === 0) resolvePromise({ stdout, stderr });
+      else reject(new Error(`${command} exited with ${code ?? signal}: ${stderr.trim() || stdout.trim()}`));
+    });
   });
-  return proc;
 }
 
 /** SIGTERM, then SIGKILL after 5 s. */
@@ -71,7 +131,10 @@ export async function stop(proc) {
   }
 }
 
-/** The servers started and not yet exited (for their logs when a benchmark fails). */
+/**
+ * The processes started and not yet exited (for their logs when a benchmark fails); servers have
+ * a `logPath`, commands run to their end do not.
+ */
 export function running() {
   return [...children];
 }
@@ -133,7 +196,8 @@ export async function waitReady(proc, url) {
 
 /**
  * nginx in front of `servers` (ports on 127.0.0.1, or { port, weight }): `balance` is its
- * upstream directive (`least_conn;`, or none for round-robin). Streams pass unbuffered.
+ * upstream directive (`least_conn;`, or none for round-robin). One worker, access log off,
+ * HTTP/1.1 upstream keepalive 256; streams pass unbuffered.
  */
 export function nginxConf(dir, port, servers, balance) {
   const line = (s) =>
@@ -176,20 +240,20 @@ ${balance ? `    ${balance}\n` : ""}${servers.map(line).join("\n")}
 `;
 }
 
-export async function startNginx(binary, servers, balance, name = "nginx") {
+/** nginx (nginxConf) on a free port, ready; `core` pins it (taskset). */
+export async function startNginx(binary, servers, balance, name = "nginx", { core } = {}) {
   const dir = join(tmp, name);
   mkdirSync(dir);
   const port = await freePort();
   const conf = nginxConf(dir, port, servers, balance);
   writeFileSync(join(dir, "nginx.conf"), conf);
-  const proc = startServer(name, binary, [
-    "-p",
-    dir,
-    "-c",
-    join(dir, "nginx.conf"),
-    "-e",
-    join(dir, "error.log"),
-  ]);
+  const proc = startServer(
+    name,
+    binary,
+    ["-p", dir, "-c", join(dir, "nginx.conf"), "-e", join(dir, "error.log")],
+    process.cwd(),
+    { core },
+  );
   const url = `http://127.0.0.1:${port}`;
   // Any answer will do (a simulator 404s an unknown path): nginx is up and passing through.
   await waitReady(proc, `${url}/health`);

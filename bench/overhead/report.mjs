@@ -5,42 +5,92 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-/** The issue's targets for one floodgate process on one core. */
-export const TARGETS = {
-  throughputRps: 10_000,
-  addedP50Ms: 0.3,
-  addedP99Ms: 1.5,
-  ttftAddedP50Ms: 0.6,
-  /** Redis round trips per request for admission with shared slots, on average. */
-  slotsTripsPerRequest: 1,
-};
+/** The yardstick of the targets: every judged figure is a ratio to it in the same round. */
+export const FLOOR = "fastify-floor";
 
-const FLOODGATES = ["floodgate", "floodgate+log"];
-/** floodgate with request limits (memory store, Redis store) and with cache hits. */
+/**
+ * The issue's targets (#17), as ratios to fastify-floor measured in the same round: req/s at
+ * saturation at least `min` times the floor's; Redis round trips per request at most `max`;
+ * added p50 (over direct) at most `max` times the floor's added p50.
+ */
+export const TARGETS = [
+  { what: "default config (access log on, metrics on)", name: "floodgate", measure: "rps", min: 0.85 },
+  {
+    what: "+ API key, one tenant limit and one IP limit, memory store",
+    name: "floodgate+memory-limits",
+    measure: "rps",
+    min: 0.75,
+  },
+  { what: "+ the same limits in Redis", name: "floodgate+redis-limits", measure: "rps", min: 0.65 },
+  {
+    what: "+ the same limits in Redis: Redis round trips per request",
+    name: "floodgate+redis-limits",
+    measure: "trips",
+    phase: "saturation",
+    max: 1,
+  },
+  {
+    what: "+ the same limits in Redis: Redis round trips per request",
+    name: "floodgate+redis-limits",
+    measure: "trips",
+    phase: "latency",
+    max: 1,
+  },
+  {
+    what: "Redis store, admission against shared backend slots",
+    name: "floodgate+redis-slots",
+    measure: "rps",
+    min: 0.65,
+  },
+  {
+    what: "Redis store, shared slots: Redis round trips per request",
+    name: "floodgate+redis-slots",
+    measure: "trips",
+    phase: "saturation",
+    max: 1,
+  },
+  {
+    what: "Redis store, shared slots: Redis round trips per request",
+    name: "floodgate+redis-slots",
+    measure: "trips",
+    phase: "latency",
+    max: 1,
+  },
+  { what: "cache hit", name: "floodgate+cache-hit", measure: "rps", min: 1.2 },
+  {
+    what: "default config: added latency p50",
+    name: "floodgate",
+    measure: "added",
+    phase: "latency",
+    max: 1.15,
+  },
+  {
+    what: "default config: added time to first SSE event p50",
+    name: "floodgate",
+    measure: "added",
+    phase: "ttft",
+    max: 1.15,
+  },
+];
+
+/** Redis round trips per request, on average, at most. */
+const TRIPS_GOAL = 1;
+/** floodgate with request limits, shared slots, cache hits and prefix affinity. */
 const VARIANTS = [
   "floodgate+memory-limits",
   "floodgate+redis-limits",
   "floodgate+redis-slots",
   "floodgate+cache-hit",
+  "floodgate+affinity",
 ];
 const SLOTS = "floodgate+redis-slots";
-/** The yardsticks the targets table sets beside floodgate: can anything on this machine meet them? */
-const YARDSTICKS = ["fastify-floor", "node-floor", "nginx"];
 /** A target started from the --baseline build: its counterpart's name + this (run.mjs). */
 const BASE_SUFFIX = "@base";
-/** The targets run.mjs also starts from the baseline build, for "Before and after". */
-const BEFORE_AFTER = ["floodgate", "floodgate+log", "floodgate+memory-limits"];
 /**
  * The goal for the current build: at least this fraction of the baseline's req/s, and at most
  * its CPU per request divided by this, both taken as ratios to fastify-floor in the same round.
  */
 const BEFORE_AFTER_GOAL = 0.95;
-const PROXIES = [
-  "nginx",
-  "node-floor",
-  "fastify-floor",
-  ...[...FLOODGATES, ...VARIANTS].flatMap((n) => (BEFORE_AFTER.includes(n) ? [n, n + BASE_SUFFIX] : [n])),
-];
 
 export function renderReport(r) {
   const targets = r.meta.targets.filter((t) => r.saturation[t.name]);
@@ -90,9 +140,10 @@ export function renderReport(r) {
   p();
   p("| target | what |");
   p("| --- | --- |");
-  for (const t of targets) p(`| ${t.name} | ${targetWhat(t.name, t.label, r.meta.baseline)} |`);
+  for (const t of targets) p(`| ${t.name} | ${targetWhat(t.name, t.label, r.meta)} |`);
   p();
-  if (present(BEFORE_AFTER.map((n) => n + BASE_SUFFIX)).length) {
+  const baseTargets = targets.filter((t) => t.name.endsWith(BASE_SUFFIX));
+  if (baseTargets.length) {
     p(
       `The *${BASE_SUFFIX}* targets are their counterparts started from the baseline build (same config, flags and core); each takes its turn right after its counterpart, in every round and measurement.`,
     );
@@ -102,7 +153,7 @@ export function renderReport(r) {
     `1. **Saturation**: \`wrk -t1 -c${plan.connections} -d${plan.satSeconds}s -s post.lua\` after a ${plan.satWarmup} s warm-up; ` +
       'POST /v1/chat/completions `{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}`, non-streamed' +
       (present(VARIANTS).length
-        ? ' (the limits variants add `Authorization: Bearer <key>`, the cache-hit variant `"temperature": 0`; floodgate+redis-slots sends the common request; section 4).'
+        ? ' (the limits variants add `Authorization: Bearer <key>`, the cache-hit variant `"temperature": 0`; the others send the common request).'
         : "."),
   );
   p(
@@ -119,20 +170,26 @@ export function renderReport(r) {
   if (rounds > 1)
     p(
       `Every measurement runs ${rounds} times, in rounds: within a round the targets take turns, so a slow spell of the machine falls on all of them alike. ` +
-        "A table shows the median round (for latency, each percentile's median over the rounds) and, in its *rounds* column, every round's req/s or p50.",
+        "A table shows the median round (for latency, each percentile's median over the rounds) and, in its *rounds* column, every round's req/s or p50, lowest to highest.",
     );
   p(
     "4. CPU: per-core busy and steal time from /proc/stat and each server's CPU time from /proc/PID/stat, over each measured window " +
       "(for 2 and 3 the window includes the warm-up).",
   );
+  if (r.profiles && Object.keys(r.profiles).length)
+    p(
+      `5. **CPU profiles**: after the rounds, ${Object.keys(r.profiles).join(", ")} again, one at a time, alone on cpu0 with \`node --cpu-prof\`, under the saturation load of 1 for ${plan.profSeconds} s (section 5).`,
+    );
   p();
   if (present(VARIANTS).length) {
     p(
-      "The floodgate variants (section 4) get saturation and latency; the first SSE event only the cache-hit variant (a streamed hit is replayed from the cache).",
+      "The floodgate variants (section 4) get saturation and latency; the first SSE event only the default config, floodgate-nolog and the cache-hit variant (a streamed hit is replayed from the cache). " +
+        "Every floodgate target's exact config is at the end of this report (Configs).",
     );
     p();
   }
 
+  targetsSection(p, r);
   beforeAfterSection(p, r);
 
   // 1. Saturation
@@ -140,14 +197,15 @@ export function renderReport(r) {
   p();
   const direct = r.saturation.direct;
   p(
-    "| target | req/s | rounds | vs direct | wrk p50 ms | wrk p99 ms | errors | cpu0 busy | cpu1 busy | proxy CPU | backend CPU | proxy CPU µs/req | other procs |",
+    `| target | req/s | rounds | ÷ ${FLOOR} | vs direct | wrk p50 ms | wrk p99 ms | errors | cpu0 busy | cpu1 busy | proxy CPU | backend CPU | proxy CPU µs/req | other procs |`,
   );
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const t of targets) {
     const s = r.saturation[t.name];
     const proxy = s.cpu.processes[t.name];
+    const toFloor = median(perRound(r, "saturation", t.name, rpsRatio));
     p(
-      `| ${t.name} | **${fmtInt(s.rps)}** | ${spread(s.rounds, (x) => x.rps, fmtInt)} | ${ratio(s.rps, direct?.rps)} | ${ms(s.latencyUs.p50 / 1000)} | ${ms(s.latencyUs.p99 / 1000)} | ${s.errorCount} | ${s.cpu.cores.cpu0?.busyPct}% | ${s.cpu.cores.cpu1?.busyPct}% | ${proxy ? `${proxy.cpuPct}%` : "-"} | ${s.cpu.processes.backend?.cpuPct}% | ${proxy ? Math.round((proxy.cpuSeconds / s.requests) * 1e6) : "-"} | ${others(s.cpu)} |`,
+      `| ${t.name} | **${fmtInt(s.rps)}** | ${spread(s.rounds, (x) => x.rps, fmtInt)} | ${Number.isFinite(toFloor) ? `${toFloor.toFixed(2)}×` : "-"} | ${ratio(s.rps, direct?.rps)} | ${ms(s.latencyUs.p50 / 1000)} | ${ms(s.latencyUs.p99 / 1000)} | ${s.errorCount} | ${s.cpu.cores.cpu0?.busyPct}% | ${s.cpu.cores.cpu1?.busyPct}% | ${proxy ? `${proxy.cpuPct}%` : "-"} | ${s.cpu.processes.backend?.cpuPct}% | ${proxy ? Math.round((proxy.cpuSeconds / s.requests) * 1e6) : "-"} | ${others(s.cpu)} |`,
     );
   }
   p();
@@ -156,11 +214,20 @@ export function renderReport(r) {
       `a measurement is redone, while \`--patience\` lasts, when others exceed ${r.meta.quietThresholdPct}% of a core (${r.meta.residualThresholdPct ?? 10}% by /proc/stat accounting) or steal exceeds ${r.meta.stealThresholdPct ?? 5}%; bold: still disturbed.`,
   );
   p();
-  if (r.saturation.floodgate && r.saturation["floodgate+log"]) {
-    const off = r.saturation.floodgate.rps;
-    const on = r.saturation["floodgate+log"].rps;
+  p(
+    `*÷ ${FLOOR}*: the target's req/s over ${FLOOR}'s in the same round, median of the rounds (the Targets section lists every round's).`,
+  );
+  p();
+  if (r.saturation.floodgate && r.saturation["floodgate-nolog"]) {
+    const off = r.saturation["floodgate-nolog"];
+    const on = r.saturation.floodgate;
+    const perReq = (d, n) => (d.cpu.processes[n]?.cpuSeconds / d.requests) * 1e6;
+    const onOff = median(
+      perRound(r, "saturation", "floodgate", (t, _f, _d, i) => t.rps / off.rounds?.[i]?.rps),
+    );
     p(
-      `Access log: ${fmtInt(off)} req/s off, ${fmtInt(on)} req/s on (${ratio(on, off)} of off; stdout to /dev/null, so this is the cost of formatting and writing, not of a slow log sink).`,
+      `Access log: ${fmtInt(off.rps)} req/s off (floodgate-nolog), ${fmtInt(on.rps)} req/s on (floodgate, the default; ${Number.isFinite(onOff) ? `${onOff.toFixed(2)}×` : "-"} of off, median of the rounds), ` +
+        `${fmtInt(perReq(on, "floodgate") - perReq(off, "floodgate-nolog"))} µs of CPU per request; stdout to /dev/null, so this is the cost of formatting and writing, not of a slow log sink.`,
     );
     p();
   }
@@ -185,87 +252,17 @@ export function renderReport(r) {
   // 4. Limits and cache
   if (present(VARIANTS).length) variantsSection(p, r, present);
 
-  // Targets
-  p("## Targets (one floodgate process on one core)");
-  p();
-  const columns = [...FLOODGATES, ...present(YARDSTICKS)];
-  p(
-    "Each cell is the measured value and whether it meets the goal. floodgate is the one judged; the other columns " +
-      "hold the yardsticks of the Method section against the same goals: can anything on this machine meet them?",
-  );
-  p();
-  p(
-    `| target | goal | ${columns.map((n) => (n === "floodgate" ? "floodgate, access log off" : n === "floodgate+log" ? "floodgate, access log on" : n)).join(" | ")} |`,
-  );
-  p(`| --- | --- | ${columns.map(() => "---:").join(" | ")} |`);
-  const rows = [
-    [
-      "non-streamed throughput",
-      `≥ ${fmtInt(TARGETS.throughputRps)} req/s`,
-      (n) => r.saturation[n]?.rps,
-      (v) => v >= TARGETS.throughputRps,
-      fmtInt,
-    ],
-    [
-      `added latency p50 at ${plan.latRate} req/s`,
-      `≤ ${TARGETS.addedP50Ms} ms`,
-      (n) => added(r, "latency", n, "p50"),
-      (v) => v <= TARGETS.addedP50Ms,
-      ms,
-    ],
-    [
-      `added latency p99 at ${plan.latRate} req/s`,
-      `≤ ${TARGETS.addedP99Ms} ms`,
-      (n) => added(r, "latency", n, "p99"),
-      (v) => v <= TARGETS.addedP99Ms,
-      ms,
-    ],
-    [
-      "added time to first SSE event p50",
-      `≤ ${TARGETS.ttftAddedP50Ms} ms`,
-      (n) => added(r, "ttft", n, "p50"),
-      (v) => v <= TARGETS.ttftAddedP50Ms,
-      ms,
-    ],
-  ];
-  for (const [name, goal, get, ok, fmt] of rows) {
-    const cells = columns.map((n) => {
-      const v = get(n);
-      if (v === undefined || Number.isNaN(v)) return "n/a";
-      return `${fmt(v)} ${ok(v) ? "PASS" : "**MISS**"}`;
-    });
-    p(`| ${name} | ${goal} | ${cells.join(" | ")} |`);
-  }
-  p();
-  const slotTrips = [
-    ["saturation", r.saturation[SLOTS], r.saturation[SLOTS]?.requests],
-    [
-      `${plan.latRate} req/s`,
-      r.latency[SLOTS],
-      r.latency[SLOTS] && r.latency[SLOTS].sent + r.latency[SLOTS].rate * plan.latWarmup,
-    ],
-  ].filter(([, d]) => d?.counters?.roundTrips !== undefined);
-  if (slotTrips.length) {
-    const cells = slotTrips.map(([what, d, n]) => {
-      const per = d.counters.roundTrips / n;
-      return `${per.toFixed(4)} at ${what} ${per <= TARGETS.slotsTripsPerRequest ? "PASS" : "**MISS**"}`;
-    });
-    p(
-      `Redis round trips per request for admission with shared slots (${SLOTS}, section 4), goal ≤ ${TARGETS.slotsTripsPerRequest} on average: ${cells.join("; ")}.`,
-    );
-    p();
-  }
-
   // Where floodgate's cost comes from: Node, then the framework, then floodgate's own features.
   const steps = [
     ["node-floor", "Node (node:http + undici, over direct)", "direct"],
     ["fastify-floor", "Fastify (fastify-floor over node-floor)", "node-floor"],
-    ["floodgate", "floodgate's own (floodgate over fastify-floor)", "fastify-floor"],
+    ["floodgate-nolog", "floodgate's own, log off (floodgate-nolog over fastify-floor)", "fastify-floor"],
+    ["floodgate", "the access log (floodgate, the default, over floodgate-nolog)", "floodgate-nolog"],
   ];
   if (steps.every(([n]) => r.saturation[n])) {
     const cpu = (n) => (r.saturation[n].cpu.processes[n]?.cpuSeconds / r.saturation[n].requests) * 1e6;
     const lat = (key, n) => (n === "direct" ? 0 : added(r, key, n, "p50"));
-    p("Where floodgate's overhead comes from, step by step (access log off; p50 differences):");
+    p("Where floodgate's overhead comes from, step by step (medians; p50 differences):");
     p();
     p(`| step | CPU µs/req at saturation | latency p50 at ${plan.latRate} req/s | first SSE event p50 |`);
     p("| --- | ---: | ---: | ---: |");
@@ -281,14 +278,15 @@ export function renderReport(r) {
     p();
   }
 
-  // Profile
-  if (r.profile) profileSection(p, r.profile);
+  // Profiles
+  if (r.profiles && Object.keys(r.profiles).length) profilesSection(p, r);
 
   // Notes
   p("## Notes: noise and what limits these numbers");
   p();
   for (const note of notes(r, present, label)) p(`- ${note}`);
   p();
+  configsBlock(p, r, targets);
   return alignTables(out.join("\n"));
 }
 
@@ -325,35 +323,225 @@ export function alignTables(markdown) {
   return lines.join("\n");
 }
 
-function targetWhat(name, lbl, baseline) {
+function targetWhat(name, lbl, meta) {
+  const baseline = meta.baseline;
+  const judged = meta.targets.find((t) => t.name === name)?.judged ? " **Judged** (Targets)." : "";
   if (name.endsWith(BASE_SUFFIX)) {
     const of = name.slice(0, -BASE_SUFFIX.length);
     return `${of} as above, started from the baseline build (\`${baseline?.dir ?? "?"}/dist/src/main.js\`${baseline?.commit ? `, ${baseline.commit.slice(0, 7)}` : ""})`;
   }
+  const flags = (meta.nodeFlags ?? ["--max-semi-space-size=64"]).join(" ");
   switch (name) {
     case "direct":
       return "the backend itself (cpu1)";
     case "nginx":
-      return `${lbl}, one worker (master_process off) on cpu0; upstream keepalive 64, HTTP/1.1, proxy_buffering off, access_log off`;
+      return `${lbl}, one worker (master_process off) on cpu0; HTTP/1.1 upstream keepalive, proxy_buffering off, access_log off (bench/lib/processes.mjs's config, below)`;
     case "node-floor":
-      return "bench/overhead/floor-proxy.mjs on cpu0 (`node --max-semi-space-size=64`, as floodgate): node:http + one undici Pool, no framework, metrics or logs; what any Node proxy pays on this machine";
+      return `bench/overhead/floor-proxy.mjs on cpu0 (\`node ${flags}\`, as floodgate): node:http + one undici Pool, no framework, metrics or logs; what any Node proxy pays on this machine`;
     case "fastify-floor":
-      return "the same forwarding code behind a one-route Fastify 5 app (`floor-proxy.mjs --server fastify`, raw-body JSON parser as floodgate's): what any Fastify proxy pays";
+      return "the same forwarding code behind a one-route Fastify 5 app (`floor-proxy.mjs --server fastify`, raw-body JSON parser as floodgate's): what any Fastify proxy pays. **The yardstick**: every target is judged as a ratio to it in the same round";
     case "floodgate":
-      return "`node --max-semi-space-size=64 dist/src/main.js --config` on cpu0 (as floodgate's Dockerfile and `npm start`); log level warn, accessLog false, admin off";
-    case "floodgate+log":
-      return "the same with the defaults: log level info, accessLog true (stdout to /dev/null)";
+      return `\`node ${flags} dist/src/main.js --config\` on cpu0 (as floodgate's Dockerfile and \`npm start\`) with the default config: log level info, access log on (stdout to /dev/null), the admin listener with /metrics on loopback.${judged}`;
+    case "floodgate-nolog":
+      return "floodgate with `log: { level: warn, accessLog: false }`: informational, it splits the access log's cost";
     case "floodgate+memory-limits":
-      return "floodgate (warn, no access log) + an API key (`auth`), a tenant limit `requests: { rate: 1000000, per: 1s }` and `rateLimits: [{ name: per-ip, by: ip, rate: 1000000, per: 1s }]`, `store: memory`; requests carry the key";
+      return `floodgate + an API key (\`auth\`), a tenant limit \`requests: { rate: 1000000, per: 1s }\` and \`rateLimits: [{ name: per-ip, by: ip, rate: 1000000, per: 1s }]\`, \`store: memory\`; requests carry the key.${judged}`;
     case "floodgate+redis-limits":
-      return "the same limits with `store: { type: redis }` on a redis-server started by the benchmark (cpu1, no persistence): two bucket scripts (EVALSHA) per request";
+      return `the same limits with \`store: { type: redis }\` on a redis-server started by the benchmark (cpu1, no persistence); the report counts its Redis round trips per request.${judged}`;
     case "floodgate+redis-slots":
-      return "floodgate (warn, no access log), no limits, `store: { type: redis }` on a second redis-server of its own (cpu1, no persistence), the backend's `maxConcurrency` at half the connections: admission against backend slots shared between replicas (`store.slots`, on by default with Redis; one replica here), which trade claims in one script call per pool per sync (every 100 ms while its report changes or anyone waits, else a heartbeat per lease / 3; and 10 ms after a request starts waiting), none on the request path";
+      return `floodgate, no limits, \`store: { type: redis }\` on a second redis-server of its own (cpu1, no persistence), the backend's \`maxConcurrency\` at half the connections: admission against backend slots shared between replicas (\`store.slots\`, on by default with Redis; one replica here), which trade claims in one script call per pool per sync (every 100 ms while its report changes or anyone waits, else a heartbeat per lease / 3; and 10 ms after a request starts waiting), none on the request path.${judged}`;
     case "floodgate+cache-hit":
-      return 'floodgate (warn, no access log) with the pool\'s `cache: { enabled: true }`; the body has `"temperature": 0`, so every request after the first is a cache HIT';
+      return `floodgate with the pool's \`cache: { enabled: true }\`; the body has \`"temperature": 0\`, so every request after the first is a cache HIT.${judged}`;
+    case "floodgate+affinity":
+      return "floodgate with the pool's `affinity: { by: prefix }` (one backend: every request goes home; this measures the key and the ring): informational";
     default:
       return lbl;
   }
+}
+
+/** Each floodgate target's exact config (and nginx's), in collapsible blocks. */
+function configsBlock(p, r, targets) {
+  const withConfig = targets.filter((t) => t.config);
+  if (!withConfig.length && !r.meta.nginxConfig) return;
+  p("## Configs");
+  p();
+  p(
+    "Every floodgate target's exact config (ports are the run's free ports; everything not written is the default), and nginx's:",
+  );
+  p();
+  for (const t of withConfig) {
+    p(`<details><summary>${t.name}</summary>`);
+    p();
+    p("```yaml");
+    for (const line of t.config.trimEnd().split("\n")) p(line);
+    p("```");
+    p();
+    p("</details>");
+    p();
+  }
+  if (r.meta.nginxConfig) {
+    p("<details><summary>nginx</summary>");
+    p();
+    p("```nginx");
+    for (const line of r.meta.nginxConfig.trimEnd().split("\n")) p(line);
+    p("```");
+    p();
+    p("</details>");
+    p();
+  }
+}
+
+/** The median; of an even count, the mean of the middle two. NaN values are left out. */
+function median(xs) {
+  const v = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!v.length) return Number.NaN;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/**
+ * One value per round for target `name` in measurement `key`: fn(target's round, floor's round,
+ * direct's round, i). Results from before the rounds were kept give the median round alone.
+ */
+function perRound(r, key, name, fn) {
+  const t = r[key][name];
+  if (!t) return [];
+  const floor = r[key][FLOOR];
+  const direct = r[key].direct;
+  if (!t.rounds?.length) return [fn(t, floor ?? {}, direct ?? {}, 0)];
+  return t.rounds.map((x, i) => fn(x, floor?.rounds?.[i] ?? {}, direct?.rounds?.[i] ?? {}, i));
+}
+
+const rpsRatio = (t, floor) => t.rps / floor.rps;
+/** Added p50 over direct, over the floor's added p50 (NaN when the floor added nothing). */
+const addedRatio = (t, floor, direct) => {
+  const base = floor.p50 - direct.p50;
+  return base > 0 ? (t.p50 - direct.p50) / base : Number.NaN;
+};
+/** The requests a fixed-rate round sent, its warm-up included (the counters' window). */
+const latencyRequests = (x, plan, key) => x.sent + x.rate * plan[key === "ttft" ? "sseWarmup" : "latWarmup"];
+/** Redis round trips per request in one round (undefined without counters). */
+function tripsPerRequest(x, key, plan) {
+  const trips = x.counters?.roundTrips;
+  if (trips === undefined) return Number.NaN;
+  return trips / (key === "saturation" ? x.requests : latencyRequests(x, plan, key));
+}
+
+/**
+ * The issue's targets, each a ratio to fastify-floor within each round, judged on the median of
+ * the rounds' ratios; a latency target only when every round agrees.
+ */
+function targetsSection(p, r) {
+  const plan = r.meta.plan;
+  if (!r.saturation[FLOOR]) return;
+  const n = plan.rounds ?? 1;
+  p(`## Targets (ratios to ${FLOOR} in the same round)`);
+  p();
+  p(
+    `The issue's targets (#17), for floodgate with every default feature on (access log, metrics) as operators run it. Each figure is taken **within each round**: the targets take turns inside a round, so a round's ratio compares measurements made minutes apart, in the same spell of this shared machine. ` +
+      `*median*: the median of the ${n} rounds' ratios (of an even count, the mean of the middle two); *rounds*: every round's, in round order. ` +
+      "A req/s or round-trip target is MET when its median meets the goal (the count says in how many rounds it did). " +
+      `A latency target compares the target's added p50 (its p50 minus direct's, same round) with ${FLOOR}'s added p50 in that round, and is judged only **when the rounds agree**: MET when met in every round, NOT MET when missed in every round, otherwise *rounds disagree* (no verdict).` +
+      (n === 1
+        ? " **One round only** (--quick or --rounds 1): every verdict rests on a single measurement."
+        : ""),
+  );
+  p();
+  p("| target | variant | goal | median | each round, in order | verdict |");
+  p("| --- | --- | --- | ---: | ---: | --- |");
+  for (const t of TARGETS) {
+    const phase = t.phase ?? "saturation";
+    if (!r[phase]?.[t.name]) {
+      p(`| ${t.what} | ${t.name} | ${goalText(t, plan)} | n/a | - | not measured |`);
+      continue;
+    }
+    const values =
+      t.measure === "rps"
+        ? perRound(r, "saturation", t.name, rpsRatio)
+        : t.measure === "trips"
+          ? perRound(r, phase, t.name, (x) => tripsPerRequest(x, phase, plan))
+          : perRound(r, phase, t.name, addedRatio);
+    const ok = (v) => (t.min !== undefined ? v >= t.min : v <= t.max);
+    const med = median(values);
+    const fmt = (v) =>
+      !Number.isFinite(v) ? "n/a" : t.measure === "trips" ? v.toFixed(3) : `${v.toFixed(2)}×`;
+    const met = values.filter((v) => Number.isFinite(v) && ok(v)).length;
+    let verdict;
+    if (t.measure === "added") {
+      if (values.every((v) => Number.isFinite(v) && ok(v)))
+        verdict = `MET (every round${n === 1 ? "; 1 round" : ""})`;
+      else if (values.every((v) => Number.isFinite(v) && !ok(v)))
+        verdict = `**NOT MET** (every round${n === 1 ? "; 1 round" : ""})`;
+      else verdict = `rounds disagree (met in ${met} of ${values.length})`;
+    } else if (!Number.isFinite(med)) verdict = "n/a";
+    else verdict = `${ok(med) ? "MET" : "**NOT MET**"} (${met} of ${values.length} rounds)`;
+    p(
+      `| ${t.what} | ${t.name} | ${goalText(t, plan)} | **${fmt(med)}** | ${values.map(fmt).join(" / ")} | ${verdict} |`,
+    );
+  }
+  p();
+  // What the ratios are made of: the floor's own figures per round.
+  const floorRps = perRound(r, "saturation", FLOOR, (x) => x.rps);
+  const floorAdded = (key) => perRound(r, key, FLOOR, (x, _f, d) => x.p50 - d.p50);
+  const parts = [`req/s ${floorRps.map(fmtInt).join(" / ")}`];
+  if (r.latency[FLOOR])
+    parts.push(
+      `added p50 at ${plan.latRate} req/s ${floorAdded("latency")
+        .map((v) => ms(v, true))
+        .join(" / ")} ms`,
+    );
+  if (r.ttft[FLOOR])
+    parts.push(
+      `added first SSE event p50 ${floorAdded("ttft")
+        .map((v) => ms(v, true))
+        .join(" / ")} ms`,
+    );
+  p(`${FLOOR} in each round: ${parts.join("; ")}.`);
+  p();
+  p(
+    "Redis round trips: every EVALSHA/EVAL plus every command a client sent itself, counted at the variant's redis-server (`INFO commandstats`) around each measurement, over its requests (wrk's completed requests; at the fixed rate every request sent, the warm-up included); not the commands a script runs inside Redis, nor the harness's INFO.",
+  );
+  p();
+
+  // For information: every proxy's ratios, the judged ones' latencies too.
+  const rows = proxies(r).filter((name) => name !== FLOOR);
+  p(
+    `For information (not judged): every proxy's ratios to ${FLOOR}, median of the rounds, and every round's.`,
+  );
+  p();
+  p(
+    `| target | req/s ÷ ${FLOOR} | rounds | added p50 at ${plan.latRate} req/s ÷ ${FLOOR}'s | rounds | added first SSE event p50 ÷ ${FLOOR}'s | rounds |`,
+  );
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  const cells = (values) => {
+    if (!values.length) return ["-", "-"];
+    const f = (v) => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
+    return [`${f(median(values))}×`, values.map(f).join(" / ")];
+  };
+  for (const name of rows) {
+    p(
+      `| ${name} | ${[
+        ...cells(perRound(r, "saturation", name, rpsRatio)),
+        ...cells(perRound(r, "latency", name, addedRatio)),
+        ...cells(perRound(r, "ttft", name, addedRatio)),
+      ].join(" | ")} |`,
+    );
+  }
+  p();
+}
+
+function goalText(t, plan) {
+  if (t.measure === "rps") return `req/s ≥ ${t.min}× ${FLOOR}'s`;
+  if (t.measure === "trips")
+    return `≤ ${t.max} per request on average, ${t.phase === "latency" ? `at ${plan.latRate} req/s` : "at saturation"}`;
+  return t.phase === "ttft"
+    ? `≤ ${t.max}× ${FLOOR}'s added first SSE event p50 at ${plan.sseRate} req/s`
+    : `≤ ${t.max}× ${FLOOR}'s added p50 at ${plan.latRate} req/s`;
+}
+
+/** The proxies in the run's order (direct left out). */
+function proxies(r) {
+  return r.meta.targets.map((t) => t.name).filter((n) => n !== "direct" && r.saturation[n]);
 }
 
 /**
@@ -363,11 +551,10 @@ function targetWhat(name, lbl, baseline) {
  * median of the rounds' ratios; the rounds column shows how far they spread.
  */
 function beforeAfterSection(p, r) {
-  const floorName = "fastify-floor";
+  const floorName = FLOOR;
   const floor = r.saturation[floorName];
-  const names = BEFORE_AFTER.filter((n) => r.saturation[n] && r.saturation[n + BASE_SUFFIX]);
+  const names = Object.keys(r.saturation).filter((n) => r.saturation[n + BASE_SUFFIX]);
   if (!floor || !names.length) return;
-  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
   // A measure of process `name` in a median round (cpu.processes) or in one of its rounds
   // (cpuSeconds).
   const measures = [
@@ -460,15 +647,18 @@ function latencySection(p, r, key, title, targets) {
     );
   }
   p();
-  p("Added over direct (difference of percentiles; from the scheduled time, and from the actual send):");
+  p(
+    `Added over direct (difference of percentiles; from the scheduled time, and from the actual send); *+p50 ÷ ${FLOOR}*: the target's added p50 over ${FLOOR}'s in the same round, median of the rounds:`,
+  );
   p();
-  p("| target | +p50 | +p90 | +p99 | +max | +p50 from send | +p99 from send |");
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const name of PROXIES) {
+  p(`| target | +p50 | +p50 ÷ ${FLOOR} | +p90 | +p99 | +max | +p50 from send | +p99 from send |`);
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const name of proxies(r)) {
     if (!data[name]) continue;
     const a = (q, field = "latencyMs") => ms(added(r, key, name, q, field), true);
+    const toFloor = median(perRound(r, key, name, addedRatio));
     p(
-      `| ${name} | ${a("p50")} | ${a("p90")} | ${a("p99")} | ${a("max")} | ${a("p50", "serviceMs")} | ${a("p99", "serviceMs")} |`,
+      `| ${name} | ${a("p50")} | ${Number.isFinite(toFloor) ? `${toFloor.toFixed(2)}×` : "-"} | ${a("p90")} | ${a("p99")} | ${a("max")} | ${a("p50", "serviceMs")} | ${a("p99", "serviceMs")} |`,
     );
   }
   p();
@@ -509,31 +699,31 @@ function variantsSection(p, r, present) {
     return x === undefined || y === undefined ? Number.NaN : x - y;
   };
 
-  p("## 4. Request limits and cache hits");
+  p("## 4. Request limits, shared slots, cache hits, prefix affinity");
   p();
   p(
-    "floodgate as above (access log off, level warn) with one thing changed, under the same loads. " +
-      "The limits are far above the load: every request is counted against both (two token buckets), none is refused. " +
-      "The variants also run the admin listener on loopback, idle until its counters are read after the run.",
+    "floodgate with its default config (access log on, metrics on) and one thing changed, under the same loads (configs in the Method section). " +
+      "The limits are far above the load: every request is counted against both (two token buckets), none is refused.",
   );
   p();
   p(
-    `| target | req/s | vs floodgate | floodgate CPU µs/req | p50 at ${plan.latRate}/s | p99 | +p50 over direct | +p99 over direct | +p50 over floodgate | +p99 over floodgate | statuses at ${plan.latRate}/s | wrk errors |`,
+    `| target | req/s | ÷ ${FLOOR} | vs floodgate | floodgate CPU µs/req | p50 at ${plan.latRate}/s | p99 | +p50 over direct | +p99 over direct | +p50 over floodgate | +p99 over floodgate | statuses at ${plan.latRate}/s | wrk errors |`,
   );
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
   for (const n of names) {
     const s = sat(n);
     const l = lat(n);
     if (!s) continue;
     const self = n === "floodgate";
+    const toFloor = median(perRound(r, "saturation", n, rpsRatio));
     p(
-      `| ${n} | **${fmtInt(s.rps)}** | ${ratio(s.rps, sat("floodgate")?.rps)} | ${fmtInt(cpuUs(s, n, s.requests))} | ${ms(l?.latencyMs?.p50)} | ${ms(l?.latencyMs?.p99)} | ` +
+      `| ${n} | **${fmtInt(s.rps)}** | ${Number.isFinite(toFloor) ? `${toFloor.toFixed(2)}×` : "-"} | ${ratio(s.rps, sat("floodgate")?.rps)} | ${fmtInt(cpuUs(s, n, s.requests))} | ${ms(l?.latencyMs?.p50)} | ${ms(l?.latencyMs?.p99)} | ` +
         `${ms(added(r, "latency", n, "p50"), true)} | ${ms(added(r, "latency", n, "p99"), true)} | ${self ? "-" : ms(diff("latency", n, "floodgate", "p50"), true)} | ${self ? "-" : ms(diff("latency", n, "floodgate", "p99"), true)} | ${statuses(l)} | ${s.errorCount} |`,
     );
   }
   p();
   p(
-    "*wrk errors* counts every non-2xx answer too (a 429 would be one). p99 rests on 50 requests; see the notes on noise.",
+    `*wrk errors* counts every non-2xx answer too (a 429 would be one). p99 rests on ${fmtInt((plan.latRate * plan.latSeconds) / 100)} requests; see the notes on noise.`,
   );
   p();
 
@@ -559,7 +749,7 @@ function variantsSection(p, r, present) {
             : ""),
       );
     }
-    p(`Over floodgate without limits: ${parts.join("; ")}.`);
+    p(`Over floodgate's default config (no limits): ${parts.join("; ")}.`);
     p();
   }
   const hit = sat("floodgate+cache-hit");
@@ -576,6 +766,21 @@ function variantsSection(p, r, present) {
     p();
   }
 
+  const aff = sat("floodgate+affinity");
+  if (aff && fg) {
+    const m = r.variants?.["floodgate+affinity"]?.metrics ?? [];
+    const decisions = m
+      .filter((x) => x.name === "floodgate_affinity_decisions_total")
+      .map((x) => `${label(x.labels, "outcome")} ${fmtInt(x.value)}`)
+      .join(", ");
+    p(
+      `Prefix affinity: ${fmtInt(aff.rps)} req/s (${ratio(aff.rps, fg.rps)} of the default config), ` +
+        `${fmtInt(cpuUs(aff, "floodgate+affinity", aff.requests) - cpuUs(fg, "floodgate", fg.requests))} µs of CPU per request more, ${ms(diff("latency", "floodgate+affinity", "floodgate", "p50"), true)} ms p50 at ${plan.latRate} req/s; ` +
+        `its decisions over the whole run: ${decisions || "none counted"}.`,
+    );
+    p();
+  }
+
   // Checks: the limits were applied and not refusing, Redis did the work, the cache hit.
   p("### Checks: limits applied, Redis called, answers from the cache");
   p();
@@ -583,13 +788,13 @@ function variantsSection(p, r, present) {
   if (limitsNames.length) {
     p(
       "Per measurement (counters read just before and after it: floodgate's `/metrics`, and Redis's `INFO commandstats`; " +
-        "the Redis columns count EVALSHA + EVAL, the bucket script, which Redis runs once per limit and request):",
+        "*Redis scripts* counts EVALSHA + EVAL, *round trips* those plus every command a client sent itself; goal ≤ 1 round trip per request, bold when above):",
     );
     p();
     p(
-      "| target | measurement | requests | limit decisions | limited | store errors | decided without the store | Redis scripts | scripts per request | failed | redis-server CPU | redis µs/req |",
+      "| target | measurement | requests | limit decisions | limited | store errors | decided without the store | Redis scripts | scripts per request | round trips per request | failed | redis-server CPU | redis µs/req |",
     );
-    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const n of limitsNames) {
       const rows = [];
       const chk = r.checks?.[n]?.counters;
@@ -609,13 +814,13 @@ function variantsSection(p, r, present) {
         const bold = (v) => (v > 0 ? `**${fmtInt(v)}**` : fmtInt(v));
         const isRedis = c.evalsha !== undefined;
         const scripts = isRedis ? c.evalsha + c.eval : undefined;
-        const per = isRedis ? scripts / requests : undefined;
-        const perText =
-          per === undefined ? "-" : Math.abs(per - 2) > 0.1 ? `**${per.toFixed(2)}**` : per.toFixed(2);
+        const trips = isRedis ? (c.roundTrips ?? scripts) / requests : undefined;
+        const tripsText =
+          trips === undefined ? "-" : trips > 1 ? `**${trips.toFixed(2)}**` : trips.toFixed(2);
         const redisCpu = cpu?.processes.redis;
         p(
           `| ${n} | ${what} | ${fmtInt(requests)} | ${c.allowed === undefined ? "n/a" : fmtInt(c.allowed + c.limited)} | ${bold(c.limited)} | ${bold(c.storeErrors)} | ${bold(c.withoutStore)} | ` +
-            `${isRedis ? fmtInt(scripts) : "-"} | ${perText} | ${isRedis ? bold(c.failedScripts) : "-"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} | ${redisCpu ? fmtInt((redisCpu.cpuSeconds / requests) * 1e6) : "-"} |`,
+            `${isRedis ? fmtInt(scripts) : "-"} | ${isRedis ? (scripts / requests).toFixed(2) : "-"} | ${tripsText} | ${isRedis ? bold(c.failedScripts) : "-"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} | ${redisCpu ? fmtInt((redisCpu.cpuSeconds / requests) * 1e6) : "-"} |`,
         );
       }
     }
@@ -738,7 +943,7 @@ function slotsSection(p, r, plan, sat, lat, latRequests) {
   );
   p();
   p(
-    "| measurement | requests | seconds | admitted at once | after a wait | refused | Redis round trips | per request | per second | goal ≤ 1 per request | failed | redis-server CPU |",
+    `| measurement | requests | seconds | admitted at once | after a wait | refused | Redis round trips | per request | per second | goal ≤ ${TRIPS_GOAL} per request | failed | redis-server CPU |`,
   );
   p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
   const rows = [];
@@ -759,7 +964,7 @@ function slotsSection(p, r, plan, sat, lat, latRequests) {
     const per = trips / requests;
     const redisCpu = d.cpu?.processes["redis-slots"];
     p(
-      `| ${what} | ${fmtInt(requests)} | ${seconds.toFixed(1)} | ${fmtInt(c.admittedNow)} | ${fmtInt(c.admittedAfterWait)} | ${c.admissionRefused > 0 ? `**${fmtInt(c.admissionRefused)}**` : "0"} | ${fmtInt(trips)} | ${per.toFixed(4)} | ${(trips / seconds).toFixed(1)} | ${per <= TARGETS.slotsTripsPerRequest ? "PASS" : "**MISS**"} | ${c.failedScripts > 0 ? `**${c.failedScripts}**` : "0"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} |`,
+      `| ${what} | ${fmtInt(requests)} | ${seconds.toFixed(1)} | ${fmtInt(c.admittedNow)} | ${fmtInt(c.admittedAfterWait)} | ${c.admissionRefused > 0 ? `**${fmtInt(c.admissionRefused)}**` : "0"} | ${fmtInt(trips)} | ${per.toFixed(4)} | ${(trips / seconds).toFixed(1)} | ${per <= TRIPS_GOAL ? "MET" : "**NOT MET**"} | ${c.failedScripts > 0 ? `**${c.failedScripts}**` : "0"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} |`,
     );
   }
   p();
@@ -815,41 +1020,176 @@ function logKinds(lines) {
   return lines.kinds?.length ? ` (${lines.kinds.map((k) => `${k.count}× "${k.kind}"`).join(", ")})` : "";
 }
 
-function profileSection(p, prof) {
-  p("## CPU profile of floodgate at saturation");
+/** The profiled targets, fastify-floor first, then the judged variants in the run's order. */
+const PROFILE_ORDER = [
+  FLOOR,
+  "floodgate",
+  "floodgate+memory-limits",
+  "floodgate+redis-limits",
+  "floodgate+cache-hit",
+];
+
+/**
+ * Where the time goes: the profiles of fastify-floor and of each judged variant side by side,
+ * by group and by floodgate module in µs per request, then what floodgate spends beyond the
+ * floor (and each variant beyond the default config) function by function.
+ */
+function profilesSection(p, r) {
+  const profs = r.profiles;
+  const names = [
+    ...PROFILE_ORDER.filter((n) => profs[n]),
+    ...Object.keys(profs).filter((n) => !PROFILE_ORDER.includes(n)),
+  ];
+  const plan = r.meta.plan;
+  const us = (v) => (v === undefined ? "-" : v.toFixed(1));
+  p("## 5. Where the time goes: CPU profiles at saturation");
   p();
-  if (prof.windowSeconds === undefined) {
-    p("(profile from an older run format; re-run to see it)");
+  p(
+    `Each target started again after the rounds, alone on cpu0, with \`node --cpu-prof\` (1 ms sampling), under wrk -c${plan.connections} with its own request for ${plan.profSeconds} s after a ${plan.satWarmup} s warm-up. ` +
+      "Only the measured window counts (no start-up, warm-up or shutdown). Figures are the main thread's self time per request (the time a function ran itself, not its callees) over the requests wrk completed in the window; " +
+      "the profiler costs some, so the totals lie above section 1's CPU µs/req, and worker threads (none on the request path) are not in them. " +
+      "*native code* holds the C++ builtins JS calls into (`writev`: the socket writes; `writeString`/`writeBuffer`: the synchronous access log writes to stdout; the HTTP parser), with their time in the kernel.",
+  );
+  p();
+  const disturbed = names.filter((n) => profs[n].disturbed);
+  if (disturbed.length) {
+    p(`**Disturbed while profiled**: ${disturbed.map((n) => `${n}: ${profs[n].disturbed}`).join("; ")}.`);
     p();
-    return;
   }
+  const get = (n, list, key) => profs[n][list]?.find((x) => x.name === key)?.usPerRequest;
+  const floor = profs[FLOOR];
+  const fg = profs.floodgate;
+  const diffColumn = floor && fg;
+  // By group: every group worth 0.5 µs/req somewhere, the rest summed.
+  const groups = new Map();
+  for (const n of names)
+    for (const g of profs[n].groups ?? [])
+      groups.set(g.name, Math.max(groups.get(g.name) ?? 0, g.usPerRequest));
+  const order = (a, b) =>
+    (get("floodgate", "groups", b) ?? 0) - (get("floodgate", "groups", a) ?? 0) ||
+    groups.get(b) - groups.get(a);
+  const shown = [...groups.keys()].filter((g) => groups.get(g) >= 0.5);
+  const own = shown.filter((g) => g.startsWith("floodgate: ")).sort(order);
+  const rest = shown.filter((g) => !g.startsWith("floodgate: ")).sort(order);
+  const header = names.map((n) => (n === FLOOR ? n : n.replace(/^floodgate\+/, "+")));
+  p("By group, µs per request (self time):");
+  p();
+  p(`| group | ${header.join(" | ")}${diffColumn ? ` | floodgate − ${FLOOR}` : ""} |`);
+  p(`| --- | ${names.map(() => "---:").join(" | ")}${diffColumn ? " | ---:" : ""} |`);
+  const row = (title, value) => {
+    const cells = names.map((n) => us(value(n)));
+    const d = diffColumn ? ` | ${signed((value("floodgate") ?? 0) - (value(FLOOR) ?? 0))}` : "";
+    p(`| ${title} | ${cells.join(" | ")}${d} |`);
+  };
+  for (const g of rest) row(g, (n) => get(n, "groups", g) ?? 0);
+  if (own.length) {
+    row(
+      "**floodgate's own modules** (dist/src)",
+      (n) =>
+        profs[n].groups
+          ?.filter((x) => x.name.startsWith("floodgate: "))
+          .reduce((a, x) => a + x.usPerRequest, 0) ?? 0,
+    );
+    for (const g of own) row(`&nbsp;&nbsp;${g}`, (n) => get(n, "groups", g) ?? 0);
+  }
+  const small = (n) =>
+    (profs[n].groups ?? []).filter((x) => !shown.includes(x.name)).reduce((a, x) => a + x.usPerRequest, 0);
+  row("everything else (groups under 0.5 µs/req)", small);
+  row("**total (main thread busy)**", (n) => profs[n].busyUsPerRequest);
   p(
-    `\`node --cpu-prof\` (1 ms sampling), access log on, under the same wrk load for ${prof.windowSeconds} s: ${fmtInt(prof.rpsUnderProfiler)} req/s while profiled ` +
-      `(the profiler costs some). Only the measured window counts: no start-up, warm-up or shutdown. The main thread was busy ${prof.busyPct}% of it, ` +
-      `${prof.busyUsPerRequest} µs per request (profiled). µs/req = self time divided by the ${fmtInt(prof.requests)} requests.` +
-      (prof.disturbed ? ` **Disturbed: ${prof.disturbed}.**` : ""),
+    `| req/s while profiled | ${names.map((n) => fmtInt(profs[n].rpsUnderProfiler)).join(" | ")}${diffColumn ? " | " : ""} |`,
+  );
+  p(
+    `| main thread busy | ${names.map((n) => `${profs[n].busyPct}%`).join(" | ")}${diffColumn ? " | " : ""} |`,
   );
   p();
-  p("By package or area (self time):");
-  p();
-  p("| area | self % | µs/req |");
-  p("| --- | ---: | ---: |");
-  for (const a of prof.areas) p(`| ${a.name} | ${a.pct} | ${a.usPerRequest} |`);
-  p();
+
+  // floodgate's modules, file by file.
+  const modules = new Map();
+  for (const n of names)
+    for (const m of profs[n].modules ?? [])
+      modules.set(m.name, Math.max(modules.get(m.name) ?? 0, m.usPerRequest));
+  const topModules = [...modules]
+    .filter(([, v]) => v >= 0.3)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 20)
+    .map(([m]) => m);
+  const fgNames = names.filter((n) => n !== FLOOR);
+  if (topModules.length) {
+    p(
+      "floodgate's own modules, file by file, µs per request (self time; files worth 0.3 µs/req or more somewhere):",
+    );
+    p();
+    p(`| module | ${fgNames.map((n) => n.replace(/^floodgate\+/, "+")).join(" | ")} |`);
+    p(`| --- | ${fgNames.map(() => "---:").join(" | ")} |`);
+    for (const m of topModules)
+      p(`| \`${m}\` | ${fgNames.map((n) => us(get(n, "modules", m) ?? 0)).join(" | ")} |`);
+    p();
+  }
+
+  // Beyond the floor, and each variant beyond the default config, function by function.
+  const diffs = [];
+  if (floor && fg) diffs.push(["floodgate", FLOOR, `floodgate (default config) beyond ${FLOOR}`]);
+  for (const n of fgNames.filter((x) => x !== "floodgate")) {
+    if (n === "floodgate+cache-hit" && floor)
+      diffs.push([n, FLOOR, `${n} beyond ${FLOOR} (a hit never goes upstream)`]);
+    else if (fg) diffs.push([n, "floodgate", `${n} beyond floodgate's default config`]);
+  }
+  if (diffs.length) {
+    p(
+      "Function by function: where each one spends more than the one it is set against (self µs per request, the 12 largest increases; the profiles' functions worth 0.1 µs/req or more; each difference carries both profiles' sampling noise, ±0.5 µs or so):",
+    );
+    p();
+    for (const [a, b, title] of diffs) {
+      const selfOf = (n) => new Map((profs[n].self ?? profs[n].selfTop).map((f) => [f.name, f.usPerRequest]));
+      const [sa, sb] = [selfOf(a), selfOf(b)];
+      const keys = new Set([...sa.keys(), ...sb.keys()]);
+      const rows = [...keys]
+        .map((k) => [k, (sa.get(k) ?? 0) - (sb.get(k) ?? 0)])
+        .sort((x, y) => y[1] - x[1])
+        .slice(0, 12);
+      const total = profs[a].busyUsPerRequest - profs[b].busyUsPerRequest;
+      p(`<details><summary>${title}: ${signed(total)} µs/req in all</summary>`);
+      p();
+      p(`| function | ${a} | ${b} | difference |`);
+      p("| --- | ---: | ---: | ---: |");
+      for (const [k, d] of rows)
+        p(`| \`${k}\` | ${us(sa.get(k) ?? 0)} | ${us(sb.get(k) ?? 0)} | ${signed(d)} |`);
+      p();
+      p("</details>");
+      p();
+    }
+  }
+
+  // Each profile's own top functions.
   p(
-    "Top functions by self time (`writev` and `writeString` are the socket and log writes, kernel time included):",
+    "Each profile's top functions by self time, and floodgate's functions by inclusive time (self + callees):",
   );
   p();
-  p("| function | self % | µs/req |");
-  p("| --- | ---: | ---: |");
-  for (const f of prof.selfTop) p(`| \`${f.name}\` | ${f.pct} | ${f.usPerRequest} |`);
-  p();
-  p("floodgate's own functions (dist/src), inclusive time (self + callees):");
-  p();
-  p("| function | inclusive % | µs/req |");
-  p("| --- | ---: | ---: |");
-  for (const f of prof.floodgateInclusive) p(`| \`${f.name}\` | ${f.pct} | ${f.usPerRequest} |`);
-  p();
+  for (const n of names) {
+    const prof = profs[n];
+    p(
+      `<details><summary>${n}: ${fmtInt(prof.rpsUnderProfiler)} req/s profiled, ${prof.busyUsPerRequest} µs/req busy, ${fmtInt(prof.requests)} requests in ${prof.windowSeconds} s${prof.attempts > 1 ? ` (attempt ${prof.attempts})` : ""}${prof.disturbed ? ", **disturbed**" : ""}</summary>`,
+    );
+    p();
+    p("| function | self % | µs/req |");
+    p("| --- | ---: | ---: |");
+    for (const f of prof.selfTop) p(`| \`${f.name}\` | ${f.pct} | ${f.usPerRequest} |`);
+    p();
+    if (prof.floodgateInclusive?.length) {
+      p("| floodgate function | inclusive % | µs/req |");
+      p("| --- | ---: | ---: |");
+      for (const f of prof.floodgateInclusive) p(`| \`${f.name}\` | ${f.pct} | ${f.usPerRequest} |`);
+      p();
+    }
+    p("</details>");
+    p();
+  }
+}
+
+function signed(v) {
+  if (!Number.isFinite(v)) return "n/a";
+  return `${v >= 0 ? "+" : ""}${v.toFixed(1)}`;
 }
 
 function notes(r, present, label) {
@@ -872,7 +1212,7 @@ function notes(r, present, label) {
     out.push(`Saturation, ${name} (${fmtInt(s.rps)} req/s): ${why}.`);
   }
   const inflation = [];
-  for (const name of PROXIES) {
+  for (const name of proxies(r)) {
     const sat = r.saturation[name];
     const lat = r.latency[name];
     if (!sat || !lat) continue;
@@ -894,7 +1234,7 @@ function notes(r, present, label) {
       : `CPU steal stayed at or below ${steal}%, but this is still a VM: expect a few percent run-to-run spread in req/s and ~0.1 ms in the latency percentiles.`,
   );
   out.push(
-    `${(r.meta.plan.rounds ?? 1) > 1 ? `Each number is the median of ${r.meta.plan.rounds} rounds (the *rounds* columns show their spread).` : "One run per number."} p99 at 500 req/s × 10 s rests on the 50 slowest of 5,000 requests and max on one: single scheduler hiccups (GC, timer wake-ups, the VM) move them; compare p50/p90 first and re-run before trusting a p99 or max difference under ~0.5 ms.`,
+    `${(r.meta.plan.rounds ?? 1) > 1 ? `Each number is the median of ${r.meta.plan.rounds} rounds (the *rounds* columns show their spread).` : "One run per number."} p99 at ${r.meta.plan.latRate} req/s × ${r.meta.plan.latSeconds} s rests on the ${fmtInt((r.meta.plan.latRate * r.meta.plan.latSeconds) / 100)} slowest of ${fmtInt(r.meta.plan.latRate * r.meta.plan.latSeconds)} requests and max on one: single scheduler hiccups (GC, timer wake-ups, the VM) move them; compare p50/p90 first and re-run before trusting a p99 or max difference under ~0.5 ms.`,
   );
   out.push(
     "Everything is on loopback with tiny bodies: the numbers are the proxies' per-request CPU and scheduling costs, which is the point, but a real network adds its own latency to every target alike.",
@@ -924,7 +1264,7 @@ function notes(r, present, label) {
   if (r.floodgateErrors?.count > 0) {
     const kinds = r.floodgateErrors.kinds.map((k) => `${k.count}× "${k.kind}"`).join(", ");
     out.push(
-      `floodgate (access log off, level warn) logged ${r.floodgateErrors.count} error lines during the run: ${kinds}.`,
+      `floodgate-nolog (level warn; the other targets' logs go to /dev/null) logged ${r.floodgateErrors.count} error lines during the run: ${kinds}.`,
     );
   }
 

@@ -1047,8 +1047,8 @@ function profilesSection(p, r) {
   p(
     `Each target started again after the rounds, alone on cpu0, with \`node --cpu-prof\` (1 ms sampling), under wrk -c${plan.connections} with its own request for ${plan.profSeconds} s after a ${plan.satWarmup} s warm-up. ` +
       "Only the measured window counts (no start-up, warm-up or shutdown). Figures are the main thread's self time per request (the time a function ran itself, not its callees) over the requests wrk completed in the window; " +
-      "the profiler costs some, so the totals lie above section 1's CPU µs/req, and worker threads (none on the request path) are not in them. " +
-      "*native code* holds the C++ builtins JS calls into (`writev`: the socket writes; `writeString`/`writeBuffer`: the synchronous access log writes to stdout; the HTTP parser), with their time in the kernel.",
+      "the profiler costs some, so the totals lie above section 1's CPU µs/req; other threads (libuv's pool, where an asynchronous log write runs; V8's GC helpers) are not in them, while section 1 counts every thread. " +
+      "*native code* holds the C++ builtins JS calls into, with their time in the kernel: `writev` the socket writes, `writeString`/`writeBuffer` the log's writes to stdout as JS issues them, the node:http parser.",
   );
   p();
   const disturbed = names.filter((n) => profs[n].disturbed);

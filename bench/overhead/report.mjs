@@ -412,6 +412,17 @@ function perRound(r, key, name, fn) {
   return t.rounds.map((x, i) => fn(x, floor?.rounds?.[i] ?? {}, direct?.rounds?.[i] ?? {}, i));
 }
 
+/**
+ * Per round, whether a measurement the round's figure rests on (the target's, and for a ratio
+ * the floor's and direct's) stayed disturbed after its attempts: such a round is marked †.
+ */
+function disturbedRounds(r, key, name, withFloor) {
+  return perRound(r, key, name, (t, floor, direct) =>
+    Boolean(t.disturbed || (withFloor && (floor.disturbed || direct.disturbed))),
+  );
+}
+const DAGGER = "†";
+
 const rpsRatio = (t, floor) => t.rps / floor.rps;
 /** Added p50 over direct, over the floor's added p50 (NaN when the floor added nothing). */
 const addedRatio = (t, floor, direct) => {
@@ -439,7 +450,7 @@ function targetsSection(p, r) {
   p();
   p(
     `The issue's targets (#17), for floodgate with every default feature on (access log, metrics) as operators run it. Each figure is taken **within each round**: the targets take turns inside a round, so a round's ratio compares measurements made minutes apart, in the same spell of this shared machine. ` +
-      `*median*: the median of the ${n} rounds' ratios (of an even count, the mean of the middle two); *rounds*: every round's, in round order. ` +
+      `*median*: the median of the ${n} rounds' ratios (of an even count, the mean of the middle two); *each round*: every round's, in round order, ${DAGGER} where a measurement it rests on (the target's, the floor's, direct's) stayed disturbed by other processes (section 1's *other procs*). ` +
       "A req/s or round-trip target is MET when its median meets the goal (the count says in how many rounds it did). " +
       `A latency target compares the target's added p50 (its p50 minus direct's, same round) with ${FLOOR}'s added p50 in that round, and is judged only **when the rounds agree**: MET when met in every round, NOT MET when missed in every round, otherwise *rounds disagree* (no verdict).` +
       (n === 1
@@ -466,6 +477,7 @@ function targetsSection(p, r) {
     const fmt = (v) =>
       !Number.isFinite(v) ? "n/a" : t.measure === "trips" ? v.toFixed(3) : `${v.toFixed(2)}×`;
     const met = values.filter((v) => Number.isFinite(v) && ok(v)).length;
+    const marks = disturbedRounds(r, phase, t.name, t.measure !== "trips");
     let verdict;
     if (t.measure === "added") {
       if (values.every((v) => Number.isFinite(v) && ok(v)))
@@ -476,7 +488,7 @@ function targetsSection(p, r) {
     } else if (!Number.isFinite(med)) verdict = "n/a";
     else verdict = `${ok(med) ? "MET" : "**NOT MET**"} (${met} of ${values.length} rounds)`;
     p(
-      `| ${t.what} | ${t.name} | ${goalText(t, plan)} | **${fmt(med)}** | ${values.map(fmt).join(" / ")} | ${verdict} |`,
+      `| ${t.what} | ${t.name} | ${goalText(t, plan)} | **${fmt(med)}** | ${values.map((v, i) => `${fmt(v)}${marks[i] ? DAGGER : ""}`).join(" / ")} | ${verdict} |`,
     );
   }
   p();
@@ -496,7 +508,9 @@ function targetsSection(p, r) {
         .map((v) => ms(v, true))
         .join(" / ")} ms`,
     );
-  p(`${FLOOR} in each round: ${parts.join("; ")}.`);
+  p(
+    `${FLOOR} in each round: ${parts.join("; ")}. A slow spell of the machine shorter than a round can still fall on one target and not the other: one round out of line is what the median is for.`,
+  );
   p();
   p(
     "Redis round trips: every EVALSHA/EVAL plus every command a client sent itself, counted at the variant's redis-server (`INFO commandstats`) around each measurement, over its requests (wrk's completed requests; at the fixed rate every request sent, the warm-up included); not the commands a script runs inside Redis, nor the harness's INFO.",
@@ -506,24 +520,26 @@ function targetsSection(p, r) {
   // For information: every proxy's ratios, the judged ones' latencies too.
   const rows = proxies(r).filter((name) => name !== FLOOR);
   p(
-    `For information (not judged): every proxy's ratios to ${FLOOR}, median of the rounds, and every round's.`,
+    `For information (not judged): every proxy's ratios to ${FLOOR}, median of the rounds, and every round's (${DAGGER}: disturbed, as above).`,
   );
   p();
   p(
     `| target | req/s ÷ ${FLOOR} | rounds | added p50 at ${plan.latRate} req/s ÷ ${FLOOR}'s | rounds | added first SSE event p50 ÷ ${FLOOR}'s | rounds |`,
   );
   p("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-  const cells = (values) => {
+  const cells = (key, name, fn) => {
+    const values = perRound(r, key, name, fn);
     if (!values.length) return ["-", "-"];
+    const marks = disturbedRounds(r, key, name, true);
     const f = (v) => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
-    return [`${f(median(values))}×`, values.map(f).join(" / ")];
+    return [`${f(median(values))}×`, values.map((v, i) => `${f(v)}${marks[i] ? DAGGER : ""}`).join(" / ")];
   };
   for (const name of rows) {
     p(
       `| ${name} | ${[
-        ...cells(perRound(r, "saturation", name, rpsRatio)),
-        ...cells(perRound(r, "latency", name, addedRatio)),
-        ...cells(perRound(r, "ttft", name, addedRatio)),
+        ...cells("saturation", name, rpsRatio),
+        ...cells("latency", name, addedRatio),
+        ...cells("ttft", name, addedRatio),
       ].join(" | ")} |`,
     );
   }
@@ -1047,7 +1063,7 @@ function profilesSection(p, r) {
   p(
     `Each target started again after the rounds, alone on cpu0, with \`node --cpu-prof\` (1 ms sampling), under wrk -c${plan.connections} with its own request for ${plan.profSeconds} s after a ${plan.satWarmup} s warm-up. ` +
       "Only the measured window counts (no start-up, warm-up or shutdown). Figures are the main thread's self time per request (the time a function ran itself, not its callees) over the requests wrk completed in the window; " +
-      "the profiler costs some, so the totals lie above section 1's CPU µs/req; other threads (libuv's pool, where an asynchronous log write runs; V8's GC helpers) are not in them, while section 1 counts every thread. " +
+      "the profiler costs some (the *÷ section 1's* row; a slow spell of the machine during one profile shows there too), so the totals lie above section 1's CPU µs/req; other threads (libuv's pool, where an asynchronous log write runs; V8's GC helpers) are not in them, while section 1 counts every thread. " +
       "*native code* holds the C++ builtins JS calls into, with their time in the kernel: `writev` the socket writes, `writeString`/`writeBuffer` the log's writes to stdout as JS issues them, the node:http parser.",
   );
   p();
@@ -1101,6 +1117,9 @@ function profilesSection(p, r) {
   );
   p(
     `| main thread busy | ${names.map((n) => `${profs[n].busyPct}%`).join(" | ")}${diffColumn ? " | " : ""} |`,
+  );
+  p(
+    `| req/s while profiled ÷ section 1's | ${names.map((n) => (r.saturation[n] ? `${(profs[n].rpsUnderProfiler / r.saturation[n].rps).toFixed(2)}×` : "-")).join(" | ")}${diffColumn ? " | " : ""} |`,
   );
   p();
 

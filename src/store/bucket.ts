@@ -28,8 +28,15 @@
  *
  * A take costing more than burst is never allowed; its msToNext is the formula's value (as if
  * there were no cap), so callers refuse or cap such a cost themselves.
+ *
+ * Several buckets at once (applyTakes: all of a request's limits and its token reservation in
+ * one store call): every bucket is refilled as above; the required takes are all taken if each
+ * fits (tokens ≥ c' − ε), else none is; an optional take is taken if it fits and the required
+ * ones were taken, and its refusal refuses nothing else. Each bucket then steps exactly as
+ * applyBucket would with its own take (a bucket not taken: as a refused take, which leaves the
+ * tokens as refilled), and reports `allowed` = it fits, whatever the others did.
  */
-import type { BucketResult, BucketSpec } from "./types.js";
+import type { BucketResult, BucketSpec, BucketTake } from "./types.js";
 
 export interface BucketState {
   tokens: number;
@@ -103,6 +110,65 @@ export function applyBucket(
     result: { allowed, remaining: tokens, msToNext, msToFull },
     expireMs: Math.min(Math.ceil(msToFull) + IDLE_MARGIN_MS, MAX_EXPIRE_MS),
   };
+}
+
+/** What applyTakes did: whether the required takes were taken, and each bucket's step. */
+export interface TakesStep {
+  taken: boolean;
+  steps: BucketStep[];
+}
+
+/**
+ * Several takes at once (see the header): `states[i]` is the state of `takes[i]`'s bucket
+ * (undefined: new). The Lua of the Redis store (TAKES_LUA) runs the same steps.
+ */
+export function applyTakes(
+  states: readonly (BucketState | undefined)[],
+  takes: readonly BucketTake[],
+  now: number,
+): TakesStep {
+  const n = takes.length;
+  const fits: boolean[] = new Array<boolean>(n);
+  let taken = true;
+  for (let i = 0; i < n; i++) {
+    const take = takes[i] as BucketTake;
+    const fit = refilled(states[i], take.spec, now) >= Math.max(0, take.cost) - epsilonOf(take.spec.burst);
+    fits[i] = fit;
+    if (!fit && take.optional !== true) taken = false;
+  }
+  const steps: BucketStep[] = new Array<BucketStep>(n);
+  for (let i = 0; i < n; i++) {
+    const take = takes[i] as BucketTake;
+    const { ratePerSec, burst } = take.spec;
+    if (taken && fits[i] === true) {
+      steps[i] = applyBucket(states[i], "take", take.cost, ratePerSec, burst, now);
+    } else if (fits[i] === true) {
+      // Fits, held back by another take's refusal: stepped as a refused take (its tokens as
+      // refilled), reported as fitting, with nothing to wait for.
+      const step = applyBucket(states[i], "take", Number.POSITIVE_INFINITY, ratePerSec, burst, now);
+      step.result = {
+        allowed: true,
+        remaining: step.state.tokens,
+        msToNext: 0,
+        msToFull: step.result.msToFull,
+      };
+      steps[i] = step;
+    } else {
+      steps[i] = applyBucket(states[i], "take", take.cost, ratePerSec, burst, now);
+    }
+  }
+  return { taken, steps };
+}
+
+/** The tokens of a bucket after its refill at `now` (the first steps of applyBucket). */
+function refilled(state: BucketState | undefined, spec: BucketSpec, now: number): number {
+  if (state === undefined) return spec.burst;
+  const elapsed = Math.max(0, now - state.ts);
+  return Math.min(spec.burst, state.tokens + (elapsed * spec.ratePerSec) / 1000);
+}
+
+function epsilonOf(burst: number): number {
+  return EPSILON_PER_TOKEN * Math.max(1, burst);
 }
 
 /** Rejects specs the arithmetic cannot serve (a zero rate would never refill: infinite waits). */

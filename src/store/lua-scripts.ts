@@ -1,7 +1,9 @@
 /**
- * The Lua run by the Redis store. Each script touches exactly ONE key (KEYS[1]), so it never
- * spans hash slots and Redis Cluster never answers CROSSSLOT; keep it that way (a second key
- * would have to share the first one's hash tag).
+ * The Lua run by the Redis store. Each script but TAKES_LUA touches exactly ONE key (KEYS[1]),
+ * so it never spans hash slots and Redis Cluster never answers CROSSSLOT; keep it that way (a
+ * second key would have to share the first one's hash tag). TAKES_LUA takes several buckets,
+ * whose hash tags differ: the store runs it on one server (or Sentinel's master), never on a
+ * Cluster, where it takes one bucket per call instead.
  *
  * Time is Redis `TIME` on the server running the script (the master: scripts write), never a
  * replica's or a gateway's clock: TIME followed by writes is allowed since scripts are
@@ -71,6 +73,76 @@ local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
 redis.call("HSET", key, "tokens", string.format("%.17g", tokens), "ts", string.format("%.17g", ts))
 redis.call("PEXPIRE", key, string.format("%.0f", expireMs))
 return { allowed, string.format("%.17g", tokens), string.format("%.17g", msToNext), string.format("%.17g", msToFull) }
+`;
+
+/**
+ * Several buckets in one call: applyTakes of bucket.ts (see its header), each bucket stepped as
+ * BUCKET_LUA steps a take, in the same order, with the same constants. KEYS: the buckets (each a
+ * hash {tokens, ts}, distinct). ARGV[1]: now in ms, "" to read TIME (the equivalence tests alone
+ * pass one); then four per key: cost, ratePerSec, burst, optional ("1": taken only if it fits
+ * and every required take fits; "0": required, all or none).
+ * Reply: {taken 0|1, then per key: allowed 0|1 (it fits), remaining, msToNext, msToFull}, the
+ * last three as strings.
+ */
+export const TAKES_LUA = `
+local n = #KEYS
+local now
+if ARGV[1] ~= "" then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local tokens, ts, cost, rate, burst, fits = {}, {}, {}, {}, {}, {}
+local taken = 1
+for i = 1, n do
+  local a = 1 + (i - 1) * 4
+  cost[i] = math.max(0, tonumber(ARGV[a + 1]))
+  rate[i] = tonumber(ARGV[a + 2])
+  burst[i] = tonumber(ARGV[a + 3])
+  local t0 = burst[i]
+  local s0 = now
+  local saved = redis.call("HMGET", KEYS[i], "tokens", "ts")
+  local savedTokens = tonumber(saved[1])
+  local savedTs = tonumber(saved[2])
+  if savedTokens ~= nil and savedTs ~= nil then
+    t0 = savedTokens
+    s0 = savedTs
+  end
+  local elapsed = math.max(0, now - s0)
+  tokens[i] = math.min(burst[i], t0 + elapsed * rate[i] / 1000)
+  ts[i] = s0
+  fits[i] = tokens[i] >= cost[i] - 1e-9 * math.max(1, burst[i])
+  if not fits[i] and ARGV[a + 4] ~= "1" then taken = 0 end
+end
+local reply = { taken }
+for i = 1, n do
+  local t = tokens[i]
+  local r = rate[i]
+  local epsilon = 1e-9 * math.max(1, burst[i])
+  local allowed = 0
+  local msToNext = 0
+  if fits[i] then
+    allowed = 1
+    if taken == 1 then
+      t = t - cost[i]
+      if cost[i] <= 0 and t < 1 - epsilon then msToNext = (1 - t) * 1000 / r end
+    end
+  elseif cost[i] > 0 then
+    msToNext = (cost[i] - t) * 1000 / r
+  elseif t < 1 - epsilon then
+    msToNext = (1 - t) * 1000 / r
+  end
+  local msToFull = math.max(0, burst[i] - t) * 1000 / r
+  local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
+  redis.call("HSET", KEYS[i], "tokens", string.format("%.17g", t), "ts", string.format("%.17g", math.max(ts[i], now)))
+  redis.call("PEXPIRE", KEYS[i], string.format("%.0f", expireMs))
+  reply[#reply + 1] = allowed
+  reply[#reply + 1] = string.format("%.17g", t)
+  reply[#reply + 1] = string.format("%.17g", msToNext)
+  reply[#reply + 1] = string.format("%.17g", msToFull)
+end
+return reply
 `;
 
 /**

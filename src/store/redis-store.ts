@@ -62,16 +62,19 @@ import {
   LEASE_ACQUIRE_LUA,
   LEASE_RENEW_LUA,
   LOCK_RELEASE_LUA,
+  TAKES_LUA,
 } from "./lua-scripts.js";
 import { ttlOf } from "./ttl.js";
 import {
   type BucketResult,
   type BucketSpec,
+  type BucketTake,
   type FleetReply,
   type FleetState,
   type LeaseResult,
   type Store,
   StoreUnavailableError,
+  type TakeAllResult,
 } from "./types.js";
 
 export type StoreConfig = GatewayConfig["store"];
@@ -91,6 +94,8 @@ declare module "ioredis" {
       burst: string,
       now?: string,
     ): Result<BucketReply, Context>;
+    /** TAKES_LUA: the number of keys, the keys, now ("" in production), then 4 per key. */
+    floodgateTakes(numberOfKeys: number, ...keysAndArgs: string[]): Result<(number | string)[], Context>;
     floodgateLeaseAcquire(key: string, id: string, limit: string, ttlMs: string): Result<LeaseReply, Context>;
     floodgateLeaseRenew(key: string, id: string, ttlMs: string): Result<number, Context>;
     floodgateLockRelease(key: string, owner: string): Result<number, Context>;
@@ -107,6 +112,8 @@ declare module "ioredis" {
 /** Registers the store's scripts on a client (the store does it; so do the equivalence tests). */
 export function defineScripts(client: Redis | Cluster): void {
   client.defineCommand("floodgateBucket", { numberOfKeys: 1, lua: BUCKET_LUA });
+  // numberOfKeys left out: each call says how many (a request's limits, its reservation).
+  client.defineCommand("floodgateTakes", { lua: TAKES_LUA });
   client.defineCommand("floodgateLeaseAcquire", { numberOfKeys: 1, lua: LEASE_ACQUIRE_LUA });
   client.defineCommand("floodgateLeaseRenew", { numberOfKeys: 1, lua: LEASE_RENEW_LUA });
   client.defineCommand("floodgateLockRelease", { numberOfKeys: 1, lua: LOCK_RELEASE_LUA });
@@ -120,6 +127,20 @@ export function parseBucketReply(reply: BucketReply): BucketResult {
     msToNext: Number(reply[2]),
     msToFull: Number(reply[3]),
   };
+}
+
+/** TAKES_LUA's reply as a TakeAllResult. */
+export function parseTakesReply(reply: (number | string)[]): TakeAllResult {
+  const results: BucketResult[] = [];
+  for (let i = 1; i + 3 < reply.length; i += 4) {
+    results.push({
+      allowed: reply[i] === 1,
+      remaining: Number(reply[i + 1]),
+      msToNext: Number(reply[i + 2]),
+      msToFull: Number(reply[i + 3]),
+    });
+  }
+  return { taken: reply[0] === 1, results };
 }
 
 /** Statuses in which a connection attempt is under way, so "ready" may come within the deadline. */
@@ -186,6 +207,29 @@ export class RedisStore implements Store {
     checkBucketSpec(spec);
     checkAmount("cost", cost);
     return this.bucket(spec, "take", cost);
+  }
+
+  /**
+   * One TAKES_LUA call for all the buckets on one server. A Cluster puts them on different
+   * nodes (their hash tags differ): one BUCKET_LUA take per bucket, in parallel, and when the
+   * required ones were not all taken, what was taken is given back (awaited, so that the next
+   * request sees it); when a call fails, what the others took is given back in the background.
+   */
+  async takeAll(takes: readonly BucketTake[]): Promise<TakeAllResult> {
+    const args: string[] = [];
+    for (const take of takes) {
+      checkBucketSpec(take.spec);
+      checkAmount("cost", take.cost);
+      args.push(this.keyOf(take.spec.key));
+    }
+    if (this.client instanceof Cluster) return this.takeEach(takes);
+    args.push("");
+    for (const take of takes) {
+      const { ratePerSec, burst } = take.spec;
+      args.push(String(take.cost), String(ratePerSec), String(burst), take.optional === true ? "1" : "0");
+    }
+    const reply = await this.call("take", () => this.client.floodgateTakes(takes.length, ...args));
+    return parseTakesReply(reply);
   }
 
   async adjust(spec: BucketSpec, delta: number): Promise<BucketResult> {
@@ -361,6 +405,32 @@ export class RedisStore implements Store {
     const masters = this.client.nodes("master");
     if (masters.length === 0) throw new StoreUnavailableError("redis cluster: no master known");
     return masters;
+  }
+
+  private async takeEach(takes: readonly BucketTake[]): Promise<TakeAllResult> {
+    const settled = await Promise.allSettled(takes.map((t) => this.bucket(t.spec, "take", t.cost)));
+    const giveBack = (i: number) => {
+      const take = takes[i] as BucketTake;
+      return this.bucket(take.spec, "adjust", -Math.max(0, take.cost)).catch(() => undefined);
+    };
+    const results: BucketResult[] = [];
+    let failure: unknown;
+    let taken = true;
+    settled.forEach((s, i) => {
+      if (s.status === "rejected") failure ??= s.reason;
+      else {
+        results.push(s.value);
+        if (!s.value.allowed && (takes[i] as BucketTake).optional !== true) taken = false;
+      }
+    });
+    if (failure !== undefined) {
+      settled.forEach((s, i) => {
+        if (s.status === "fulfilled" && s.value.allowed) void giveBack(i);
+      });
+      throw failure;
+    }
+    if (!taken) await Promise.all(results.map((r, i) => (r.allowed ? giveBack(i) : undefined)));
+    return { taken, results };
   }
 
   private async bucket(spec: BucketSpec, op: "take" | "adjust", amount: number): Promise<BucketResult> {

@@ -23,6 +23,24 @@ export interface BucketResult {
   msToFull: number;
 }
 
+/** One bucket's part in a call on several (Store.takeAll). */
+export interface BucketTake {
+  spec: BucketSpec;
+  cost: number;
+  /**
+   * Taken only if it fits and every required take of the call is taken; its own refusal
+   * refuses nothing else (a token reservation beside the request limits).
+   */
+  optional?: boolean;
+}
+
+export interface TakeAllResult {
+  /** Every required take fitted, so each was taken (and each optional one that fitted). */
+  taken: boolean;
+  /** Per take, in order; `allowed`: that bucket alone had the tokens (taken or not). */
+  results: BucketResult[];
+}
+
 export interface LeaseResult {
   acquired: boolean;
   /** Leases held after this call (including the new one when acquired). */
@@ -48,6 +66,15 @@ export interface Store {
   readonly kind: "memory" | "redis";
   /** Takes `cost` tokens only if that many are there (cost 0: read without taking). */
   take(spec: BucketSpec, cost: number): Promise<BucketResult>;
+  /**
+   * Several buckets in one call (distinct keys): the required takes all or none, the optional
+   * ones beside them (see bucket.ts, applyTakes). Atomic on one Redis server; in a Cluster,
+   * whose buckets sit on different nodes, one call per bucket, and what a refusal leaves taken
+   * is given back.
+   */
+  takeAll(takes: readonly BucketTake[]): Promise<TakeAllResult>;
+  /** takeAll decided at once, with no promise: the store in process memory offers it. */
+  takeAllNow?(takes: readonly BucketTake[]): TakeAllResult;
   /**
    * Settles a reservation: delta > 0 charges more (even into debt: the tokens were used),
    * delta < 0 refunds (never above burst). Always applied.

@@ -1,12 +1,14 @@
 /**
  * The bucket Lua on a real redis-server gives bit-identical answers to bucket.ts for the same
- * sequences of calls and clock readings (the script's test-only `now` argument).
+ * sequences of calls and clock readings (the script's test-only `now` argument); so does the
+ * Lua of several buckets at once (TAKES_LUA ≡ applyTakes).
  */
 import fc from "fast-check";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { applyBucket, type BucketOp, type BucketState } from "../../../src/store/bucket.js";
-import { defineScripts, parseBucketReply } from "../../../src/store/redis-store.js";
+import { applyBucket, applyTakes, type BucketOp, type BucketState } from "../../../src/store/bucket.js";
+import { defineScripts, parseBucketReply, parseTakesReply } from "../../../src/store/redis-store.js";
+import type { BucketTake } from "../../../src/store/types.js";
 import { startRedis, type TestRedis } from "../../helpers/redis.js";
 
 let redis: TestRedis;
@@ -79,5 +81,99 @@ describe("bucket Lua ≡ bucket.ts", () => {
     expect(pttl).toBeLessThanOrEqual(expected.expireMs);
     // Less only by the time between the two calls.
     expect(pttl).toBeGreaterThanOrEqual(expected.expireMs - (performance.now() - started) - 1);
+  });
+});
+
+/** One bucket of a several-bucket call: its spec, and per call its cost (× burst). */
+const member = fc.record({
+  ratePerSec: fc.oneof(fc.double({ min: 0.001, max: 100_000, noNaN: true }), fc.integer({ min: 1, max: 50 })),
+  burst: fc.oneof(fc.double({ min: 0.1, max: 1_000_000, noNaN: true }), fc.integer({ min: 1, max: 20 })),
+  optional: fc.boolean(),
+});
+const round = fc.record({
+  costs: fc.array(fc.oneof(fc.double({ min: -0.2, max: 1.3, noNaN: true }), fc.constantFrom(0, 1, 0.25)), {
+    minLength: 4,
+    maxLength: 4,
+  }),
+  dt: call.map((c) => c.dt),
+});
+
+describe("several-bucket Lua ≡ applyTakes", () => {
+  it("same results and same stored states for random sequences over up to four buckets", async () => {
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(member, { minLength: 1, maxLength: 4 }),
+        fc.double({ min: 1.6e12, max: 1.9e12, noNaN: true }),
+        fc.array(round, { minLength: 1, maxLength: 15, size: "max" }),
+        async (members, start, rounds) => {
+          const keys = members.map((_, i) => `eqm:${run}:${i}`);
+          run++;
+          const states: (BucketState | undefined)[] = members.map(() => undefined);
+          let now = start;
+          for (const { costs, dt } of rounds) {
+            now += dt;
+            const takes: BucketTake[] = members.map((m, i) => ({
+              spec: { key: keys[i] as string, ratePerSec: m.ratePerSec, burst: m.burst },
+              cost: (costs[i] ?? 0) * m.burst,
+              optional: m.optional,
+            }));
+            const expected = applyTakes(states, takes, now);
+            expected.steps.forEach((step, i) => {
+              states[i] = step.state;
+            });
+            const args = [String(now)];
+            for (const t of takes) {
+              args.push(
+                String(t.cost),
+                String(t.spec.ratePerSec),
+                String(t.spec.burst),
+                t.optional ? "1" : "0",
+              );
+            }
+            const reply = await client.floodgateTakes(keys.length, ...keys, ...args);
+            expect(parseTakesReply(reply)).toEqual({
+              taken: expected.taken,
+              results: expected.steps.map((s) => s.result),
+            });
+          }
+          for (const [i, key] of keys.entries()) {
+            const [tokens, ts] = await client.hmget(key, "tokens", "ts");
+            expect({ tokens: Number(tokens), ts: Number(ts) }).toEqual(states[i]);
+          }
+          await client.unlink(...keys);
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it("sets each bucket's idle expiry as applyTakes computes it", async () => {
+    const takes: BucketTake[] = [
+      { spec: { key: "eqm:ttl:a", ratePerSec: 10, burst: 20 }, cost: 7.5 },
+      { spec: { key: "eqm:ttl:b", ratePerSec: 1, burst: 100 }, cost: 40, optional: true },
+    ];
+    const expected = applyTakes([undefined, undefined], takes, 1e12);
+    const started = performance.now();
+    await client.floodgateTakes(
+      2,
+      "eqm:ttl:a",
+      "eqm:ttl:b",
+      "1000000000000",
+      "7.5",
+      "10",
+      "20",
+      "0",
+      "40",
+      "1",
+      "100",
+      "1",
+    );
+    for (const [i, key] of ["eqm:ttl:a", "eqm:ttl:b"].entries()) {
+      const pttl = await client.pttl(key);
+      const expireMs = expected.steps[i]?.expireMs ?? 0;
+      expect(pttl).toBeLessThanOrEqual(expireMs);
+      expect(pttl).toBeGreaterThanOrEqual(expireMs - (performance.now() - started) - 1);
+    }
   });
 });

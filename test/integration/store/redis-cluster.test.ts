@@ -48,6 +48,35 @@ describe("RedisStore on Redis Cluster", () => {
     expect(masters).toHaveLength(3);
   });
 
+  it("takeAll over buckets on different nodes: one call each, and a refusal gives back what was taken", async () => {
+    const limit = { key: "rl:all:the-limit", ratePerSec: 0.001, burst: 1 };
+    const others = KEYS.slice(0, 6).map((k) => ({
+      spec: { key: `rl:all:${k}`, ratePerSec: 0.001, burst: 5 },
+      cost: 1,
+    }));
+    const tokens = {
+      spec: { key: "tok:all:tenant-1", ratePerSec: 0.001, burst: 100 },
+      cost: 30,
+      optional: true,
+    };
+    const first = await store.takeAll([{ spec: limit, cost: 1 }, ...others, tokens]);
+    expect(first.taken).toBe(true);
+    expect(first.results.every((r) => r.allowed)).toBe(true);
+    // The limit is spent: refused, and what the others took is given back.
+    const refused = await store.takeAll([{ spec: limit, cost: 1 }, ...others, tokens]);
+    expect(refused.taken).toBe(false);
+    expect(refused.results[0]?.allowed).toBe(false);
+    for (const o of others) expect(Math.floor((await store.take(o.spec, 0)).remaining)).toBe(4);
+    expect(Math.floor((await store.take(tokens.spec, 0)).remaining)).toBe(70);
+    // The buckets sat on more than one master (else this tested nothing of a cluster).
+    const holding = await Promise.all(
+      cluster.nodes.map((url) => cli(url, "--scan", "--pattern", "*{rl:all:*")),
+    );
+    expect(holding.filter((keys) => keys !== "").length).toBeGreaterThan(1);
+    await store.clear("rl:all:");
+    await store.clear("tok:all:");
+  });
+
   it("still works after SCRIPT FLUSH on every node (NOSCRIPT → EVAL through the cluster)", async () => {
     await Promise.all(cluster.nodes.map((url) => cli(url, "script", "flush")));
     await Promise.all(cluster.nodes.map((url) => cli(url, "config", "resetstat")));

@@ -103,6 +103,38 @@ describe("RedisStore buckets", () => {
     expect(pttl).toBeGreaterThanOrEqual(2000 + 1000 - (performance.now() - started) - 1);
   });
 
+  it("takeAll: several buckets in one script call, the required ones all or none", async () => {
+    const limit = { key: "rl:all:a", ratePerSec: 1, burst: 2 };
+    const other = { key: "rl:all:b", ratePerSec: 1, burst: 5 };
+    const tokens = { key: "tok:all", ratePerSec: 1, burst: 100 };
+    const takes = [
+      { spec: limit, cost: 1 },
+      { spec: other, cost: 1 },
+      { spec: tokens, cost: 60, optional: true },
+    ];
+    const before = await scriptCalls();
+    expect(await store.takeAll(takes)).toMatchObject({
+      taken: true,
+      results: [{ allowed: true }, { allowed: true }, { allowed: true }],
+    });
+    // The reservation no longer fits: the limits are taken all the same.
+    const second = await store.takeAll(takes);
+    expect(second.taken).toBe(true);
+    expect(second.results[2]).toMatchObject({ allowed: false });
+    expect(second.results[2]?.remaining).toBeLessThan(41);
+    // rl:all:a is empty: nothing is taken from rl:all:b either.
+    const refused = await store.takeAll(takes);
+    expect(refused.taken).toBe(false);
+    expect(refused.results[0]).toMatchObject({ allowed: false });
+    expect(refused.results[1]).toMatchObject({ allowed: true });
+    const after = await scriptCalls();
+    expect(after.evalsha + after.eval).toBe(before.evalsha + before.eval + 3);
+    // Three takes of rl:all:b were asked, two were taken (1/s refills less than one meanwhile).
+    expect((await store.take(other, 0)).remaining).toBeLessThan(4);
+    expect((await store.take(other, 0)).remaining).toBeGreaterThanOrEqual(3);
+    await expect(store.takeAll([{ spec: { ...limit, ratePerSec: 0 }, cost: 1 }])).rejects.toThrow(RangeError);
+  });
+
   it("rejects a spec it cannot serve without calling Redis", async () => {
     await expect(store.take({ key: "rl:bad", ratePerSec: 0, burst: 1 }, 1)).rejects.toThrow(RangeError);
   });

@@ -2,11 +2,13 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
   applyBucket,
+  applyTakes,
   type BucketOp,
   type BucketState,
   EPSILON_PER_TOKEN,
   IDLE_MARGIN_MS,
 } from "../../../src/store/bucket.js";
+import type { BucketTake } from "../../../src/store/types.js";
 
 /** A bucket driven by a fake clock: each call says when (ms) it happens. */
 function bucket(ratePerSec: number, burst: number, state?: BucketState) {
@@ -188,6 +190,112 @@ describe("token bucket properties", () => {
         },
       ),
       { numRuns: 1000 },
+    );
+  });
+});
+
+describe("several buckets at once (applyTakes)", () => {
+  const a = { key: "a", ratePerSec: 10, burst: 5 };
+  const b = { key: "b", ratePerSec: 1, burst: 2 };
+  const t = { key: "t", ratePerSec: 100, burst: 1000 };
+
+  it("takes every required bucket when each fits, each as applyBucket would", () => {
+    const states = [{ tokens: 3, ts: 0 }, undefined, { tokens: 500, ts: 0 }];
+    const takes: BucketTake[] = [
+      { spec: a, cost: 1 },
+      { spec: b, cost: 1 },
+      { spec: t, cost: 200, optional: true },
+    ];
+    const r = applyTakes(states, takes, 100);
+    expect(r.taken).toBe(true);
+    takes.forEach((take, i) => {
+      const alone = applyBucket(states[i], "take", take.cost, take.spec.ratePerSec, take.spec.burst, 100);
+      expect(r.steps[i]).toEqual(alone);
+    });
+  });
+
+  it("one required bucket short: none is taken, each says whether it alone would fit", () => {
+    const states = [
+      { tokens: 3, ts: 0 },
+      { tokens: 0.5, ts: 0 },
+      { tokens: 500, ts: 0 },
+    ];
+    const takes: BucketTake[] = [
+      { spec: a, cost: 1 },
+      { spec: b, cost: 1 },
+      { spec: t, cost: 200, optional: true },
+    ];
+    const r = applyTakes(states, takes, 100);
+    expect(r.taken).toBe(false);
+    // a: refilled 3 + 1, untouched; b: refused as alone (0.5 + 0.1 < 1); t: untouched.
+    expect(r.steps[0]?.result).toEqual({ allowed: true, remaining: 4, msToNext: 0, msToFull: 100 });
+    expect(r.steps[0]?.state).toEqual({ tokens: 4, ts: 100 });
+    expect(r.steps[1]).toEqual(applyBucket(states[1], "take", 1, 1, 2, 100));
+    expect(r.steps[1]?.result.allowed).toBe(false);
+    expect(r.steps[2]?.state).toEqual({ tokens: 510, ts: 100 });
+    expect(r.steps[2]?.result).toMatchObject({ allowed: true, remaining: 510, msToNext: 0 });
+  });
+
+  it("an optional take that does not fit refuses nothing else", () => {
+    const states = [undefined, { tokens: 10, ts: 0 }];
+    const takes: BucketTake[] = [
+      { spec: a, cost: 1 },
+      { spec: t, cost: 200, optional: true },
+    ];
+    const r = applyTakes(states, takes, 0);
+    expect(r.taken).toBe(true);
+    expect(r.steps[0]?.result).toMatchObject({ allowed: true, remaining: 4 });
+    expect(r.steps[1]).toEqual(applyBucket(states[1], "take", 200, 100, 1000, 0));
+    expect(r.steps[1]?.result).toMatchObject({ allowed: false, remaining: 10, msToNext: 1900 });
+  });
+
+  it("for any states: taken iff every required take fits; each bucket loses its cost exactly when taken", () => {
+    const take = fc.record({
+      ratePerSec: fc.double({ min: 0.01, max: 1000, noNaN: true }),
+      burst: fc.double({ min: 0.5, max: 1000, noNaN: true }),
+      level: fc.double({ min: -0.5, max: 1, noNaN: true }),
+      ts: fc.double({ min: 0, max: 2000, noNaN: true }),
+      cost: fc.double({ min: 0, max: 1.2, noNaN: true }),
+      optional: fc.boolean(),
+      fresh: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(
+        fc.array(take, { minLength: 1, maxLength: 5 }),
+        fc.double({ min: 0, max: 3000, noNaN: true }),
+        (ts, now) => {
+          const states = ts.map((x) => (x.fresh ? undefined : { tokens: x.level * x.burst, ts: x.ts }));
+          const takes: BucketTake[] = ts.map((x, i) => ({
+            spec: { key: `k${i}`, ratePerSec: x.ratePerSec, burst: x.burst },
+            cost: x.cost * x.burst,
+            optional: x.optional,
+          }));
+          const r = applyTakes(states, takes, now);
+          const alone = takes.map((take, i) =>
+            applyBucket(states[i], "take", take.cost, take.spec.ratePerSec, take.spec.burst, now),
+          );
+          expect(r.taken).toBe(takes.every((take, i) => take.optional === true || alone[i]?.result.allowed));
+          takes.forEach((take, i) => {
+            const fits = alone[i]?.result.allowed === true;
+            expect(r.steps[i]?.result.allowed).toBe(fits);
+            if (r.taken && fits) expect(r.steps[i]).toEqual(alone[i]);
+            else {
+              // Not taken: the state of a refused take (the tokens as refilled).
+              const untouched = applyBucket(
+                states[i],
+                "take",
+                Number.POSITIVE_INFINITY,
+                take.spec.ratePerSec,
+                take.spec.burst,
+                now,
+              );
+              expect(r.steps[i]?.state).toEqual(untouched.state);
+              expect(r.steps[i]?.expireMs).toBe(untouched.expireMs);
+            }
+          });
+        },
+      ),
+      { numRuns: 500 },
     );
   });
 });

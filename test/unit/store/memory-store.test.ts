@@ -25,6 +25,35 @@ describe("MemoryStore buckets", () => {
     expect(await s.take({ ...spec, key: "rl:other" }, 1)).toMatchObject({ remaining: 4 });
   });
 
+  it("takeAll: the required takes all or none, an optional one beside them, at once or as a promise", async () => {
+    const s = fresh();
+    const tokens = { key: "tok:t", ratePerSec: 10, burst: 100 };
+    const takes = [
+      { spec, cost: 1 },
+      { spec: { ...spec, key: "rl:u", burst: 2 }, cost: 1 },
+      { spec: tokens, cost: 60, optional: true },
+    ];
+    expect(s.takeAllNow(takes)).toMatchObject({
+      taken: true,
+      results: [{ remaining: 4 }, { remaining: 1 }, { remaining: 40 }],
+    });
+    // The optional take no longer fits: the others are taken all the same.
+    expect(await s.takeAll(takes)).toMatchObject({
+      taken: true,
+      results: [{ remaining: 3 }, { remaining: 0 }, { allowed: false, remaining: 40, msToNext: 2000 }],
+    });
+    // rl:u is empty: nothing is taken, not even from the buckets that had room.
+    expect(s.takeAllNow([{ spec, cost: 1 }, takes[1] as (typeof takes)[number]])).toMatchObject({
+      taken: false,
+      results: [
+        { allowed: true, remaining: 3 },
+        { allowed: false, msToNext: 100 },
+      ],
+    });
+    expect(await s.take(spec, 0)).toMatchObject({ remaining: 3 });
+    expect(() => s.takeAllNow([{ spec: { ...spec, ratePerSec: 0 }, cost: 1 }])).toThrow(RangeError);
+  });
+
   it("forgets idle buckets once full, so memory stays bounded", async () => {
     const s = fresh();
     for (let i = 0; i < 100; i++) await s.take({ ...spec, key: `rl:${i}` }, 5);

@@ -11,7 +11,7 @@ import type { Exchange } from "./proxy/exchange.js";
 import type { ForwardResult } from "./proxy/forwarder.js";
 import type { PassThroughTable } from "./proxy/pass-through.js";
 import type { Lease } from "./ratelimit/concurrency.js";
-import type { Reservation } from "./ratelimit/token-budget.js";
+import type { Reservation, TokenAsk } from "./ratelimit/token-budget.js";
 import type { PathProgress, RequestPath } from "./stages/stage.js";
 import type { UpstreamPool } from "./upstream/pool.js";
 
@@ -89,6 +89,8 @@ export interface RequestContext extends PathProgress {
   delivered: boolean;
 
   // What each stage took, for its own way back.
+  /** The token reservation the request-limits stage took beside the limits, for the token-budget stage. */
+  tokenAsk: TokenAsk | undefined;
   reservation: Reservation | undefined;
   lease: Lease | undefined;
   flight: Extract<Flight, { role: "leader" }> | undefined;
@@ -130,6 +132,7 @@ export function newContext(): RequestContext {
     answer: undefined,
     answeredAt: undefined,
     delivered: false,
+    tokenAsk: undefined,
     reservation: undefined,
     lease: undefined,
     flight: undefined,

@@ -6,6 +6,8 @@
  *   pass-through routes:        request-limits → forward (as received, any content)
  *
  * Each stage gives back what it took on the way back, in reverse order (src/stages/stage.ts).
+ * With request limits on, the token reservation is taken in the request-limits stage's store
+ * call and adopted by the token-budget stage after the cache (src/stages/request-limits.ts).
  */
 import type { Logger } from "pino";
 import type { ResponseCache } from "./cache/response-cache.js";
@@ -58,7 +60,13 @@ export function forwarding(deps: PathDeps): Forwarding {
 export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
   const { config } = deps;
   const stages: GatewayStage[] = [routeStage(deps.upstreams)];
-  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits));
+  if (deps.limits.enabled) {
+    // The token reservation rides in the limits' store call when the token-budget stage is on.
+    const beside = deps.budgets.any
+      ? { budgets: deps.budgets, defaultMaxTokens: config.tokens.defaultMaxTokens }
+      : undefined;
+    stages.push(requestLimitsStage(deps.limits, beside));
+  }
   if (Object.values(config.pools).some((p) => p.cache.enabled)) {
     stages.push(
       cacheStage({

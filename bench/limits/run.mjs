@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
  * What the request-limits stage costs per request, against the buckets' own cost (the store
- * calls alone) and the floor (the request state alone). Two limits per
- * request, as in bench/overhead's floodgate+memory-limits: a tenant limit and a per-IP limit,
- * far above the load, on the memory store. Each variant is called directly with what the stage
+ * call alone: one takeAll of both buckets) and the floor (the request state alone). Two limits
+ * per request, as in bench/overhead's floodgate+memory-limits: a tenant limit and a per-IP
+ * limit, far above the load, on the memory store; and the same with a token reservation beside
+ * them (stage+tokens), as the request-limits stage takes it when the tenant has a budget. Each variant is called directly with what the stage
  * hands it, without HTTP, so that only the limits' own cost is measured. In one
  * process, in rounds, the variants taking turns; reports CPU µs per request (median round).
  *
@@ -14,6 +15,7 @@ import { parseConfig } from "../../dist/src/config/index.js";
 import { newContext } from "../../dist/src/context.js";
 import { GuardedStore } from "../../dist/src/ratelimit/guarded-store.js";
 import { bucketFor, limitKey, RequestLimits } from "../../dist/src/ratelimit/request-limits.js";
+import { TokenBudgets } from "../../dist/src/ratelimit/token-budget.js";
 import { MemoryStore } from "../../dist/src/store/index.js";
 
 const { values } = parseArgs({
@@ -24,7 +26,7 @@ const ROUNDS = Number(values.rounds);
 
 const config = parseConfig(
   `auth: { keys: [{ key: "sk-bench-0123456789", tenant: bench }] }
-tenants: { bench: { limits: { requests: { rate: 100000000, per: 1s } } } }
+tenants: { bench: { limits: { requests: { rate: 100000000, per: 1s }, tokens: { rate: 100000000, per: 1s } } } }
 rateLimits: [{ name: per-ip, by: ip, rate: 100000000, per: 1s }]
 pools: { p: { models: [m], backends: [{ url: "http://127.0.0.1:1" }] } }`,
   "bench",
@@ -37,6 +39,16 @@ async function variant(kind) {
   if (kind === "stage") {
     const limits = new RequestLimits(config, guard);
     check = (subject) => limits.check(subject);
+  } else if (kind === "stage+tokens") {
+    const limits = new RequestLimits(config, guard);
+    const budgets = new TokenBudgets(config, guard);
+    const tenant = { id: "bench", ...config.tenants.bench };
+    check = async (subject) => {
+      const ask = budgets.ask(tenant, 30);
+      const checked = await limits.check(subject, ask.take);
+      budgets.answered(ask, checked.beside);
+      await ask.held?.cancel();
+    };
   } else if (kind === "buckets") {
     const defs = [
       { name: "per-ip", by: "ip", burst: 1e8, ratePerSec: 1e8, policy: "local", allowList: [] },
@@ -50,7 +62,14 @@ async function variant(kind) {
       },
     ];
     check = (subject) =>
-      Promise.all(defs.map((d) => guard.take(bucketFor(d, limitKey(d.by, subject)), 1, d.name, d.policy)));
+      guard.takeAll(
+        defs.map((d) => ({
+          spec: bucketFor(d, limitKey(d.by, subject)),
+          cost: 1,
+          limit: d.name,
+          policy: d.policy,
+        })),
+      );
   }
   const call = async () => {
     const gw = newContext();
@@ -67,7 +86,7 @@ async function measure(v) {
   return (used.user + used.system) / N;
 }
 
-const kinds = ["floor", "buckets", "stage"];
+const kinds = ["floor", "buckets", "stage", "stage+tokens"];
 const variants = await Promise.all(kinds.map(variant));
 for (const v of variants) await measure(v); // warm up
 const rounds = Object.fromEntries(kinds.map((k) => [k, []]));

@@ -8,13 +8,37 @@
  */
 import type { StoreErrorPolicyConfig } from "../config/index.js";
 import { errors } from "../errors.js";
-import type { BucketResult, BucketSpec, LeaseResult, Store } from "../store/types.js";
+import type {
+  BucketResult,
+  BucketSpec,
+  BucketTake,
+  LeaseResult,
+  Store,
+  TakeAllResult,
+} from "../store/types.js";
 import { StoreUnavailableError } from "../store/types.js";
 
 export type DecisionSource = "store" | "local" | "open";
 
 export interface GuardedResult extends BucketResult {
   source: DecisionSource;
+}
+
+/** A take of Store.takeAll, with what decides it when the store cannot. */
+export interface GuardedTake extends BucketTake {
+  /** The limit's name, for the metrics of decisions made without the store. */
+  limit: string;
+  policy: StoreErrorPolicyConfig;
+}
+
+export interface GuardedTakeAll extends TakeAllResult {
+  source: DecisionSource;
+  /**
+   * Per take, when the store could not answer and the take's policy is closed: an optional take
+   * is left undecided (not taken) for its own stage to refuse, since the request may still be
+   * answered without it (a cache hit spends no tokens). A required one refuses the whole call.
+   */
+  undecided: readonly boolean[] | undefined;
 }
 
 export interface GuardSettings {
@@ -61,6 +85,21 @@ export class GuardedStore {
       (s) => s.take(this.localSpec(spec), cost),
       () => ({ allowed: true, remaining: spec.burst, msToNext: 0, msToFull: 0 }),
     );
+  }
+
+  /**
+   * Store.takeAll, guarded: when the store fails, each take follows its own policy (open:
+   * allowed; local: decided in process at limit ÷ replicas, the local takes together in one
+   * call, all or none as on the store; closed: a required take refuses the call with the 503,
+   * an optional one is left undecided). A store in process memory decides at once: no promise.
+   */
+  takeAll(takes: readonly GuardedTake[]): GuardedTakeAll | Promise<GuardedTakeAll> {
+    const now = this.primary.takeAllNow;
+    if (now !== undefined) {
+      const r = now.call(this.primary, takes);
+      return { taken: r.taken, results: r.results, source: "store", undecided: undefined };
+    }
+    return this.takeAllShared(takes);
   }
 
   adjust(
@@ -115,6 +154,71 @@ export class GuardedStore {
     await Promise.all([this.primary.close(), this.local === this.primary ? undefined : this.local.close()]);
   }
 
+  private async takeAllShared(takes: readonly GuardedTake[]): Promise<GuardedTakeAll> {
+    if (this.usable()) {
+      try {
+        const r = await this.primary.takeAll(takes);
+        this.succeeded();
+        return { taken: r.taken, results: r.results, source: "store", undecided: undefined };
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        this.failed("take");
+      }
+    }
+    return this.takeAllWithout(takes);
+  }
+
+  private async takeAllWithout(takes: readonly GuardedTake[]): Promise<GuardedTakeAll> {
+    const local: BucketTake[] = [];
+    for (const take of takes) {
+      this.events.withoutStore?.(take.limit, take.policy);
+      if (take.policy === "local") {
+        const { spec, cost } = take;
+        local.push(
+          take.optional === true
+            ? { spec: this.localSpec(spec), cost, optional: true }
+            : { spec: this.localSpec(spec), cost },
+        );
+      } else if (take.policy === "closed" && take.optional !== true) {
+        throw errors.limiterUnavailable();
+      }
+    }
+    const decided = local.length > 0 ? await this.local.takeAll(local) : undefined;
+    const results: BucketResult[] = [];
+    let undecided: boolean[] | undefined;
+    let next = 0;
+    takes.forEach((take, i) => {
+      if (take.policy === "local") {
+        results.push(decided?.results[next++] as BucketResult);
+        return;
+      }
+      if (take.policy === "closed") {
+        undecided ??= takes.map(() => false);
+        undecided[i] = true;
+        results.push({ allowed: false, remaining: 0, msToNext: 0, msToFull: 0 });
+        return;
+      }
+      results.push({ allowed: true, remaining: take.spec.burst, msToNext: 0, msToFull: 0 });
+    });
+    return {
+      taken: decided?.taken ?? true,
+      results,
+      source: decided !== undefined ? "local" : "open",
+      undecided,
+    };
+  }
+
+  private succeeded(): void {
+    this.failures = 0;
+    this.probing = false;
+  }
+
+  private failed(operation: string): void {
+    this.events.storeError?.(operation);
+    this.probing = false;
+    if (++this.failures >= this.settings.failures) this.skipUntil = this.now() + this.settings.resetTimeout;
+  }
+
   private localSpec(spec: BucketSpec): BucketSpec {
     const n = this.settings.replicas;
     return { key: spec.key, ratePerSec: spec.ratePerSec / n, burst: spec.burst / n };
@@ -131,15 +235,11 @@ export class GuardedStore {
     if (this.usable()) {
       try {
         const value = await shared(this.primary);
-        this.failures = 0;
-        this.probing = false;
+        this.succeeded();
         return { ...value, source: "store" };
       } catch (err) {
         if (!(err instanceof StoreUnavailableError)) throw err;
-        this.events.storeError?.(operation);
-        this.probing = false;
-        if (++this.failures >= this.settings.failures)
-          this.skipUntil = this.now() + this.settings.resetTimeout;
+        this.failed(operation);
       }
     }
     this.events.withoutStore?.(limit, policy);

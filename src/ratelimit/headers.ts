@@ -20,13 +20,14 @@ export function formatReset(ms: number): string {
   return `${Math.floor(total / 60)}m${total % 60}s`;
 }
 
-export function requestHeaders(state: LimitState): Record<string, string> {
+/** `limitText`: String(state.limit), when the caller keeps it (one per limit, not per request). */
+export function requestHeaders(state: LimitState, limitText = String(state.limit)): Record<string, string> {
   const remaining = String(Math.max(0, Math.floor(state.remaining)));
   return {
-    "ratelimit-limit": String(state.limit),
+    "ratelimit-limit": limitText,
     "ratelimit-remaining": remaining,
     "ratelimit-reset": String(Math.ceil(state.resetMs / 1000)),
-    "x-ratelimit-limit-requests": String(state.limit),
+    "x-ratelimit-limit-requests": limitText,
     "x-ratelimit-remaining-requests": remaining,
     "x-ratelimit-reset-requests": formatReset(state.resetMs),
   };

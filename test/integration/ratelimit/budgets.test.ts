@@ -136,6 +136,82 @@ describe("LLM token budgets", () => {
   });
 });
 
+describe("request limits and the token reservation in one store call", () => {
+  /** Script calls Redis ran (EVALSHA, and EVAL for a script's first call on a connection). */
+  async function scripts(): Promise<number> {
+    const stats = await redis.cli("INFO", "commandstats");
+    const calls = (name: string) => Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+    return calls("evalsha") + calls("eval");
+  }
+  const limitsAndTokens = (tokens: string) =>
+    `{ requests: { rate: 1000, per: 1m }, tokens: ${tokens} }
+rateLimits: [{ name: per-ip, by: ip, rate: 1000, per: 1m }]`;
+
+  it("two limits: one script per request; with a budget, one more only to settle to the real usage", async () => {
+    gw = await startGateway(
+      yaml(
+        "{ requests: { rate: 1000, per: 1m } }",
+        upstream.url,
+        "rateLimits: [{ name: per-ip, by: ip, rate: 1000, per: 1m }]\n",
+      ),
+    );
+    await chat(gw.url, KEY); // the first call on a connection loads the script
+    let before = await scripts();
+    for (let i = 0; i < 5; i++) expect((await chat(gw.url, KEY)).status).toBe(200);
+    expect((await scripts()) - before).toBe(5);
+    await gw.close();
+
+    gw = await startGateway(yaml(limitsAndTokens("{ rate: 100000, per: 1m }")));
+    await chat(gw.url, KEY);
+    before = await scripts();
+    for (let i = 0; i < 5; i++) expect((await chat(gw.url, KEY)).status).toBe(200);
+    // Each: the limits and the reservation in one call, then the settle (the answer used 50,
+    // more than the prompt + 5 reserved).
+    await eventually(async () => (await scripts()) - before === 10, { what: "5 takes and 5 settles" });
+  });
+
+  it("a cache hit spends no tokens, counts no token decision, and is answered with the budget spent", async () => {
+    // 200 tokens a minute: each request reserves 40 + its prompt and uses 50.
+    const cached = `${yaml(limitsAndTokens("{ rate: 200, per: 1m }")).replace("loadSignals: { enabled: false } }", "loadSignals: { enabled: false }, cache: { enabled: true } }")}`;
+    gw = await startGateway(cached);
+    const body = { temperature: 0, max_tokens: 40 };
+    const miss = await chat(gw.url, KEY, body);
+    expect(miss.status).toBe(200);
+    expect(miss.headers["x-floodgate-cache"]).toBe("MISS");
+    expect(miss.headers["x-ratelimit-limit-tokens"]).toBe("200");
+    const afterMiss = await tokensLeft(gw, 200 / 60, 200);
+    for (let i = 0; i < 3; i++) {
+      const hit = await chat(gw.url, KEY, body);
+      expect(hit.status).toBe(200);
+      expect(hit.headers["x-floodgate-cache"]).toBe("HIT");
+      expect(hit.headers["x-ratelimit-limit-requests"]).toBe("1000");
+      expect(hit.headers["x-ratelimit-limit-tokens"]).toBeUndefined();
+    }
+    // Each hit's reservation went back on its way back (kept, three would leave < 20).
+    await eventually(async () => (await tokensLeft(gw as RunningGateway, 200 / 60, 200)) >= afterMiss, {
+      what: "the hits' reservations given back",
+    });
+    const metrics = gw.gateway.metrics.registry;
+    const decisions = await metrics.getSingleMetricAsString("floodgate_ratelimit_decisions_total");
+    expect(decisions).toMatch(/limit="tenant\.tokens",tenant="team-a",decision="allowed"\} 1$/m);
+    expect(decisions).toMatch(/limit="per-ip",tenant="team-a",decision="allowed"\} 4$/m);
+    const tokens = await metrics.getSingleMetricAsString("floodgate_ratelimit_tokens_total");
+    const reserved = Number(/kind="reserved"\} (\d+)/.exec(tokens)?.[1]);
+    expect(reserved).toBeLessThan(60); // one reservation counted: the miss's
+
+    // Spend the budget with uncached requests: refused for tokens; the cached one still answers.
+    let refused: Outcome | undefined;
+    for (let i = 0; i < 10 && !refused; i++) {
+      const o = await chat(gw.url, KEY, { max_tokens: 40 });
+      if (o.status === 429) refused = o;
+    }
+    expect(JSON.parse(refused?.body ?? "{}")).toMatchObject({ error: { code: "tokens_limit_exceeded" } });
+    const hit = await chat(gw.url, KEY, body);
+    expect(hit.status).toBe(200);
+    expect(hit.headers["x-floodgate-cache"]).toBe("HIT");
+  });
+});
+
 describe("concurrency leases", () => {
   it("at most N in flight per tenant; slots free when requests end", async () => {
     // The backend holds every answer until released: the two admitted are in flight for as

@@ -126,8 +126,9 @@ export class Metrics {
   private readonly fallbacks: Children<Counter.Internal>;
   private readonly breakerTransitions: Children<Counter.Internal>;
   private readonly breakerRejections: Children<Counter.Internal>;
-  private readonly decisions: Children<Counter.Internal>;
-  private readonly tokens: Children<Counter.Internal>;
+  // Updated per limit per request: the fast kind (a prom-client child cost 1.2 µs an inc()).
+  private readonly decisions: FastCounter<"limit" | "tenant" | "decision">;
+  private readonly tokens: FastCounter<"tenant" | "kind">;
   private readonly storeErrors: Children<Counter.Internal>;
   private readonly withoutStore: Children<Counter.Internal>;
   private readonly cacheResults: Children<Counter.Internal>;
@@ -276,18 +277,18 @@ export class Metrics {
     );
     this.breakerRejections = new Children((v) => rejections.labels(...v));
 
-    const decisions = counter(
-      "floodgate_ratelimit_decisions_total",
-      "Rate-limit decisions, by limit, tenant and decision (allowed, limited).",
-      ["limit", "tenant", "decision"],
-    );
-    this.decisions = new Children((v) => decisions.labels(...v));
-    const tokens = counter(
-      "floodgate_ratelimit_tokens_total",
-      "LLM tokens by tenant and kind: reserved before, settled to real usage after, refunded, charged beyond.",
-      ["tenant", "kind"],
-    );
-    this.tokens = new Children((v) => tokens.labels(...v));
+    this.decisions = new FastCounter({
+      name: "floodgate_ratelimit_decisions_total",
+      help: "Rate-limit decisions, by limit, tenant and decision (allowed, limited).",
+      labelNames: ["limit", "tenant", "decision"],
+      registers,
+    });
+    this.tokens = new FastCounter({
+      name: "floodgate_ratelimit_tokens_total",
+      help: "LLM tokens by tenant and kind: reserved before, settled to real usage after, refunded, charged beyond.",
+      labelNames: ["tenant", "kind"],
+      registers,
+    });
     const storeErrors = counter("floodgate_store_errors_total", "Shared store (Redis) calls that failed.", [
       "operation",
     ]);
@@ -557,8 +558,8 @@ export class Metrics {
   limitEvents(): LimitEvents & TokenEvents {
     return {
       decided: (limit, tenant, allowed) =>
-        this.decisions.get(limit, tenant, allowed ? "allowed" : "limited").inc(),
-      tokens: (tenant, kind, amount) => this.tokens.get(tenant, kind).inc(amount),
+        this.decisions.bind(limit, tenant, allowed ? "allowed" : "limited").inc(),
+      tokens: (tenant, kind, amount) => this.tokens.bind(tenant, kind).inc(amount),
     };
   }
 

@@ -15,6 +15,36 @@
  */
 
 /**
+ * Shared by the bucket scripts: the clock (TIME, or the `now` the equivalence tests pass), a
+ * bucket's tokens refilled to now (a missing bucket is full), and the write back, kept alive
+ * until it would be full again (+1 s). Returns of `saved`: msToFull.
+ */
+const BUCKET_PRELUDE = `
+local function clock(given)
+  if given ~= nil and given ~= "" then return tonumber(given) end
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function refilled(key, now, rate, burst)
+  local saved = redis.call("HMGET", key, "tokens", "ts")
+  local tokens = tonumber(saved[1])
+  local ts = tonumber(saved[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  return math.min(burst, tokens + math.max(0, now - ts) * rate / 1000), ts
+end
+local function saved(key, tokens, ts, now, rate, burst)
+  local msToFull = math.max(0, burst - tokens) * 1000 / rate
+  local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
+  redis.call("HSET", key, "tokens", string.format("%.17g", tokens), "ts", string.format("%.17g", math.max(ts, now)))
+  redis.call("PEXPIRE", key, string.format("%.0f", expireMs))
+  return msToFull
+end
+`;
+
+/**
  * The token bucket of bucket.ts, step by step in the same order (see its header for the
  * formula); the constants 1e-9 (EPSILON_PER_TOKEN), 1000 (IDLE_MARGIN_MS) and 1e13
  * (MAX_EXPIRE_MS) must match it.
@@ -24,31 +54,15 @@
  * readings on both implementations; production never passes it and the script reads TIME.
  * Reply: {allowed 0|1, remaining, msToNext, msToFull}, the last three as strings.
  */
-export const BUCKET_LUA = `
+export const BUCKET_LUA = `${BUCKET_PRELUDE}
 local key = KEYS[1]
 local op = ARGV[1]
 local amount = tonumber(ARGV[2])
 local rate = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
-local now
-if ARGV[5] ~= nil and ARGV[5] ~= "" then
-  now = tonumber(ARGV[5])
-else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local tokens = burst
-local ts = now
-local saved = redis.call("HMGET", key, "tokens", "ts")
-local savedTokens = tonumber(saved[1])
-local savedTs = tonumber(saved[2])
-if savedTokens ~= nil and savedTs ~= nil then
-  tokens = savedTokens
-  ts = savedTs
-end
+local now = clock(ARGV[5])
+local tokens, ts = refilled(key, now, rate, burst)
 local epsilon = 1e-9 * math.max(1, burst)
-local elapsed = math.max(0, now - ts)
-tokens = math.min(burst, tokens + elapsed * rate / 1000)
 local allowed = 1
 local msToNext = 0
 if op == "take" then
@@ -67,11 +81,7 @@ else
   tokens = math.min(burst, tokens - amount)
   if tokens < 1 - epsilon then msToNext = (1 - tokens) * 1000 / rate end
 end
-ts = math.max(ts, now)
-local msToFull = math.max(0, burst - tokens) * 1000 / rate
-local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
-redis.call("HSET", key, "tokens", string.format("%.17g", tokens), "ts", string.format("%.17g", ts))
-redis.call("PEXPIRE", key, string.format("%.0f", expireMs))
+local msToFull = saved(key, tokens, ts, now, rate, burst)
 return { allowed, string.format("%.17g", tokens), string.format("%.17g", msToNext), string.format("%.17g", msToFull) }
 `;
 
@@ -84,15 +94,9 @@ return { allowed, string.format("%.17g", tokens), string.format("%.17g", msToNex
  * Reply: {taken 0|1, then per key: allowed 0|1 (it fits), remaining, msToNext, msToFull}, the
  * last three as strings.
  */
-export const TAKES_LUA = `
+export const TAKES_LUA = `${BUCKET_PRELUDE}
 local n = #KEYS
-local now
-if ARGV[1] ~= "" then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
+local now = clock(ARGV[1])
 local tokens, ts, cost, rate, burst, fits = {}, {}, {}, {}, {}, {}
 local taken = 1
 for i = 1, n do
@@ -100,18 +104,7 @@ for i = 1, n do
   cost[i] = math.max(0, tonumber(ARGV[a + 1]))
   rate[i] = tonumber(ARGV[a + 2])
   burst[i] = tonumber(ARGV[a + 3])
-  local t0 = burst[i]
-  local s0 = now
-  local saved = redis.call("HMGET", KEYS[i], "tokens", "ts")
-  local savedTokens = tonumber(saved[1])
-  local savedTs = tonumber(saved[2])
-  if savedTokens ~= nil and savedTs ~= nil then
-    t0 = savedTokens
-    s0 = savedTs
-  end
-  local elapsed = math.max(0, now - s0)
-  tokens[i] = math.min(burst[i], t0 + elapsed * rate[i] / 1000)
-  ts[i] = s0
+  tokens[i], ts[i] = refilled(KEYS[i], now, rate[i], burst[i])
   fits[i] = tokens[i] >= cost[i] - 1e-9 * math.max(1, burst[i])
   if not fits[i] and ARGV[a + 4] ~= "1" then taken = 0 end
 end
@@ -133,10 +126,7 @@ for i = 1, n do
   elseif t < 1 - epsilon then
     msToNext = (1 - t) * 1000 / r
   end
-  local msToFull = math.max(0, burst[i] - t) * 1000 / r
-  local expireMs = math.min(math.ceil(msToFull) + 1000, 1e13)
-  redis.call("HSET", KEYS[i], "tokens", string.format("%.17g", t), "ts", string.format("%.17g", math.max(ts[i], now)))
-  redis.call("PEXPIRE", KEYS[i], string.format("%.0f", expireMs))
+  local msToFull = saved(KEYS[i], t, ts[i], now, r, burst[i])
   reply[#reply + 1] = allowed
   reply[#reply + 1] = string.format("%.17g", t)
   reply[#reply + 1] = string.format("%.17g", msToNext)

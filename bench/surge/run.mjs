@@ -43,8 +43,9 @@ import {
   tail,
   waitReady,
 } from "../lib/processes.mjs";
-import { OUTCOME_LABELS, OUTCOMES, outcome, round } from "./analyze.mjs";
-import { closedLoop, MAX_TOKENS, MODEL, newClient, openLoop, poissonTimes, streamOnce } from "./load.mjs";
+import { OUTCOME_LABELS, OUTCOMES, outcome } from "./analyze.mjs";
+import { drain as drainFleet, FLEET, fleetStats, measureCapacity, startFleet } from "./fleet.mjs";
+import { MAX_TOKENS, MODEL, newClient, openLoop, poissonTimes, streamOnce } from "./load.mjs";
 import { commandStats, redisArgs, roundTrips, waitRedis } from "./redis.mjs";
 import { pct, writeReport } from "./report.mjs";
 
@@ -85,19 +86,11 @@ const PLAN = {
   seed: Number(args.seed),
 };
 
-/** The fleet: same model, fixed seeds, the simulator's default queue (64) and timings. */
-const FLEET = [
-  { name: "sim-a", slots: 8, seed: 11 },
-  { name: "sim-b", slots: 8, seed: 12 },
-  { name: "sim-c", slots: 4, seed: 13 },
-];
 /** floodgate×3: this many replicas sharing the fleet's slots through one Redis. */
 const REPLICAS = 3;
 const REPLICA_TARGET = "floodgate×3";
 /** How often each simulator's queue is read during a run, for its peak beyond the slots. */
 const QUEUE_SAMPLE_MS = 20;
-/** The simulator's default timing (src/sim/cli.ts), for the report's "ideal" capacity. */
-const SIM_TIMING = { decodeStepMs: 15, decodeMsPerSeq: 0.3 };
 
 const TENANTS = {
   interactive: "interactive",
@@ -157,55 +150,6 @@ function gitDescription(dir) {
 
 // ---------------------------------------------------------------------------------------------
 // The fleet and the targets.
-
-async function startFleet() {
-  const fleet = [];
-  for (const b of FLEET) {
-    const port = await freePort();
-    const proc = startServer(
-      b.name,
-      process.execPath,
-      [
-        MAIN,
-        "sim",
-        "--port",
-        String(port),
-        "--model",
-        MODEL,
-        "--slots",
-        String(b.slots),
-        "--seed",
-        String(b.seed),
-      ],
-      ROOT,
-    );
-    fleet.push({ ...b, url: `http://127.0.0.1:${port}`, port, proc });
-  }
-  for (const b of fleet) await waitReady(b.proc, `${b.url}/health`);
-  return fleet;
-}
-
-/** The simulators' counters summed (received, completed, rejectedBusy, ...) and their load now. */
-async function fleetStats(fleet) {
-  const all = await Promise.all(
-    fleet.map(async (b) => (await fetch(`${b.url}/sim/stats`, { signal: AbortSignal.timeout(5000) })).json()),
-  );
-  const sum = (k) => all.reduce((a, s) => a + s[k], 0);
-  return {
-    received: sum("received"),
-    completed: sum("completed"),
-    rejectedBusy: sum("rejectedBusy"),
-    aborted: sum("aborted"),
-    busy: sum("running") + sum("waiting"),
-  };
-}
-
-/** Waits `pauseSeconds`, then until no simulator runs or queues anything (30 s at most). */
-async function drain(fleet) {
-  await sleep(PLAN.pauseSeconds * 1000);
-  const deadline = Date.now() + 30_000;
-  while ((await fleetStats(fleet)).busy > 0 && Date.now() < deadline) await sleep(250);
-}
 
 function isObject(x) {
   return x !== null && typeof x === "object" && !Array.isArray(x);
@@ -420,43 +364,6 @@ function floodgateLog(path) {
 // ---------------------------------------------------------------------------------------------
 // The phases.
 
-/**
- * C: each simulator with its slot count plus one in flight, all three at once. The one extra
- * waits in the simulator's queue and takes a slot the moment one frees (the simulator hands a
- * freed slot over at once), so no slot idles between a client's requests, which with exactly
- * the slot count lose about a decode step per request and read C ~4% low.
- */
-async function measureCapacity(fleet) {
-  const dispatcher = newClient();
-  const perSim = await Promise.all(
-    fleet.map(async (b) => {
-      const r = await closedLoop({
-        dispatcher,
-        url: b.url,
-        concurrency: b.slots + 1,
-        warmupS: PLAN.capacityWarmupS,
-        windowS: PLAN.capacityWindowS,
-      });
-      return { name: b.name, slots: b.slots, perSecond: round(r.perSecond, 3), failed: r.failed };
-    }),
-  );
-  await dispatcher.close();
-  const ideal = FLEET.reduce(
-    (a, b) =>
-      a + b.slots / ((MAX_TOKENS * (SIM_TIMING.decodeStepMs + SIM_TIMING.decodeMsPerSeq * b.slots)) / 1000),
-    0,
-  );
-  return {
-    perSecond: round(
-      perSim.reduce((a, s) => a + s.perSecond, 0),
-      3,
-    ),
-    perSim,
-    ideal: round(ideal, 3),
-    windowSeconds: PLAN.capacityWindowS,
-  };
-}
-
 /** The arrivals of one scenario: each tenant's Poisson stream, merged in time order. */
 function arrivalsFor(scenario) {
   return scenario.streams
@@ -487,7 +394,7 @@ async function runScenario(target, scenario, fleet) {
   });
   const queue = await queues();
   // After the drain, so that the simulators' counters include the last answers.
-  await drain(fleet);
+  await drainFleet(fleet, PLAN.pauseSeconds);
   const after = await fleetStats(fleet);
   const wallSeconds = (Date.now() - started) / 1000;
   for (const proc of target.procs ?? [target.proc]) {
@@ -570,18 +477,21 @@ async function main() {
       interrupted = true;
     });
 
-  const fleet = await startFleet();
+  const fleet = await startFleet(MAIN, ROOT);
   log(`fleet up: ${fleet.map((b) => `${b.name} ${b.slots} slots ${b.url}`).join(", ")}`);
   log(
     `capacity: closed loop at each simulator's slot count + 1, ${PLAN.capacityWarmupS}s + ${PLAN.capacityWindowS}s`,
   );
-  const capacity = await measureCapacity(fleet);
+  const capacity = await measureCapacity(fleet, {
+    warmupS: PLAN.capacityWarmupS,
+    windowS: PLAN.capacityWindowS,
+  });
   const C = capacity.perSecond;
   log(
     `  C = ${C.toFixed(2)} completions/s (${capacity.perSim.map((s) => `${s.name} ${s.perSecond}`).join(", ")})`,
   );
   if (capacity.perSim.some((s) => s.failed > 0)) warnings.push("some capacity-phase requests failed");
-  await drain(fleet);
+  await drainFleet(fleet, PLAN.pauseSeconds);
 
   const targets = [];
   if (nginxBinary && !args["skip-nginx"])
@@ -611,7 +521,7 @@ async function main() {
       s.seed = PLAN.seed * 1000 + SCENARIOS.indexOf(sc) * 10 + j;
     });
   }
-  await drain(fleet);
+  await drainFleet(fleet, PLAN.pauseSeconds);
   const runs = [];
   for (const sc of scenarios) {
     for (const t of targets) {

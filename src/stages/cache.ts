@@ -12,7 +12,13 @@ import { BAND_NAMES } from "../admission/queue.js";
 import type { CachedAnswer } from "../cache/entry.js";
 import { cacheKey, isCacheable } from "../cache/key.js";
 import { answerFromJson, answerFromStream, cacheDirectives } from "../cache/respond.js";
-import { type CacheStatus, entryKey, type Hit, type ResponseCache } from "../cache/response-cache.js";
+import {
+  type CacheStatus,
+  entryKey,
+  type Hit,
+  type Lookup,
+  type ResponseCache,
+} from "../cache/response-cache.js";
 import type { PathAnswer, RequestContext } from "../context.js";
 import type { Metrics } from "../metrics/metrics.js";
 import { Exchange } from "../proxy/exchange.js";
@@ -38,7 +44,7 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
   const refreshing = new Set<string>();
   return {
     name: "cache",
-    async enter(state) {
+    enter(state) {
       const pool = state.target;
       const body = state.body;
       const route = state.route as OpenAIRoute | undefined;
@@ -52,33 +58,11 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
       const scope = config.scope === "shared" ? "shared" : (state.tenant?.id ?? "anonymous");
       const model = state.model ?? "";
       const key = entryKey(scope, model, cacheKey({ scope, pool: pool.name, model, route, body }));
-      if (!directives.noCache) {
-        const found = await deps.cache.lookup(key, !state.stream);
-        if (found.fresh) return cached(state, deps.metrics, found.fresh, "HIT");
-        if (found.stale) {
-          const age = Date.now() - found.stale.freshUntil;
-          if (age < config.staleWhileRevalidate) {
-            refresh(state, pool, route, key);
-            return cached(state, deps.metrics, found.stale, "STALE");
-          }
-          if (age < config.staleIfError) state.staleForError = found.stale;
-        }
-      }
-      const flight = await deps.cache.join(key, config, pool.config.timeouts.firstByte);
-      if (flight.role === "follower" && flight.answer) {
-        return cached(
-          state,
-          deps.metrics,
-          { freshUntil: flight.answer.freshUntil, answer: flight.answer },
-          "HIT",
-        );
-      }
-      if (flight.role === "leader") {
-        state.flight = flight;
-        tapStream(state, config.maxEntrySize);
-      }
-      markCache(state, deps.metrics, "MISS");
-      return undefined;
+      if (directives.noCache) return miss(state, pool, key);
+      const found = deps.cache.lookup(key, !state.stream);
+      // A hit in this replica's memory answers in the same turn; the store's answer comes later.
+      if (found instanceof Promise) return found.then((f) => afterLookup(state, pool, route, key, f));
+      return afterLookup(state, pool, route, key, found);
     },
     // A buffered answer is complete as it passes: the requests waiting on it get it now. A
     // stream is complete only at its end, on the way back. (finish lands once.)
@@ -90,6 +74,50 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
       if (flight) void flight.finish(storable(state));
     },
   };
+
+  function afterLookup(
+    state: RequestContext,
+    pool: UpstreamPool,
+    route: OpenAIRoute,
+    key: string,
+    found: Lookup,
+  ): PathAnswer | Promise<PathAnswer | undefined> {
+    if (found.fresh) return cached(state, deps.metrics, found.fresh, "HIT");
+    const config = pool.config.cache;
+    if (found.stale) {
+      const age = Date.now() - found.stale.freshUntil;
+      if (age < config.staleWhileRevalidate) {
+        refresh(state, pool, route, key);
+        return cached(state, deps.metrics, found.stale, "STALE");
+      }
+      if (age < config.staleIfError) state.staleForError = found.stale;
+    }
+    return miss(state, pool, key);
+  }
+
+  /** No usable entry: join the key's flight, as its leader or as a follower of the leader's answer. */
+  async function miss(
+    state: RequestContext,
+    pool: UpstreamPool,
+    key: string,
+  ): Promise<PathAnswer | undefined> {
+    const config = pool.config.cache;
+    const flight = await deps.cache.join(key, config, pool.config.timeouts.firstByte);
+    if (flight.role === "follower" && flight.answer) {
+      return cached(
+        state,
+        deps.metrics,
+        { freshUntil: flight.answer.freshUntil, answer: flight.answer },
+        "HIT",
+      );
+    }
+    if (flight.role === "leader") {
+      state.flight = flight;
+      tapStream(state, config.maxEntrySize);
+    }
+    markCache(state, deps.metrics, "MISS");
+    return undefined;
+  }
 
   /** stale-while-revalidate: one refresh per key at a time, with no client waiting on it. */
   function refresh(state: RequestContext, pool: UpstreamPool, route: OpenAIRoute, key: string): void {

@@ -7,7 +7,7 @@ import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
 import type { CachedAnswer } from "../../../src/cache/entry.js";
 import { encodeEntry } from "../../../src/cache/entry.js";
-import { ResponseCache } from "../../../src/cache/response-cache.js";
+import { type Lookup, ResponseCache } from "../../../src/cache/response-cache.js";
 import { parseConfig } from "../../../src/config/index.js";
 import { MemoryStore } from "../../../src/store/memory-store.js";
 
@@ -87,6 +87,17 @@ describe("ResponseCache memory", () => {
     const again = await c.lookup("cache:t:m:k", true);
     expect(again.fresh?.body).toBe(first);
     expect(again.fresh?.answer).toBeUndefined(); // nothing decoded
+  });
+
+  it("the memory tier answers in the same turn, hit or miss (no promise)", async () => {
+    const c = cache();
+    const miss = c.lookup("cache:t:m:absent", true);
+    expect(miss).not.toBeInstanceOf(Promise);
+    expect(miss).toEqual({});
+    await c.put("cache:t:m:k", answer("now"), 1 << 20);
+    const hit = c.lookup("cache:t:m:k", true);
+    expect(hit).not.toBeInstanceOf(Promise);
+    expect(JSON.parse((hit as Lookup).fresh?.body?.toString() ?? "")).toEqual(answer("now").json);
   });
 });
 

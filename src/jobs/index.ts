@@ -21,6 +21,8 @@ export type {
 } from "./types.js";
 
 export interface JobQueueOptions {
+  /** Redis: the queue's name, its keys' hash tag (queues of different names share nothing); default "jobs". */
+  name?: string;
   /** How long the record of a job that ended `expired` is kept, ms; default 24 h. */
   expiredTtlMs?: number;
   /** Redis connection errors, for logging. */

@@ -128,7 +128,7 @@ for i = FIRST, #ARGV, PER_JOB do
 end
 if token == "" then
   local before = count_of(tenant) + reserved(tenant)
-  if before + n > cap then return {0, before} end
+  if n > 0 and before + n > cap then return {0, before} end
 else
   local saved = redis.call("HGET", P .. "reservations", token)
   if not saved then return {-2, 0} end

@@ -90,6 +90,7 @@ export function describeJobQueue(name: string, setup: () => Promise<QueueSetup>)
       await q.cancel("a1", TTL);
       expect(await q.enqueue([job("a4")], 3)).toEqual({ accepted: true, unfinished: 3 });
       expect((await q.enqueue([], 3)).accepted).toBe(true);
+      expect((await q.enqueue([], 0)).accepted).toBe(true);
     });
 
     it("refuses bad calls before writing anything", async () => {

@@ -309,9 +309,10 @@ function chart(phases) {
       title: {
         text: "Fleet utilisation: interactive at 0.5x alone, and with a batch beside it",
         left: "center",
+        textStyle: { fontSize: 14 },
       },
-      legend: { top: 28 },
-      grid: { top: 70, left: 60, right: 70, bottom: 50 },
+      legend: { top: 30 },
+      grid: { top: 80, left: 60, right: 70, bottom: 50 },
       xAxis: { type: "value", name: "seconds", nameLocation: "middle", nameGap: 28 },
       yAxis: [
         { type: "value", min: 0, max: 100, name: "running ÷ slots %" },

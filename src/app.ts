@@ -35,7 +35,7 @@ import {
   registerJobRoutes,
   submitStage,
 } from "./jobs/async-routes.js";
-import { MemoryJobQueue } from "./jobs/memory-queue.js";
+import { createJobQueue } from "./jobs/index.js";
 import { JOB_HEADER, JobRunner } from "./jobs/runner.js";
 import type { JobQueue } from "./jobs/types.js";
 import { accessLogWriter, combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
@@ -159,7 +159,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   // opens no connection for it; the runner reads the jobs settings in force at each use.
   let jobQueue: JobQueue | undefined;
   const queue = (): JobQueue => {
-    jobQueue ??= new MemoryJobQueue();
+    jobQueue ??= createJobQueue(config.store, {
+      onError: (err) => logger.warn({ err: err.message }, "jobs queue connection error"),
+    });
     return jobQueue;
   };
   const runner = new JobRunner({

@@ -185,6 +185,15 @@ export const errors = {
       "backend_not_found",
       `No backend '${backend}' in pool '${pool}'.`,
     ),
+  /** The jobs queue (the store) did not answer: a submission, poll or cancel may be tried again. */
+  jobsUnavailable: () =>
+    new GatewayError(
+      503,
+      "server_error",
+      "jobs_unavailable",
+      "The jobs queue cannot be reached right now; retry shortly.",
+      UPSTREAM_RETRY_MS,
+    ),
   limiterUnavailable: () =>
     new GatewayError(
       503,

@@ -23,6 +23,7 @@ import type { PathAnswer, RequestContext } from "../context.js";
 import { errors } from "../errors.js";
 import type { JobEvents } from "../metrics/metrics.js";
 import type { Stage } from "../stages/stage.js";
+import { StoreUnavailableError } from "../store/types.js";
 import type { JobRunner } from "./runner.js";
 import type { JobQueue, JobRecord } from "./types.js";
 
@@ -71,6 +72,16 @@ function preferenceName(preference: string): string {
   return (end === -1 ? preference : preference.slice(0, end)).trim().toLowerCase();
 }
 
+/** A queue call; the store failing is a 503 to retry, not a 500. */
+async function stored<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (err) {
+    if (err instanceof StoreUnavailableError) throw errors.jobsUnavailable().causedBy(err);
+    throw err;
+  }
+}
+
 /** job_ and 144 random bits, URL-safe. */
 export function newJobId(): string {
   return `job_${randomBytes(18).toString("base64url")}`;
@@ -96,10 +107,8 @@ export function submitStage(deps: JobsDeps): Stage<RequestContext, PathAnswer> {
       const id = newJobId();
       const tenant = state.tenant?.id ?? "";
       const body = incoming.rawBody?.toString("utf8") ?? JSON.stringify(state.body);
-      const queue = deps.queue();
-      const { accepted } = await queue.enqueue(
-        [{ id, tenant, request: { url: incoming.url, body } }],
-        config.maxPerTenant,
+      const { accepted } = await stored(
+        deps.queue().enqueue([{ id, tenant, request: { url: incoming.url, body } }], config.maxPerTenant),
       );
       if (!accepted) throw errors.tooManyJobs(config.maxPerTenant, await deps.runner.retryAfterMs(undefined));
       deps.events.submitted(tenant);
@@ -134,7 +143,7 @@ export function registerJobRoutes(
     const path = request.url.split("?")[0] ?? "/";
     if (!enabled(request)) throw errors.routeNotFound(request.method, path);
     const { id } = request.params as { id: string };
-    const record = await deps.queue().get(id);
+    const record = await stored(deps.queue().get(id));
     if (!record || record.tenant !== (request.gw.tenant?.id ?? "") || record.state === "expired") {
       throw errors.jobNotFound(id);
     }
@@ -151,7 +160,7 @@ export function registerJobRoutes(
     let state = record.state;
     if (state === "queued" || state === "running") {
       const config = request.gw.generation?.config.jobs;
-      const after = await deps.queue().cancel(id, config?.ttl ?? 86_400_000);
+      const after = await stored(deps.queue().cancel(id, config?.ttl ?? 86_400_000));
       deps.runner.cancelled(id);
       state = after?.state ?? "cancelled";
       if (state === "cancelled") deps.events.finished("cancelled");

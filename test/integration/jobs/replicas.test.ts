@@ -178,4 +178,24 @@ describe("async requests on several replicas (Redis)", () => {
     expect(backend.stats().aborted).toBe(1);
     expect(await metric(holder, "floodgate_jobs_lost_total")).toBe(1);
   }, 60_000);
+
+  it("while the store is down, a submission or a poll is a 503 to retry; once it is back, jobs run again", async () => {
+    const backend = await sim();
+    const gw = await replica(fleetYaml(backend.url));
+    await redis.kill();
+    const refused = await submit(gw.url, chatBody(), { key: KEY });
+    expect(refused.status).toBe(503);
+    expect(refused.json).toMatchObject({ error: { code: "jobs_unavailable", type: "server_error" } });
+    expect(refused.headers["x-should-retry"]).toBe("true");
+    expect(Number(refused.headers["retry-after-ms"])).toBeGreaterThan(0);
+    const poll503 = await call(`${gw.url}/v1/jobs/job_x`, { key: KEY });
+    expect(poll503.status).toBe(503);
+    await redis.restart();
+    const accepted = await eventually(async () => {
+      const answer = await submit(gw.url, chatBody(), { key: KEY });
+      return answer.status === 202 ? answer : undefined;
+    });
+    const done = await poll(gw.url, `/v1/jobs/${accepted?.json.id}`, KEY);
+    expect(done.status).toBe(200);
+  }, 60_000);
 });

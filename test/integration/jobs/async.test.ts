@@ -123,7 +123,7 @@ describe("async requests", () => {
       choices: [{ message: { role: "assistant" } }],
     });
     expect(done.json.usage).toMatchObject({ completion_tokens: 5 });
-    // The interactive request waiting beside it was served first.
+    // The answer is the run's: its request id is the job's.
     expect(done.headers["x-request-id"]).toBe(id);
   }, 60_000);
 

@@ -301,8 +301,9 @@ const Jobs = Section(
     ),
     concurrency: Type.Integer({
       minimum: 1,
-      default: 16,
-      description: "jobs this replica runs at once",
+      default: 64,
+      description:
+        "jobs this replica runs at once (those past the free slots wait in the admission queue at their band: keep it above the slots jobs should fill)",
     }),
     pollInterval: Duration("250ms", "how often a replica with room looks for due jobs"),
   },

@@ -23,7 +23,7 @@ describe("jobs config", () => {
       maxPerTenant: 1000,
       ttl: 24 * 3_600_000,
       lease: 30_000,
-      concurrency: 16,
+      concurrency: 64,
       pollInterval: 250,
     });
   });

@@ -25,7 +25,7 @@
  *   while they connect; `redisOptions` cannot even name the option), so a command to a node
  *   that is still connecting waits, bounded by connectTimeout (and the caller by its deadline).
  * - The store's `commandTimeout` is enforced by the store, never handed to ioredis: `call()`
- *   puts one deadline over the whole call (waiting for "ready", the NOSCRIPT fallback's second
+ *   (redis-calls.ts, shared with the jobs queue) puts one deadline over the whole call (waiting for "ready", the NOSCRIPT fallback's second
  *   command and Cluster redirections included), and a purge one per round trip (`within()`).
  *   Every method answers or rejects within commandTimeout (+ timer lag). ioredis's own
  *   `commandTimeout` is armed by Redis#sendCommand on EVERY command of a connection, including
@@ -64,6 +64,7 @@ import {
   LOCK_RELEASE_LUA,
   TAKES_LUA,
 } from "./lua-scripts.js";
+import { RedisCalls, unavailable } from "./redis-calls.js";
 import { ttlOf } from "./ttl.js";
 import {
   type BucketResult,
@@ -143,9 +144,6 @@ export function parseTakesReply(reply: (number | string)[]): TakeAllResult {
   return { taken: reply[0] === 1, results };
 }
 
-/** Statuses in which a connection attempt is under way, so "ready" may come within the deadline. */
-const CONNECTING = new Set(["wait", "connecting", "connect"]);
-
 /** Keys per SCAN step: few enough round trips, short enough steps not to stall Redis. */
 const SCAN_COUNT = 500;
 
@@ -168,24 +166,14 @@ export class RedisStore implements Store {
   readonly kind = "redis" as const;
   private readonly client: Redis | Cluster;
   readonly keyPrefix: string;
-  private readonly commandTimeout: number;
-  /** Settled by the next status change out of "connecting"; shared so waiters add no listeners. */
-  private statusChange: Promise<void> | undefined;
-  private settleStatusChange: (() => void) | undefined;
+  /** The deadline over every call (redis-calls.ts). */
+  private readonly calls: RedisCalls;
 
   constructor(client: Redis | Cluster, options: RedisStoreOptions) {
     this.client = client;
     this.keyPrefix = options.keyPrefix;
-    this.commandTimeout = options.commandTimeout;
     defineScripts(client);
-    // Without a listener ioredis prints every connection error to the console.
-    client.on("error", (error: Error) => options.onError?.(error));
-    const settle = () => {
-      this.settleStatusChange?.();
-      this.statusChange = undefined;
-      this.settleStatusChange = undefined;
-    };
-    for (const event of ["ready", "close", "end", "reconnecting"]) client.on(event, settle);
+    this.calls = new RedisCalls(client, options.commandTimeout, options.onError);
   }
 
   /** The Redis key of a logical key: its hash tag is the whole logical key. */
@@ -325,27 +313,11 @@ export class RedisStore implements Store {
   }
 
   ready(timeoutMs: number): Promise<boolean> {
-    if (this.client.status === "ready") return Promise.resolve(true);
-    this.connectIfLazy();
-    return new Promise((resolve) => {
-      const done = (ready: boolean) => {
-        clearTimeout(timer);
-        this.client.off("ready", onReady);
-        resolve(ready);
-      };
-      const onReady = () => done(true);
-      const timer = setTimeout(() => done(false), timeoutMs);
-      this.client.on("ready", onReady);
-    });
+    return this.calls.ready(timeoutMs);
   }
 
-  /** QUIT (lets replies in flight arrive) for at most 200 ms, then drops the connection. */
-  async close(): Promise<void> {
-    const quit = this.client.quit().catch(() => undefined);
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([quit, new Promise<void>((resolve) => (timer = setTimeout(resolve, 200)))]);
-    clearTimeout(timer);
-    this.client.disconnect();
+  close(): Promise<void> {
+    return this.calls.close();
   }
 
   /**
@@ -446,55 +418,13 @@ export class RedisStore implements Store {
     return parseBucketReply(reply);
   }
 
-  /**
-   * Runs one store operation under one deadline (commandTimeout from now), waiting for an
-   * initial or in-progress connection to become ready within it; any failure becomes
-   * StoreUnavailableError. When the client is reconnecting (backoff) or closed it fails at
-   * once: ioredis would refuse the command anyway, and a fast answer lets the caller fall back.
-   */
-  private async call<T>(op: string, send: () => Promise<T>): Promise<T> {
-    try {
-      return await this.within(op, this.whenReady().then(send));
-    } catch (error) {
-      throw unavailable(op, error);
-    }
+  private call<T>(op: string, send: () => Promise<T>): Promise<T> {
+    return this.calls.call(op, send);
   }
 
-  /** `work`, or StoreUnavailableError once commandTimeout has passed (the work is not cancelled). */
-  private async within<T>(op: string, work: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new StoreUnavailableError(`redis ${op}: no answer within ${this.commandTimeout} ms`)),
-        this.commandTimeout,
-      );
-    });
-    try {
-      return await Promise.race([work, deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
+  private within<T>(op: string, work: Promise<T>): Promise<T> {
+    return this.calls.within(op, work);
   }
-
-  /** A lazyConnect client (one handed to the constructor) connects on first use. */
-  private connectIfLazy(): void {
-    if (this.client.status === "wait") this.client.connect().catch(() => undefined);
-  }
-
-  private async whenReady(): Promise<void> {
-    if (this.client.status === "ready" || !CONNECTING.has(this.client.status)) return;
-    this.connectIfLazy();
-    if (this.statusChange === undefined) {
-      this.statusChange = new Promise<void>((resolve) => (this.settleStatusChange = resolve));
-    }
-    await this.statusChange;
-  }
-}
-
-function unavailable(op: string, error: unknown): StoreUnavailableError {
-  if (error instanceof StoreUnavailableError) return error;
-  const reason = error instanceof Error ? error.message : String(error);
-  return new StoreUnavailableError(`redis ${op} failed: ${reason}`, error);
 }
 
 /** Escapes Redis glob metacharacters so a prefix matches literally in SCAN MATCH. */
@@ -509,15 +439,28 @@ function hostPort(address: string): { host: string; port: number } {
 }
 
 /**
- * Builds the store from config: Cluster from `nodes`, else Sentinel from `sentinels`, else one
- * server from `url`. `options.now` cannot be given: time comes from Redis TIME, never from a
- * replica's clock. `password` applies unless a URL carries its own (ioredis lets the URL win).
- * A Sentinel deployment's sentinels are asked without a password; `password` is the master's.
+ * Builds the store from config (the client: createRedisClient). `options.now` cannot be given:
+ * time comes from Redis TIME, never from a replica's clock.
  */
 export function createRedisStore(
   config: StoreConfig,
   options: { now?: never; onError?: (error: Error) => void } = {},
 ): RedisStore {
+  return new RedisStore(createRedisClient(config), {
+    keyPrefix: config.keyPrefix,
+    commandTimeout: config.commandTimeout,
+    ...(options.onError !== undefined ? { onError: options.onError } : {}),
+  });
+}
+
+/**
+ * The ioredis client of a `store` section, with the options the top of this file explains;
+ * everything that talks to the store's Redis (RedisStore, RedisJobQueue) connects through it.
+ * Cluster from `nodes`, else Sentinel from `sentinels`, else one server from `url`. `password`
+ * applies unless a URL carries its own (ioredis lets the URL win). A Sentinel deployment's
+ * sentinels are asked without a password; `password` is the master's.
+ */
+export function createRedisClient(config: StoreConfig): Redis | Cluster {
   const socketTimeout = Math.max(1000, 10 * config.commandTimeout);
   // No `commandTimeout` here: the store enforces it on its own calls (see the top of this file);
   // given to ioredis it would also cut off the ready check and CLUSTER SLOTS at the request budget.
@@ -556,9 +499,5 @@ export function createRedisStore(
   } else {
     throw new Error("a redis store needs url, nodes or sentinels");
   }
-  return new RedisStore(client, {
-    keyPrefix: config.keyPrefix,
-    commandTimeout: config.commandTimeout,
-    ...(options.onError !== undefined ? { onError: options.onError } : {}),
-  });
+  return client;
 }

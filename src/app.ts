@@ -28,6 +28,9 @@ import {
 import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
+import { registerBatchRoutes } from "./jobs/batch-routes.js";
+import { MemoryJobQueue } from "./jobs/memory-queue.js";
+import type { JobQueue } from "./jobs/types.js";
 import { accessLogWriter, combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
 import { Metrics } from "./metrics/metrics.js";
 import { jsonBodyProblem } from "./proxy/json-body.js";
@@ -84,6 +87,8 @@ export interface Gateway {
   fleet: FleetSlots | undefined;
   /** The shared store behind the rate limits, as the limits use it. */
   store: GuardedStore;
+  /** Deferred work: async requests and batch lines (src/jobs). */
+  jobs: JobQueue;
   cache: ResponseCache;
   /** The request paths of the config in force: their stages, in order. */
   readonly paths: { openai: GatewayPath; passThrough: ReadonlyMap<RouteConfig, GatewayPath> };
@@ -139,6 +144,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   );
   metrics.store = guard;
   const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
+  const jobs: JobQueue = new MemoryJobQueue();
   metrics.watchCache(cache);
   let closing = false;
 
@@ -293,6 +299,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       upstreams,
       sendTimeout: config.server.sendTimeout,
     });
+    registerBatchRoutes(scope, { store, queue: jobs, config: (request) => generationOf(request).config });
   });
 
   app.setNotFoundHandler(async (request) => {
@@ -488,6 +495,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     reload,
     fleet,
     store: guard,
+    jobs,
     cache,
     get paths() {
       return { openai: gen.openai, passThrough: gen.passThrough };
@@ -543,6 +551,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         clearTimeout(refuseQueued);
       }
       await fleet?.stop();
+      await jobs.close();
       await upstreams.close();
       await guard.close();
       logger.flush();

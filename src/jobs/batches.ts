@@ -26,7 +26,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { errors } from "../errors.js";
 import { type Store, StoreUnavailableError } from "../store/types.js";
 import { checkLine, inputLines, invalidLine, jobLine, type LineFile, oversizeLine } from "./batch-lines.js";
-import type { FileStore, StoredFile } from "./files.js";
+import { FileGoneError, type FileStore, type StoredFile } from "./files.js";
 import type { GroupCounts, JobQueue, NewJob } from "./types.js";
 
 /** The only completion window OpenAI offers (and the only one its SDK types accept). */
@@ -533,8 +533,10 @@ export class Batches {
     }
     const expired = record.status === "expired";
     let piece = "";
+    let listed = 0;
     for (let from = 0; ; ) {
       const page = await this.queue.list(record.id, from, LIST_PAGE);
+      listed += page.length;
       for (const job of page) {
         const out = jobLine(job, expired);
         if (out?.file !== file) continue;
@@ -548,6 +550,9 @@ export class Batches {
       if (page.length < LIST_PAGE || last?.seq === undefined) break;
       from = last.seq + 1;
     }
+    // Some answers expired while the file was read (jobs.ttl): a short file must not pass for
+    // a whole one, so the response breaks off instead of ending.
+    if (listed < record.jobs) throw new FileGoneError(generatedFileId(record.id, file));
     if (piece.length > 0) yield Buffer.from(piece);
   }
 

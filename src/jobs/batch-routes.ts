@@ -87,9 +87,12 @@ export function registerBatchRoutes(scope: FastifyInstance, options: BatchRoutes
               part.file,
             );
           } catch (err) {
-            if (!(err instanceof FileLimitError)) throw err;
+            if (!(err instanceof FileLimitError)) {
+              // The rest of the upload was not read: the connection goes with the answer.
+              reply.header("connection", "close");
+              throw err;
+            }
             refusal = err.limit === "bytes" ? errors.fileTooLarge(err.max) : errors.tooManyLines(err.max);
-            await drain(part.file);
           }
         }
         const problem = refusal ?? uploadProblem(stored, fields);

@@ -98,11 +98,26 @@ export class FileStore {
     return new FileWriter(this.store, spec, this.chunkBytes, this.now);
   }
 
-  /** Writes everything `body` yields as one file (see writer()); nothing is kept on an error. */
+  /**
+   * Writes everything `body` yields as one file (see writer()); nothing is kept on an error.
+   * Past a limit the rest of the body is still read, and dropped, before FileLimitError is
+   * thrown: an upload's sender gets the refusal instead of a connection torn under it.
+   */
   async upload(spec: NewFile, body: AsyncIterable<Buffer>): Promise<StoredFile> {
     const writer = this.writer(spec);
+    let refused: FileLimitError | undefined;
     try {
-      for await (const piece of body) await writer.write(piece);
+      for await (const piece of body) {
+        if (refused !== undefined) continue;
+        try {
+          await writer.write(piece);
+        } catch (err) {
+          if (!(err instanceof FileLimitError)) throw err;
+          refused = err;
+          await writer.abort();
+        }
+      }
+      if (refused !== undefined) throw refused;
       return await writer.end();
     } catch (err) {
       await writer.abort();

@@ -1,0 +1,344 @@
+/**
+ * /v1/files and /v1/batches through a real gateway, called with the official openai SDK (and
+ * raw fetch where the SDK cannot say it): limits, bad lines, tenants, cancel, paging, and the
+ * byte-exact round trip of a multi-chunk file, on the memory store and on a real Redis.
+ * Lines are run by `runLines` below: claimed from the gateway's queue and sent through the
+ * gateway as their tenant, as a runner does.
+ */
+import { createHash } from "node:crypto";
+import OpenAI, { toFile } from "openai";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type SimServer, startSim } from "../../../src/sim/index.js";
+import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
+import { startRedis, type TestRedis } from "../../helpers/redis.js";
+
+const KEY_A = "sk-tenant-a-0123456789";
+const KEY_B = "sk-tenant-b-0123456789";
+const KEYS: Record<string, string> = { a: KEY_A, b: KEY_B };
+
+let redis: TestRedis;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+});
+
+let sims: SimServer[] = [];
+let gateways: RunningGateway[] = [];
+afterEach(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  await Promise.all(sims.map((s) => s.close()));
+  gateways = [];
+  sims = [];
+});
+
+const line = (i: number, extra: Record<string, unknown> = {}) =>
+  JSON.stringify({
+    custom_id: `req-${i}`,
+    method: "POST",
+    url: "/v1/chat/completions",
+    body: { model: "sim-model", messages: [{ role: "user", content: `line ${i}` }], max_tokens: 2 },
+    ...extra,
+  });
+const jsonl = (lines: string[]) => toFile(Buffer.from(lines.join("\n")), "batch.jsonl");
+
+async function setup(store: "memory" | "redis", batches = "") {
+  const sim = await startSim({
+    models: ["sim-model"],
+    decodeStepMs: 1,
+    decodeMsPerSeq: 0,
+    prefillMsPerToken: 0,
+  });
+  sims.push(sim);
+  const storeYaml =
+    store === "redis" ? `store: { type: redis, url: "${redis.url}", keyPrefix: "t${Date.now()}:" }` : "";
+  const gw = await startGateway(
+    `${storeYaml}
+auth: { keys: [{ key: "${KEY_A}", tenant: a }, { key: "${KEY_B}", tenant: b }] }
+tenants: { a: {}, b: {} }
+batches: { maxFileBytes: 3mb, maxLines: 1000, ${batches || "maxPerTenant: 3"} }
+pools: { sims: { models: [sim-model], backends: [{ url: "${sim.url}" }] } }`,
+  );
+  gateways.push(gw);
+  const client = (key: string) => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: key, maxRetries: 0 });
+  /** Runs up to `max` due lines through the gateway, each as its tenant. */
+  async function runLines(max = 1000): Promise<number> {
+    const jobs = gw.gateway.jobs;
+    const claimed = await jobs.claim("test-runner", 30_000, max);
+    await Promise.all(
+      claimed.map(async (job) => {
+        const res = await gw.gateway.app.inject({
+          method: "POST",
+          url: job.request.url,
+          payload: job.request.body,
+          headers: { "content-type": "application/json", authorization: `Bearer ${KEYS[job.tenant]}` },
+        });
+        const headers = { "x-request-id": String(res.headers["x-request-id"]) };
+        const state = res.statusCode < 300 ? "succeeded" : "failed";
+        await jobs.finish(
+          job.id,
+          "test-runner",
+          state,
+          { status: res.statusCode, headers, body: res.body },
+          3_600_000,
+        );
+      }),
+    );
+    return claimed.length;
+  }
+  return { gw, a: client(KEY_A), b: client(KEY_B), runLines };
+}
+
+async function contentOf(client: OpenAI, id: string): Promise<Buffer> {
+  return Buffer.from(await (await client.files.content(id)).arrayBuffer());
+}
+async function linesOf(client: OpenAI, id: string | null | undefined) {
+  const text = (await contentOf(client, id ?? "")).toString("utf8");
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
+}
+
+describe.each(["memory", "redis"] as const)("batch routes, store %s", (store) => {
+  it("a multi-chunk file comes back byte-exact, then is deleted", async () => {
+    const { a } = await setup(store);
+    // 2.5 MiB of JSONL-like text with multi-byte characters (under maxLines: long lines): three
+    // chunks, the last one short.
+    const row = `{"custom_id":"x","note":"añ€😀 ${"z".repeat(4000)}"}\n`;
+    const data = Buffer.from(row.repeat(Math.ceil((2.5 * 1024 * 1024) / Buffer.byteLength(row))));
+    const file = await a.files.create({ file: await toFile(data, "big.jsonl"), purpose: "batch" });
+    expect(file).toMatchObject({
+      object: "file",
+      bytes: data.length,
+      filename: "big.jsonl",
+      purpose: "batch",
+    });
+    expect(file.id).toMatch(/^file-[0-9a-f]{32}$/);
+    expect((await a.files.retrieve(file.id)).bytes).toBe(data.length);
+    const back = await contentOf(a, file.id);
+    expect(back.length).toBe(data.length);
+    expect(createHash("sha256").update(back).digest("hex")).toBe(
+      createHash("sha256").update(data).digest("hex"),
+    );
+    expect(await a.files.delete(file.id)).toEqual({ id: file.id, object: "file", deleted: true });
+    await expect(a.files.retrieve(file.id)).rejects.toMatchObject({ status: 404, code: "file_not_found" });
+    await expect(a.files.content(file.id)).rejects.toMatchObject({ status: 404 });
+  });
+
+  it("refuses an upload over maxFileBytes (413) or maxLines (400), and a purpose other than batch", async () => {
+    const { a } = await setup(store);
+    const big = Buffer.alloc(3 * 1024 * 1024 + 1, 0x61);
+    await expect(
+      a.files.create({ file: await toFile(big, "big.jsonl"), purpose: "batch" }),
+    ).rejects.toMatchObject({
+      status: 413,
+      code: "file_too_large",
+    });
+    const lines = Array.from({ length: 1001 }, (_, i) => line(i));
+    await expect(a.files.create({ file: await jsonl(lines), purpose: "batch" })).rejects.toMatchObject({
+      status: 400,
+      code: "too_many_requests_in_file",
+    });
+    await expect(
+      a.files.create({ file: await jsonl([line(0)]), purpose: "assistants" }),
+    ).rejects.toMatchObject({
+      status: 400,
+      param: "purpose",
+    });
+    // Exactly at the limits is taken; the connection is fine after the refusals.
+    const ok = await a.files.create({ file: await jsonl(lines.slice(0, 1000)), purpose: "batch" });
+    expect(ok.bytes).toBe(Buffer.byteLength(lines.slice(0, 1000).join("\n")));
+  });
+
+  it("a JSON body on POST /v1/files is a clear 400; no key is a 401", async () => {
+    const { gw } = await setup(store);
+    const json = await fetch(`${gw.url}/v1/files`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${KEY_A}`, "content-type": "application/json" },
+      body: "{}",
+    });
+    expect(json.status).toBe(400);
+    expect(((await json.json()) as { error: { message: string } }).error.message).toMatch(
+      /multipart\/form-data/,
+    );
+    const anonymous = await fetch(`${gw.url}/v1/batches`);
+    expect(anonymous.status).toBe(401);
+  });
+
+  it("checks POST /v1/batches's parameters", async () => {
+    const { a } = await setup(store);
+    const file = await a.files.create({ file: await jsonl([line(0)]), purpose: "batch" });
+    const create = (over: Record<string, unknown>) =>
+      a.batches.create({
+        input_file_id: file.id,
+        endpoint: "/v1/chat/completions",
+        completion_window: "24h",
+        ...over,
+      } as OpenAI.BatchCreateParams);
+    await expect(create({ endpoint: "/v1/images/generations" })).rejects.toMatchObject({
+      status: 400,
+      param: "endpoint",
+    });
+    await expect(create({ completion_window: "48h" })).rejects.toMatchObject({
+      status: 400,
+      param: "completion_window",
+    });
+    await expect(create({ input_file_id: "file-00000000000000000000000000000000" })).rejects.toMatchObject({
+      status: 404,
+      code: "file_not_found",
+    });
+    await expect(create({ metadata: { k: "x".repeat(513) } })).rejects.toMatchObject({
+      status: 400,
+      param: "metadata",
+    });
+    const batch = await create({ metadata: { team: "search" } });
+    expect(batch).toMatchObject({ object: "batch", status: "in_progress", metadata: { team: "search" } });
+    expect(batch.id).toMatch(/^batch_[0-9a-f]{32}$/);
+  });
+
+  it("bad lines go to the error file with their codes and count failed; the good ones run", async () => {
+    const { a, runLines } = await setup(store);
+    const input = [
+      line(0),
+      "this is not json",
+      "",
+      JSON.stringify({ method: "POST", url: "/v1/chat/completions", body: { model: "sim-model" } }),
+      line(0, { custom_id: "req-0" }),
+      line(5, { method: "GET" }),
+      line(6, { url: "/v1/embeddings" }),
+      line(7, { body: { messages: [] } }),
+      line(8, { body: "text" }),
+      line(9, { body: { model: "no-such-model", messages: [{ role: "user", content: "x" }] } }),
+      line(10),
+    ];
+    const file = await a.files.create({ file: await jsonl(input), purpose: "batch" });
+    const batch = await a.batches.create({
+      input_file_id: file.id,
+      endpoint: "/v1/chat/completions",
+      completion_window: "24h",
+    });
+    // Ten requests (the blank line is none), seven refused at once.
+    expect(batch.request_counts).toEqual({ total: 10, completed: 0, failed: 7 });
+    expect(await runLines()).toBe(3);
+    const done = await a.batches.retrieve(batch.id);
+    expect(done).toMatchObject({
+      status: "completed",
+      request_counts: { total: 10, completed: 2, failed: 8 },
+    });
+    const output = await linesOf(a, done.output_file_id);
+    expect(output.map((l) => l.custom_id)).toEqual(["req-0", "req-10"]);
+    expect(output[0].response.status_code).toBe(200);
+    expect(output[0].response.body.object).toBe("chat.completion");
+    const errorsFile = await linesOf(a, done.error_file_id);
+    expect(errorsFile.map((l) => [l.custom_id, l.error?.code ?? l.response.status_code])).toEqual([
+      [null, "invalid_json_line"],
+      [null, "missing_required_parameter"],
+      ["req-0", "duplicate_custom_id"],
+      ["req-5", "invalid_method"],
+      ["req-6", "mismatched_endpoint"],
+      ["req-7", "missing_required_parameter"],
+      ["req-8", "invalid_body"],
+      // It ran: the gateway's answer was a 404, and it is the line's answer.
+      ["req-9", 404],
+    ]);
+    expect(errorsFile[7].response.body.error.code).toBe("model_not_found");
+    // The generated files' sizes are what their content is.
+    const outBytes = (await a.files.retrieve(done.output_file_id ?? "")).bytes;
+    expect(outBytes).toBe((await contentOf(a, done.output_file_id ?? "")).length);
+  });
+
+  it("another tenant sees none of a tenant's files and batches", async () => {
+    const { a, b, runLines } = await setup(store);
+    const file = await a.files.create({ file: await jsonl([line(0)]), purpose: "batch" });
+    const batch = await a.batches.create({
+      input_file_id: file.id,
+      endpoint: "/v1/chat/completions",
+      completion_window: "24h",
+    });
+    await runLines();
+    const done = await a.batches.retrieve(batch.id);
+    const notFound = { status: 404 };
+    await expect(b.files.retrieve(file.id)).rejects.toMatchObject(notFound);
+    await expect(b.files.content(file.id)).rejects.toMatchObject(notFound);
+    await expect(b.files.delete(file.id)).rejects.toMatchObject(notFound);
+    await expect(b.files.content(done.output_file_id ?? "")).rejects.toMatchObject(notFound);
+    await expect(
+      b.batches.create({
+        input_file_id: file.id,
+        endpoint: "/v1/chat/completions",
+        completion_window: "24h",
+      }),
+    ).rejects.toMatchObject(notFound);
+    await expect(b.batches.retrieve(batch.id)).rejects.toMatchObject({
+      status: 404,
+      code: "batch_not_found",
+    });
+    await expect(b.batches.cancel(batch.id)).rejects.toMatchObject(notFound);
+    expect((await b.batches.list()).data).toEqual([]);
+    // All still there for their tenant.
+    expect((await a.files.retrieve(file.id)).id).toBe(file.id);
+    expect((await a.batches.list()).data.map((x) => x.id)).toEqual([batch.id]);
+  });
+
+  it("cancel stops the lines not run; the ones that ran are in the output", async () => {
+    const { a, runLines } = await setup(store);
+    const file = await a.files.create({
+      file: await jsonl([0, 1, 2, 3, 4].map((i) => line(i))),
+      purpose: "batch",
+    });
+    const batch = await a.batches.create({
+      input_file_id: file.id,
+      endpoint: "/v1/chat/completions",
+      completion_window: "24h",
+    });
+    expect(await runLines(2)).toBe(2);
+    const cancelled = await a.batches.cancel(batch.id);
+    expect(cancelled.status).toBe("cancelled");
+    expect(cancelled.request_counts).toEqual({ total: 5, completed: 2, failed: 0 });
+    expect(await runLines()).toBe(0);
+    expect((await linesOf(a, cancelled.output_file_id)).map((l) => l.custom_id)).toEqual(["req-0", "req-1"]);
+    expect((await linesOf(a, cancelled.error_file_id)).map((l) => [l.custom_id, l.error.code])).toEqual([
+      ["req-2", "batch_cancelled"],
+      ["req-3", "batch_cancelled"],
+      ["req-4", "batch_cancelled"],
+    ]);
+  });
+
+  it("lists newest first with cursor paging, and caps unfinished batches per tenant", async () => {
+    const { a, b, runLines } = await setup(store, "maxPerTenant: 4");
+    const file = await a.files.create({ file: await jsonl([line(0)]), purpose: "batch" });
+    const create = (client: OpenAI) =>
+      client.batches.create({
+        input_file_id: file.id,
+        endpoint: "/v1/chat/completions",
+        completion_window: "24h",
+      });
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await create(a)).id);
+    await expect(create(a)).rejects.toMatchObject({ status: 429, code: "too_many_batches" });
+    const page = await a.batches.list({ limit: 3 });
+    expect(page.data.map((x) => x.id)).toEqual([ids[3], ids[2], ids[1]]);
+    expect(page.has_more).toBe(true);
+    const seen: string[] = [];
+    for await (const x of a.batches.list({ limit: 3 })) seen.push(x.id);
+    expect(seen).toEqual([...ids].reverse());
+    // One ends: there is room again.
+    await a.batches.cancel(ids[0] ?? "");
+    ids.push((await create(a)).id);
+    await runLines();
+    ids.push((await create(a)).id);
+    expect((await a.batches.list({ limit: 100 })).data.map((x) => x.status)).toEqual([
+      "in_progress",
+      "completed",
+      "completed",
+      "completed",
+      "completed",
+      "cancelled",
+    ]);
+    // The other tenant's file is not its to use, its own list is empty.
+    await expect(create(b)).rejects.toMatchObject({ status: 404 });
+    await expect(a.batches.list({ limit: 101 })).rejects.toMatchObject({ status: 400, param: "limit" });
+  });
+});

@@ -29,7 +29,7 @@ import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
 import { registerBatchRoutes } from "./jobs/batch-routes.js";
-import { MemoryJobQueue } from "./jobs/memory-queue.js";
+import { createJobQueue } from "./jobs/index.js";
 import type { JobQueue } from "./jobs/types.js";
 import { accessLogWriter, combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
 import { Metrics } from "./metrics/metrics.js";
@@ -144,7 +144,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   );
   metrics.store = guard;
   const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
-  const jobs: JobQueue = new MemoryJobQueue();
+  const jobs: JobQueue = createJobQueue(config.store, {
+    onError: (err) => logger.warn({ err: err.message }, "jobs queue connection error"),
+  });
   metrics.watchCache(cache);
   let closing = false;
 

@@ -301,7 +301,12 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       upstreams,
       sendTimeout: config.server.sendTimeout,
     });
-    registerBatchRoutes(scope, { store, queue: jobs, config: (request) => generationOf(request).config });
+    registerBatchRoutes(scope, {
+      storeConfig: config.store,
+      onStoreError: (err) => logger.warn({ err: err.message }, "files store connection error"),
+      queue: jobs,
+      config: (request) => generationOf(request).config,
+    });
   });
 
   app.setNotFoundHandler(async (request) => {

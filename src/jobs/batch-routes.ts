@@ -10,9 +10,12 @@
  * store a chunk at a time as it arrives (src/jobs/files.ts). The limits are read from the
  * request's config generation, so a reload changes them.
  *
- * The store: with `store: redis`, the gateway's (files, batches and jobs shared by the
- * replicas). With `store: memory`, a memory store of its own: the gateway's evicts its oldest
- * blobs past a byte budget, as a cache may, and a file's chunk must never be evicted.
+ * The store: with `store: redis`, the store's Redis (files, batches and jobs shared by the
+ * replicas) on a connection of its own, whose commands may take FILES_COMMAND_TIMEOUT_MS: a 1 MiB
+ * chunk is not a limit check, would miss the 50 ms budget those get on a busy host, and on the
+ * limits' connection would hold their small commands behind it. With `store: memory`, a memory
+ * store of its own: the gateway's evicts its oldest blobs past a byte budget, as a cache may, and
+ * a file's chunk must never be evicted.
  */
 import { Readable } from "node:stream";
 import fastifyMultipart from "@fastify/multipart";
@@ -21,30 +24,40 @@ import type { GatewayConfig } from "../config/schema.js";
 import { errors, type GatewayError } from "../errors.js";
 import { OPENAI_ROUTES } from "../proxy/routes.js";
 import { MemoryStore } from "../store/memory-store.js";
+import { createRedisStore } from "../store/redis-store.js";
 import { type Store, StoreUnavailableError } from "../store/types.js";
 import { Batches, COMPLETION_WINDOW, type CreateBatch, type FileObject } from "./batches.js";
 import { FileGoneError, FileLimitError, FileStore, newFileId, type StoredFile } from "./files.js";
 import type { JobQueue } from "./types.js";
 
 export interface BatchRoutesOptions {
-  /** The gateway's store (see the header for what memory means here). */
-  store: Store;
+  /** The gateway's store section (see the header for the store made of it). */
+  storeConfig: GatewayConfig["store"];
+  /** Redis connection errors, for the log. */
+  onStoreError?: (error: Error) => void;
   queue: JobQueue;
   /** The config generation the request runs on. */
   config: (request: FastifyRequest) => GatewayConfig;
 }
 
+/** The deadline of one store command on the files' connection. */
+const FILES_COMMAND_TIMEOUT_MS = 5000;
+
 export function registerBatchRoutes(scope: FastifyInstance, options: BatchRoutesOptions): void {
-  const store =
-    options.store.kind === "memory"
-      ? new MemoryStore({ maxBlobBytes: Number.POSITIVE_INFINITY })
-      : options.store;
+  const storeConfig = options.storeConfig;
+  const store: Store =
+    storeConfig.type === "redis"
+      ? createRedisStore(
+          { ...storeConfig, commandTimeout: Math.max(storeConfig.commandTimeout, FILES_COMMAND_TIMEOUT_MS) },
+          options.onStoreError === undefined ? {} : { onError: options.onStoreError },
+        )
+      : new MemoryStore({ maxBlobBytes: Number.POSITIVE_INFINITY });
   const files = new FileStore(store);
   const batches = new Batches(store, files, options.queue);
   const tenantOf = (request: FastifyRequest) => request.gw.tenant?.id ?? "";
 
   scope.register(async (app) => {
-    if (store !== options.store) app.addHook("onClose", () => store.close());
+    app.addHook("onClose", () => store.close());
     await app.register(fastifyMultipart, { throwFileSizeLimit: false });
 
     app.post(
@@ -124,12 +137,12 @@ export function registerBatchRoutes(scope: FastifyInstance, options: BatchRoutes
         if (generated) {
           reply.header("content-type", "application/jsonl");
           if (generated.bytes !== undefined) reply.header("content-length", generated.bytes);
-          return reply.send(Readable.from(generated.content(), { objectMode: false }));
+          return reply.send(await started(generated.content()));
         }
         const file = await ownFile(files, tenant, request.params.id);
         reply.header("content-type", "application/octet-stream");
         reply.header("content-length", file.bytes);
-        return reply.send(Readable.from(files.content(file), { objectMode: false }));
+        return reply.send(await started(files.content(file)));
       }),
     );
 
@@ -201,6 +214,23 @@ function handle<R extends FastifyRequest>(work: Handler<R>): Handler<R> {
       throw err;
     }
   };
+}
+
+/**
+ * The stream of `pieces` once its first piece is read: a failure before any byte is sent is
+ * still answered with its own status (a 503 the client may retry); one after that breaks the
+ * response off, so a short file never passes for a whole one.
+ */
+async function started(pieces: AsyncGenerator<Buffer>): Promise<Readable> {
+  const first = await pieces.next();
+  return Readable.from(
+    (async function* () {
+      if (first.done === true) return;
+      yield first.value;
+      yield* pieces;
+    })(),
+    { objectMode: false },
+  );
 }
 
 /** Reads a stream to its end, keeping nothing. */

@@ -26,22 +26,29 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { errors } from "../errors.js";
 import { type Store, StoreUnavailableError } from "../store/types.js";
 import { checkLine, inputLines, invalidLine, jobLine, type LineFile, oversizeLine } from "./batch-lines.js";
-import { FileGoneError, type FileStore, type StoredFile } from "./files.js";
+import { FileGoneError, type FileStore, retrying, type StoredFile } from "./files.js";
 import type { GroupCounts, JobQueue, NewJob } from "./types.js";
 
 /** The only completion window OpenAI offers (and the only one its SDK types accept). */
 export const COMPLETION_WINDOW = "24h";
 const WINDOW_MS = 24 * 3_600_000;
-/** Lines enqueued per call: a slice bounds both the call's size and the memory validation holds. */
-const ENQUEUE_SLICE = 500;
+/**
+ * Lines enqueued per call, at most so many and so many bytes of bodies: a slice bounds the
+ * memory validation holds, and is small enough to be one script on Redis (atomic, and quick
+ * within the store's command budget), so a call that timed out is known to have added all of
+ * its lines or none.
+ */
+const ENQUEUE_SLICE = 100;
+const ENQUEUE_SLICE_BYTES = 64 * 1024;
+const ENQUEUE_ATTEMPTS = 4;
 /** A validating replica refreshes its heartbeat this often; it lapses after HEARTBEAT_TTL_MS. */
 const HEARTBEAT_MS = 5_000;
 const HEARTBEAT_TTL_MS = 30_000;
 /** A line may be this much longer than the body it carries (custom_id, method, url). */
 const LINE_SLACK_BYTES = 64 * 1024;
 const LOCK_TTL_MS = 10_000;
-/** Lines read from the queue per page when a file is written out. */
-const LIST_PAGE = 1000;
+/** Lines read from the queue per page when a file is written out (a page is one store call). */
+const LIST_PAGE = 100;
 /** The generated files are sent in pieces of about this size. */
 const PIECE_BYTES = 64 * 1024;
 
@@ -246,7 +253,7 @@ export class Batches {
     const marked = await this.update(id, (r) =>
       ENDED.has(r.status) || r.cancellingAt !== undefined ? r : { ...r, cancellingAt: this.now() },
     );
-    await this.queue.cancelGroup(id, this.keepFor(record));
+    await retrying(() => this.queue.cancelGroup(id, this.keepFor(record)));
     return this.refresh(marked ?? record);
   }
 
@@ -307,7 +314,8 @@ export class Batches {
     record = (await this.load(named.batchId)) ?? record;
     if (advertised !== id || record.deleted?.includes(named.file)) throw errors.fileNotFound(id);
     // The lines' answers are kept jobs.ttl after each ended: once some are gone, the file is.
-    if ((await this.queue.counts(record.id)).total < record.jobs) throw errors.fileNotFound(id);
+    if ((await retrying(() => this.queue.counts(record.id))).total < record.jobs)
+      throw errors.fileNotFound(id);
     const ended = record;
     const content = () => this.linesOf(ended, named.file);
     // Its size is known once the file was read through once (File objects say it).
@@ -360,15 +368,15 @@ export class Batches {
       ttlMs: this.keepFor(record),
     });
     let pending: NewJob[] = [];
+    let pendingBytes = 0;
     let jobs = 0;
     let invalid = 0;
     const flush = async () => {
       if (pending.length === 0) return;
       const slice = pending;
       pending = [];
-      // Batch lines are bounded by the batch limits, not by the tenant's cap on unfinished jobs.
-      const { accepted } = await this.queue.enqueue(slice, Number.MAX_SAFE_INTEGER);
-      if (!accepted) throw new Error("the jobs queue refused the batch's lines");
+      pendingBytes = 0;
+      await this.enqueueSlice(slice);
       jobs += slice.length;
     };
     const heartbeat = setInterval(() => void this.beat(id).catch(() => undefined), HEARTBEAT_MS);
@@ -386,7 +394,8 @@ export class Batches {
             customId: checked.customId,
             expiresAt: record.expiresAt,
           });
-          if (pending.length >= ENQUEUE_SLICE) await flush();
+          pendingBytes += checked.body.length;
+          if (pending.length >= ENQUEUE_SLICE || pendingBytes >= ENQUEUE_SLICE_BYTES) await flush();
         } else {
           invalid++;
           await refused.write(
@@ -420,13 +429,34 @@ export class Batches {
       invalid,
     }));
     // Cancelled while it was being created: the lines enqueued after the cancel go too.
-    if (running?.cancellingAt !== undefined) await this.queue.cancelGroup(id, this.keepFor(record));
+    if (running?.cancellingAt !== undefined)
+      await retrying(() => this.queue.cancelGroup(id, this.keepFor(record)));
     await this.store.deleteBlob(heartbeatKey(id)).catch(() => undefined);
+  }
+
+  /**
+   * Enqueues one slice, again after a store timeout: the slice is one script, so the timed-out
+   * call added all of it or nothing, and a retry refused for an existing id (the ids are the
+   * lines', fixed) finds the first call's lines there.
+   */
+  private async enqueueSlice(slice: NewJob[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        // Batch lines are bounded by the batch limits, not by the tenant's cap on unfinished jobs.
+        const { accepted } = await this.queue.enqueue(slice, Number.MAX_SAFE_INTEGER);
+        if (!accepted) throw new Error("the jobs queue refused the batch's lines");
+        return;
+      } catch (err) {
+        if (attempt > 1 && err instanceof RangeError && /exists/.test(err.message)) return;
+        if (!(err instanceof StoreUnavailableError) || attempt >= ENQUEUE_ATTEMPTS) throw err;
+        await sleep(50 * attempt);
+      }
+    }
   }
 
   /** Ends the batch `failed` and cancels what it enqueued (best effort: the store may be why). */
   private async fail(record: BatchRecord, error: BatchError): Promise<void> {
-    await this.queue.cancelGroup(record.id, this.keepFor(record)).catch(() => undefined);
+    await retrying(() => this.queue.cancelGroup(record.id, this.keepFor(record))).catch(() => undefined);
     await this.end(record.id, (r) => ({
       ...r,
       status: "failed",
@@ -460,15 +490,15 @@ export class Batches {
         }
         return this.refresh(again);
       }
-      return view(record, await this.queue.counts(record.id));
+      return view(record, await retrying(() => this.queue.counts(record.id)));
     }
-    let counts = await this.queue.counts(record.id);
+    let counts = await retrying(() => this.queue.counts(record.id));
     const ended = counts.completed + counts.failed + counts.cancelled;
     if (ended < record.jobs) {
       if (this.now() < record.expiresAt) return view(record, counts);
       // Past the window: what has not run will not.
-      await this.queue.cancelGroup(record.id, this.keepFor(record));
-      counts = await this.queue.counts(record.id);
+      await retrying(() => this.queue.cancelGroup(record.id, this.keepFor(record)));
+      counts = await retrying(() => this.queue.counts(record.id));
       return this.endWith(record, "expired", counts, this.now());
     }
     if (record.cancellingAt !== undefined) {
@@ -516,7 +546,7 @@ export class Batches {
 
   private async anyExpired(id: string): Promise<boolean> {
     for (let from = 0; ; ) {
-      const page = await this.queue.list(id, from, LIST_PAGE);
+      const page = await retrying(() => this.queue.list(id, from, LIST_PAGE));
       if (page.some((job) => job.state === "expired")) return true;
       const last = page.at(-1);
       if (page.length < LIST_PAGE || last?.seq === undefined) return false;
@@ -535,7 +565,7 @@ export class Batches {
     let piece = "";
     let listed = 0;
     for (let from = 0; ; ) {
-      const page = await this.queue.list(record.id, from, LIST_PAGE);
+      const page = await retrying(() => this.queue.list(record.id, from, LIST_PAGE));
       listed += page.length;
       for (const job of page) {
         const out = jobLine(job, expired);

@@ -74,8 +74,8 @@ export function newFileId(): string {
 const metaKey = (id: string) => `files:${id}:meta`;
 const chunkKey = (id: string, n: number) => `files:${id}:${n}`;
 
-/** A store call retried on timeouts: every call made here may be repeated without harm. */
-async function retrying<T>(call: () => Promise<T>, attempts = 3): Promise<T> {
+/** A store call retried on timeouts: for calls that may be repeated without harm (reads, SETs). */
+export async function retrying<T>(call: () => Promise<T>, attempts = 3): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();

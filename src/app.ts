@@ -3,7 +3,7 @@
  * order, and the admin app beside it. Nothing listens until listen() is called.
  */
 import { randomUUID } from "node:crypto";
-import type { IncomingMessage } from "node:http";
+import { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import Fastify, {
   type FastifyBaseLogger,
@@ -28,8 +28,16 @@ import {
 import { type Generation, newContext, type RequestContext } from "./context.js";
 import { errors, type GatewayError } from "./errors.js";
 import { fromFastifyError, writeClientError } from "./http-errors.js";
+import {
+  type JobsDeps,
+  PREFER_HEADER,
+  prefersAsync,
+  registerJobRoutes,
+  submitStage,
+} from "./jobs/async-routes.js";
 import { registerBatchRoutes } from "./jobs/batch-routes.js";
 import { createJobQueue } from "./jobs/index.js";
+import { JOB_HEADER, JobRunner } from "./jobs/runner.js";
 import type { JobQueue } from "./jobs/types.js";
 import { accessLogWriter, combineEvents, createLogger, quietLogs, upstreamLogEvents } from "./logging.js";
 import { Metrics } from "./metrics/metrics.js";
@@ -47,6 +55,7 @@ import {
   openAIPath,
   type PathDeps,
   passThroughPathFor,
+  submissionPath,
 } from "./request-path.js";
 import { createStore, MemoryStore } from "./store/index.js";
 import type { Store } from "./store/types.js";
@@ -87,9 +96,9 @@ export interface Gateway {
   fleet: FleetSlots | undefined;
   /** The shared store behind the rate limits, as the limits use it. */
   store: GuardedStore;
-  /** Deferred work: async requests and batch lines (src/jobs). */
-  jobs: JobQueue;
   cache: ResponseCache;
+  /** Async requests: the jobs queue (made on first use) and this replica's runner. */
+  jobs: { queue(): JobQueue; runner: JobRunner };
   /** The request paths of the config in force: their stages, in order. */
   readonly paths: { openai: GatewayPath; passThrough: ReadonlyMap<RouteConfig, GatewayPath> };
   /** Listens on config.listen (and config.admin); returns the bound URLs. */
@@ -144,11 +153,34 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   );
   metrics.store = guard;
   const cache = new ResponseCache(store, config.cache.memory, metrics.cacheEvents());
-  const jobs: JobQueue = createJobQueue(config.store, {
-    onError: (err) => logger.warn({ err: err.message }, "jobs queue connection error"),
-  });
   metrics.watchCache(cache);
   let closing = false;
+
+  // Async requests (src/jobs): the queue is made when first needed, so a gateway with jobs off
+  // opens no connection for it; the runner reads the jobs settings in force at each use.
+  let jobQueue: JobQueue | undefined;
+  const queue = (): JobQueue => {
+    jobQueue ??= createJobQueue(config.store, {
+      onError: (err) => logger.warn({ err: err.message }, "jobs queue connection error"),
+    });
+    return jobQueue;
+  };
+  const runner = new JobRunner({
+    inject: (options) => app.inject(options),
+    queue,
+    config: () => gen.config.jobs,
+    events: metrics.jobEvents(),
+    logger,
+    // A memory queue is this replica's alone; a Redis one is run by every replica.
+    replicas: () => (store.kind === "memory" ? 1 : (fleet?.replicas ?? config.store.replicas)),
+  });
+  const jobs: JobsDeps = { queue, runner, events: metrics.jobEvents() };
+  metrics.jobs = {
+    depth: () => (jobQueue ? jobQueue.depth() : Promise.resolve(0)),
+    get running() {
+      return runner.running;
+    },
+  };
 
   /**
    * What one config makes of the request path: keys, limits, budgets and the stages, built
@@ -171,8 +203,17 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     // The request paths: the ordered stages of src/request-path.ts, built once per config.
     const forward = forwarding(deps);
     const openai = openAIPath(deps, forward);
+    const submit = submissionPath(deps, submitStage(jobs));
     const passThrough = new Map(cfg.routes.map((r) => [r, passThroughPathFor(deps, forward, r)]));
-    return { number, config: cfg, apiKeys, openai, passThrough, table: new PassThroughTable(passThrough) };
+    return {
+      number,
+      config: cfg,
+      apiKeys,
+      openai,
+      submit,
+      passThrough,
+      table: new PassThroughTable(passThrough),
+    };
   }
   let gen = makeGeneration(config, 1);
   const generationOf = (request: FastifyRequest): Generation => request.gw.generation ?? gen;
@@ -279,8 +320,27 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   app.register(async (scope) => {
     // API keys on the proxied routes only: the health probes and unknown URLs need none.
-    scope.addHook("onRequest", (request, _reply, done) => {
+    scope.addHook("onRequest", (request, reply, done) => {
       const apiKeys = generationOf(request).apiKeys;
+      // Only a request made in process (app.inject) can be a job's run: a request from the
+      // network never has its job header read.
+      if (!(request.raw instanceof IncomingMessage)) {
+        try {
+          const job = runner.adopt(request.headers[JOB_HEADER], reply.raw);
+          if (job) {
+            request.gw.deferred = true;
+            if (apiKeys.enabled) {
+              // The tenant that submitted it, as this config knows it (gone: refused as a bad key).
+              const tenant = apiKeys.tenant(job.tenant);
+              if (!tenant) throw errors.invalidApiKey();
+              request.gw.tenant = tenant;
+            }
+            return done();
+          }
+        } catch (err) {
+          return done(err as Error);
+        }
+      }
       if (!apiKeys.enabled) return done();
       try {
         const { tenant, keyId } = apiKeys.authenticate(request.headers);
@@ -293,10 +353,18 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     });
     registerOpenAIRoutes(
       scope,
-      (request) => generationOf(request).openai,
+      (request) => {
+        const g = generationOf(request);
+        // One header read per request while jobs are on, none while they are off.
+        if (g.config.jobs.enabled && !request.gw.deferred && prefersAsync(request.headers[PREFER_HEADER])) {
+          return g.submit;
+        }
+        return g.openai;
+      },
       upstreams,
       config.server.sendTimeout,
     );
+    registerJobRoutes(scope, jobs, (request) => generationOf(request).config.jobs.enabled);
     registerPassThrough(scope, config, (request) => generationOf(request).table, {
       upstreams,
       sendTimeout: config.server.sendTimeout,
@@ -304,7 +372,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     registerBatchRoutes(scope, {
       storeConfig: config.store,
       onStoreError: (err) => logger.warn({ err: err.message }, "files store connection error"),
-      queue: jobs,
+      queue,
       config: (request) => generationOf(request).config,
     });
   });
@@ -329,7 +397,9 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
 
   function onClosed(request: FastifyRequest, reply: FastifyReply): void {
     const ctx = request.gw;
-    const finished = reply.raw.writableFinished;
+    // A job's run is answered in process (app.inject), where the response closes once ended,
+    // before Node counts it finished.
+    const finished = reply.raw.writableFinished || (ctx.deferred && reply.raw.writableEnded);
     ctx.delivered = finished;
     // The client left first: stop the backend's work now, then the way back.
     if (!finished) ctx.exchange?.abort("client");
@@ -345,7 +415,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     const answer = ctx.answer;
     // The LLM routes' successful answers: the first token reached the client when the first
     // data event passed (a stream), the answer was written (a cache hit), or it was all sent.
-    if (answer !== undefined && ctx.body !== undefined && status < 300 && status >= 200) {
+    // A 202 is a job accepted (src/jobs): no token yet.
+    if (answer !== undefined && ctx.body !== undefined && status < 300 && status >= 200 && status !== 202) {
       if (answer.kind === "stream") {
         const at = answer.tap?.firstDataAt;
         if (at !== undefined) {
@@ -502,8 +573,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     reload,
     fleet,
     store: guard,
-    jobs,
     cache,
+    jobs: { queue, runner },
     get paths() {
       return { openai: gen.openai, passThrough: gen.passThrough };
     },
@@ -526,6 +597,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
       const adminUrl = admin
         ? await admin.listen({ host: config.admin.host, port: config.admin.port })
         : undefined;
+      // Jobs run once the gateway they run through serves.
+      runner.start();
       if (config.reload.watch && options.configFile) {
         unwatch = watchConfigFile(
           options.configFile,
@@ -539,6 +612,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     async close() {
       closing = true;
       unwatch?.();
+      // The jobs running here go back to the queue at once, for another replica to run.
+      await runner.stop();
       // Requests still waiting for a slot near the end of the grace are told to come back
       // (shutting_down, with retry headers) rather than dropped when the process exits.
       const grace = config.server.shutdownGrace;
@@ -558,8 +633,8 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
         clearTimeout(refuseQueued);
       }
       await fleet?.stop();
-      await jobs.close();
       await upstreams.close();
+      await jobQueue?.close();
       await guard.close();
       logger.flush();
     },

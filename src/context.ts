@@ -37,6 +37,8 @@ export interface Generation {
   readonly config: GatewayConfig;
   readonly apiKeys: ApiKeys;
   readonly openai: RequestPath<RequestContext, PathAnswer>;
+  /** A job's submission on the OpenAI routes (Prefer: respond-async). */
+  readonly submit: RequestPath<RequestContext, PathAnswer>;
   readonly passThrough: ReadonlyMap<RouteConfig, RequestPath<RequestContext, PathAnswer>>;
   readonly table: PassThroughTable;
 }
@@ -51,6 +53,11 @@ export interface RequestContext extends PathProgress {
   tenant: Tenant | undefined;
   /** A short digest of the API key: limits can count per key without ever storing one. */
   keyId: string | undefined;
+  /**
+   * A job's run (src/jobs/runner.ts), on behalf of the tenant that submitted it: the submission
+   * already counted against the request limits, and admission never refuses it on its estimate.
+   */
+  deferred: boolean;
   model: string | undefined;
   /** The pool that serves the request (its name, for logs and metrics). */
   pool: string | undefined;
@@ -109,6 +116,7 @@ export function newContext(): RequestContext {
     route: undefined,
     tenant: undefined,
     keyId: undefined,
+    deferred: false,
     model: undefined,
     pool: undefined,
     stream: false,

@@ -152,6 +152,25 @@ export const errors = {
         ? `The request may use ${needed} tokens, more than this key's token budget of ${burst}. Lower max_tokens or shorten the prompt.`
         : `The request may use ${needed} tokens, more than this key's token budget of ${burst}: it did not set max_tokens, so the gateway reserved its default max_tokens (tokens.defaultMaxTokens: ${defaultMaxTokens}) for the answer. Set max_tokens on the request, or ask the operator to raise the budget or lower tokens.defaultMaxTokens.`,
     ),
+  /** A tenant's unfinished jobs are at jobs.maxPerTenant: come back when some have run. */
+  tooManyJobs: (cap: number, retryAfterMs: number) =>
+    new GatewayError(
+      429,
+      "rate_limit_exceeded",
+      "too_many_jobs",
+      `You have ${cap} unfinished jobs, the most allowed (jobs.maxPerTenant); retry after ${Math.ceil(retryAfterMs)} ms, when some have run.`,
+      retryAfterMs,
+    ),
+  /** Absent, expired, or another tenant's: all answer alike, so ids tell nothing. */
+  jobNotFound: (id: string) =>
+    new GatewayError(
+      404,
+      "invalid_request_error",
+      "job_not_found",
+      `No job found with id '${id}'.`,
+      undefined,
+      "id",
+    ),
   requestTimeout: () =>
     new GatewayError(
       408,
@@ -165,6 +184,15 @@ export const errors = {
       "not_found_error",
       "backend_not_found",
       `No backend '${backend}' in pool '${pool}'.`,
+    ),
+  /** The jobs queue (the store) did not answer: a submission, poll or cancel may be tried again. */
+  jobsUnavailable: () =>
+    new GatewayError(
+      503,
+      "server_error",
+      "jobs_unavailable",
+      "The jobs queue cannot be reached right now; retry shortly.",
+      UPSTREAM_RETRY_MS,
     ),
   limiterUnavailable: () =>
     new GatewayError(
@@ -302,6 +330,14 @@ export const errors = {
       "rate_limit_exceeded",
       "too_many_batches",
       `This key's tenant has ${limit} unfinished batches (batches.maxPerTenant): wait for one to end, or cancel one.`,
+    ),
+  /** Batch lines run as jobs: with jobs off nothing would run them. */
+  batchesOff: () =>
+    new GatewayError(
+      400,
+      "invalid_request_error",
+      "batches_disabled",
+      "Batches run as jobs, and jobs are off on this gateway (jobs.enabled: false).",
     ),
   storageUnavailable: () =>
     new GatewayError(

@@ -3,6 +3,7 @@
  * leaving out the stages the config turns off (a stage that is off costs nothing per request).
  *
  *   OpenAI routes:      route → request-limits → cache → token-budget → concurrency → forward
+ *   a job's submission: route → request-limits → submit (Prefer: respond-async, src/jobs)
  *   pass-through routes:        request-limits → forward (as received, any content)
  *
  * Each stage gives back what it took on the way back, in reverse order (src/stages/stage.ts).
@@ -81,6 +82,18 @@ export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
   if (deps.budgets.any) stages.push(tokenBudgetStage(deps.budgets, config.tokens.defaultMaxTokens));
   if (deps.concurrency.any) stages.push(concurrencyStage(deps.concurrency));
   stages.push(forwardStage(forward));
+  return new RequestPath(stages, pathHooks(deps.logger));
+}
+
+/**
+ * A job's submission (`Prefer: respond-async`): checked as its synchronous call would be (the
+ * route, the request limits), then queued by `submit`. No token is reserved: the job's run
+ * reserves them when it runs, through openAIPath.
+ */
+export function submissionPath(deps: PathDeps, submit: GatewayStage): GatewayPath {
+  const stages: GatewayStage[] = [routeStage(deps.upstreams)];
+  if (deps.limits.enabled) stages.push(requestLimitsStage(deps.limits));
+  stages.push(submit);
   return new RequestPath(stages, pathHooks(deps.logger));
 }
 

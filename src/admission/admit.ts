@@ -3,7 +3,8 @@
  * `defaultPriority` for a request with no tenant), lowered, never raised, by
  * `x-floodgate-priority`; its deadline (the band's maxWait from arrival, shortened by
  * `x-floodgate-max-wait`); its tenant and weight for fair queuing; its prefix-affinity key when
- * the pool keeps prefixes or sessions together (src/upstream/affinity.ts).
+ * the pool keeps prefixes or sessions together (src/upstream/affinity.ts); patience for a job's
+ * run (src/jobs/runner.ts), which is never refused on the estimate of its wait.
  */
 import type { RequestContext } from "../context.js";
 import { errors } from "../errors.js";
@@ -40,7 +41,8 @@ export function admitFor(state: RequestContext, pool: UpstreamPool): Admit {
     tenant: tenant?.id ?? "",
     weight: tenant?.weight ?? 1,
     deadline: state.startedAt + maxWait,
-    patient: false,
+    // A job's run waits its turn: only its deadline or a full queue refuses it, never the estimate.
+    patient: state.deferred,
     affinity: affinity.by === "off" ? undefined : affinityKey(state.body, affinity, headers),
   };
 }

@@ -16,14 +16,25 @@ export interface Tenant extends TenantConfig {
 
 export class ApiKeys {
   private readonly byDigest = new Map<string, Tenant>();
+  private readonly byId = new Map<string, Tenant>();
 
   constructor(config: GatewayConfig) {
     for (const entry of config.auth?.keys ?? []) {
       const settings = config.tenants[entry.tenant];
       if (!settings) continue; // rejected by config validation; unreachable with a checked config
       const digest = entry.sha256 ?? sha256Hex(entry.key ?? "");
-      this.byDigest.set(digest, { id: entry.tenant, ...settings, mayUse: modelMatcher(settings.models) });
+      let tenant = this.byId.get(entry.tenant);
+      if (!tenant) {
+        tenant = { id: entry.tenant, ...settings, mayUse: modelMatcher(settings.models) };
+        this.byId.set(entry.tenant, tenant);
+      }
+      this.byDigest.set(digest, tenant);
     }
+  }
+
+  /** A tenant that has keys in this config, by its id (a job runs as the tenant that submitted it). */
+  tenant(id: string): Tenant | undefined {
+    return this.byId.get(id);
   }
 
   get enabled(): boolean {

@@ -14,6 +14,7 @@ export function describe(config: GatewayConfig): string {
       : "admin   off",
     `store   ${config.store.type}`,
     `auth    ${config.auth ? `${config.auth.keys.length} keys, ${Object.keys(config.tenants).length} tenants` : "open (no keys)"}`,
+    jobsLine(config),
   ];
   for (const [name, tenant] of Object.entries(config.tenants))
     lines.push(`tenant ${name}: ${tenantLine(tenant)}`);
@@ -85,4 +86,12 @@ function fallbackLine(config: GatewayConfig, pool: PoolConfig): string | undefin
     return model === undefined ? name : `${name} (${model})`;
   });
   return `fallback -> ${targets.join(" -> ")}`;
+}
+
+function jobsLine(config: GatewayConfig): string {
+  const j = config.jobs;
+  if (!j.enabled) return "jobs    off (Prefer: respond-async served synchronously)";
+  const where =
+    config.store.type === "redis" ? "shared by the replicas" : "this replica only, lost on restart";
+  return `jobs    async requests on: ${where}; band ${j.band}, ${j.concurrency} at once, ${j.maxPerTenant} unfinished per tenant, lease ${formatDuration(j.lease)}, answers kept ${formatDuration(j.ttl)}`;
 }

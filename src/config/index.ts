@@ -17,6 +17,7 @@ export type {
   Engine,
   GatewayConfig,
   HealthCheckConfig,
+  JobsConfig,
   OutlierDetectionConfig,
   PoolConfig,
   Priority,

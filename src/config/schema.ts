@@ -33,8 +33,13 @@ function Size(defaultValue: string, description: string) {
 }
 
 /** A string from a fixed list, typed as the union of its values. */
-function OneOf<const T extends readonly string[]>(values: T, defaultValue: T[number]) {
-  return Type.Unsafe<T[number]>({ type: "string", enum: [...values], default: defaultValue });
+function OneOf<const T extends readonly string[]>(values: T, defaultValue: T[number], description?: string) {
+  return Type.Unsafe<T[number]>({
+    type: "string",
+    enum: [...values],
+    default: defaultValue,
+    ...(description === undefined ? {} : { description }),
+  });
 }
 
 /** An object whose every field has a default, so the whole block may be left out. */
@@ -269,6 +274,39 @@ const Tokens = Section(
     leaseTtl: Duration("30s", "a concurrency lease lapses this long after its replica stops renewing it"),
   },
   "LLM token accounting",
+);
+
+const Jobs = Section(
+  {
+    enabled: Type.Boolean({
+      default: true,
+      description:
+        "honour Prefer: respond-async on the OpenAI routes (202 and a job to poll); off: served synchronously",
+    }),
+    band: OneOf(
+      Priorities,
+      "batch",
+      "the admission band a job runs in (the tenant's own band when that is lower)",
+    ),
+    maxPerTenant: Type.Integer({
+      minimum: 1,
+      default: 1000,
+      description:
+        "a tenant's unfinished jobs (queued or running) at most; a submission past it gets 429 too_many_jobs",
+    }),
+    ttl: Duration("24h", "a finished job's answer is kept this long, then the job is gone (404)"),
+    lease: Duration(
+      "30s",
+      "a replica that stops renewing a running job (crashed) loses it after this; another runs it again",
+    ),
+    concurrency: Type.Integer({
+      minimum: 1,
+      default: 16,
+      description: "jobs this replica runs at once",
+    }),
+    pollInterval: Duration("250ms", "how often a replica with room looks for due jobs"),
+  },
+  "deferred work: async requests (Prefer: respond-async) run from the store's job queue",
 );
 
 const Timeouts = Section(
@@ -635,6 +673,7 @@ export const ConfigSchema = Type.Object(
       description: "request limits by IP, API key, tenant, model",
     }),
     tokens: Tokens,
+    jobs: Jobs,
     cache: Section(
       { memory: Size("64mb", "the in-process tier, in front of the store") },
       "response cache tiers",
@@ -684,5 +723,6 @@ export type Priority = (typeof Priorities)[number];
 export type RateSpecConfig = StaticDecode<typeof RateSpec>;
 export type RateLimitConfig = GatewayConfig["rateLimits"][number];
 export type StoreErrorPolicyConfig = RateLimitConfig["onStoreError"];
+export type JobsConfig = GatewayConfig["jobs"];
 
 export type { TSchema };

@@ -75,6 +75,23 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
     });
   }
 
+  // A running job's lease is renewed every lease / 3: shorter than a second, one slow moment of
+  // the event loop would let it lapse and the job would run twice.
+  if (config.jobs.lease < 1000) {
+    issues.push({
+      path: ["jobs", "lease"],
+      message: `a lease of ${formatDuration(config.jobs.lease)} is too short to be renewed reliably`,
+      hint: "make jobs.lease 1s or more (default 30s)",
+    });
+  }
+  if (config.jobs.pollInterval < 10) {
+    issues.push({
+      path: ["jobs", "pollInterval"],
+      message: `a poll interval of ${formatDuration(config.jobs.pollInterval)} would keep the store busy`,
+      hint: "make jobs.pollInterval 10ms or more (default 250ms); a job submitted on a replica is claimed there at once anyway",
+    });
+  }
+
   for (const [poolName, pool] of Object.entries(config.pools)) {
     pool.models.forEach((model, i) => {
       const owner = modelOwner.get(model);

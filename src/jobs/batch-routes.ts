@@ -35,7 +35,8 @@ export interface BatchRoutesOptions {
   storeConfig: GatewayConfig["store"];
   /** Redis connection errors, for the log. */
   onStoreError?: (error: Error) => void;
-  queue: JobQueue;
+  /** The jobs queue (made on first use). */
+  queue: () => JobQueue;
   /** The config generation the request runs on. */
   config: (request: FastifyRequest) => GatewayConfig;
 }
@@ -161,6 +162,7 @@ export function registerBatchRoutes(scope: FastifyInstance, options: BatchRoutes
       "/v1/batches",
       handle(async (request, reply) => {
         const config = options.config(request);
+        if (!config.jobs.enabled) throw errors.batchesOff();
         const input = createParams(request.body);
         return reply.send(
           await batches.create(tenantOf(request), input, {

@@ -193,9 +193,14 @@ export class Batches {
   constructor(
     private readonly store: Store,
     private readonly files: FileStore,
-    private readonly queue: JobQueue,
+    /** The jobs queue, made on first use (src/app.ts). */
+    private readonly queueOf: () => JobQueue,
     private readonly now: () => number = Date.now,
   ) {}
+
+  private get queue(): JobQueue {
+    return this.queueOf();
+  }
 
   /** Checks the input file and enqueues its lines; answers the batch as it then is. */
   async create(tenant: string, input: CreateBatch, limits: BatchLimits): Promise<BatchObject> {

@@ -41,6 +41,24 @@ const OVERHEAD_BUCKETS = [
 const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const BREAKER_STATES = ["closed", "half_open", "open"] as const;
 
+/** What the job runner tells the catalogue as it happens (src/jobs). */
+export interface JobEvents {
+  submitted(tenant: string): void;
+  finished(state: "succeeded" | "failed" | "cancelled"): void;
+  /** A held job given back to the queue: refused for load, the replica stopping, a failed run. */
+  released(reason: "load" | "stopping" | "error"): void;
+  /** A running job this replica no longer holds (cancelled, or its lease lapsed and was taken). */
+  lost(): void;
+}
+
+/** The jobs queue as the gauges read it at scrape time. */
+export interface JobsView {
+  /** Jobs queued and due, all tenants (a store call). */
+  depth(): Promise<number>;
+  /** Jobs this replica runs now. */
+  readonly running: number;
+}
+
 /** One finished request, as the catalogue sees it (every string bounded by the config). */
 export interface RequestObservation {
   route: string;
@@ -144,6 +162,12 @@ export class Metrics {
   fleet: FleetSlots | undefined;
   /** The limits' guarded store, for floodgate_store_degraded. */
   store: { readonly degraded: boolean } | undefined;
+  /** The jobs queue and runner, once jobs are on. */
+  jobs: JobsView | undefined;
+  private readonly jobsSubmitted: Counter<"tenant">;
+  private readonly jobsFinished: Counter<"state">;
+  private readonly jobsReleased: Counter<"reason">;
+  private readonly jobsLost: Counter;
 
   constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -460,6 +484,49 @@ export class Metrics {
         if (metrics.fleet) this.set(metrics.fleet.storeDown ? 1 : 0);
       },
     });
+    this.jobsSubmitted = counter(
+      "floodgate_jobs_submitted_total",
+      "Async requests accepted as jobs (202), by tenant.",
+      ["tenant"],
+    );
+    this.jobsFinished = counter(
+      "floodgate_jobs_finished_total",
+      "Jobs ended by this replica, by state: succeeded (a 2xx answer), failed (any other answer), cancelled.",
+      ["state"],
+    );
+    for (const state of ["succeeded", "failed", "cancelled"]) this.jobsFinished.inc({ state }, 0);
+    this.jobsReleased = counter(
+      "floodgate_jobs_released_total",
+      "Jobs this replica gave back to the queue to run later, by reason: load (refused for load, retried after its retry-after), stopping (shutdown), error (the run itself failed).",
+      ["reason"],
+    );
+    this.jobsLost = counter(
+      "floodgate_jobs_lost_total",
+      "Running jobs this replica stopped because it no longer held them (cancelled, or its lease lapsed and another replica took it).",
+      [],
+    );
+    new Gauge({
+      name: "floodgate_jobs_queue_depth",
+      help: "Jobs queued and due to run, all tenants, as the jobs queue (the store) counts them.",
+      registers,
+      async collect() {
+        const jobs = metrics.jobs;
+        if (!jobs) return;
+        try {
+          this.set(await jobs.depth());
+        } catch {
+          // The store is down: no reading rather than a failed scrape.
+        }
+      },
+    });
+    new Gauge({
+      name: "floodgate_jobs_running",
+      help: "Jobs this replica runs now.",
+      registers,
+      collect() {
+        if (metrics.jobs) this.set(metrics.jobs.running);
+      },
+    });
     perBackend("floodgate_backend_healthy", "1 when active health checks pass (or are off), else 0.", (b) =>
       b.healthy ? 1 : 0,
     );
@@ -630,6 +697,15 @@ export class Metrics {
       promptTokens: undefined,
       completionTokens: undefined,
     });
+  }
+
+  jobEvents(): JobEvents {
+    return {
+      submitted: (tenant) => this.jobsSubmitted.inc({ tenant }),
+      finished: (state) => this.jobsFinished.inc({ state }),
+      released: (reason) => this.jobsReleased.inc({ reason }),
+      lost: () => this.jobsLost.inc(),
+    };
   }
 
   observeReload(result: "success" | "failure"): void {

@@ -17,8 +17,18 @@ const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
-/** Headers the gateway sets itself towards the backend, so the client's copies are dropped. */
-const SET_BY_GATEWAY = new Set(["host", "content-length", "expect", "x-request-id", "x-forwarded-for"]);
+/**
+ * Headers the gateway sets itself towards the backend, so the client's copies are dropped; and
+ * the job runner's credential (src/jobs/runner.ts), which never leaves the gateway.
+ */
+const SET_BY_GATEWAY = new Set([
+  "host",
+  "content-length",
+  "expect",
+  "x-request-id",
+  "x-forwarded-for",
+  "x-floodgate-job",
+]);
 
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
   // The usual values name only headers that are hop-by-hop anyway: nothing more to strip.

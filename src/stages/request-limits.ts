@@ -30,6 +30,8 @@ export function requestLimitsStage(
   return {
     name: "request-limits",
     enter(state) {
+      // A job's run: its submission was counted (the token-budget stage reserves by itself).
+      if (state.deferred) return undefined;
       let ask: TokenAsk | undefined;
       const tenant = state.tenant;
       if (budgets !== undefined && tenant !== undefined && budgets.has(tenant) && state.body && state.route) {

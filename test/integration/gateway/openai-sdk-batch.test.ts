@@ -1,60 +1,23 @@
 /**
  * The official openai SDK runs a batch end to end through floodgate in front of simulator
- * backends: files.create, batches.create, batches.retrieve polled until completed, and
- * files.content of the output (every good line's answer, each custom_id once) and of the error
- * file (the one bad line).
+ * backends, its lines run by the gateway's job runner: files.create, batches.create,
+ * batches.retrieve polled until completed, and files.content of the output (every good line's
+ * answer, each custom_id once) and of the error file (the one bad line).
  */
 import OpenAI, { toFile } from "openai";
 import { afterEach, describe, expect, it } from "vitest";
 import { type SimServer, startSim } from "../../../src/sim/index.js";
-import { eventually, sleep } from "../../helpers/eventually.js";
+import { eventually } from "../../helpers/eventually.js";
 import { type RunningGateway, startGateway } from "../../helpers/gateway.js";
 
 let sims: SimServer[] = [];
 let gateway: RunningGateway | undefined;
-let stopRunner: (() => Promise<void>) | undefined;
 afterEach(async () => {
-  await stopRunner?.();
   await gateway?.close();
   await Promise.all(sims.map((s) => s.close()));
   sims = [];
   gateway = undefined;
-  stopRunner = undefined;
 });
-
-/** Claims due lines and runs each through the gateway, as the jobs runner does. */
-function startRunner(gw: RunningGateway, concurrency: number): () => Promise<void> {
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      const claimed = await gw.gateway.jobs.claim("sdk-test", 30_000, concurrency);
-      await Promise.all(
-        claimed.map(async (job) => {
-          const res = await gw.gateway.app.inject({
-            method: "POST",
-            url: job.request.url,
-            payload: job.request.body,
-            headers: { "content-type": "application/json" },
-          });
-          const headers = { "x-request-id": String(res.headers["x-request-id"]) };
-          const state = res.statusCode < 300 ? "succeeded" : "failed";
-          await gw.gateway.jobs.finish(
-            job.id,
-            "sdk-test",
-            state,
-            { status: res.statusCode, headers, body: res.body },
-            3_600_000,
-          );
-        }),
-      );
-      if (claimed.length === 0) await sleep(10);
-    }
-  })();
-  return async () => {
-    stopped = true;
-    await loop;
-  };
-}
 
 describe("the openai npm client runs a batch through floodgate", () => {
   it("300 lines, one of them bad: 299 answers in the output, the bad line in the error file", async () => {
@@ -65,7 +28,6 @@ describe("the openai npm client runs a batch through floodgate", () => {
     }
     const backends = sims.map((s) => `{ url: "${s.url}", maxConcurrency: 8 }`).join(", ");
     gateway = await startGateway(`pools: { sims: { models: [sim-model], backends: [${backends}] } }`);
-    stopRunner = startRunner(gateway, 16);
     const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 });
 
     const lines = Array.from({ length: 300 }, (_, i) =>

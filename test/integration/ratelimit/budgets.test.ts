@@ -158,10 +158,11 @@ describe("request limits and the token reservation in one store call", () => {
 rateLimits: [{ name: per-ip, by: ip, rate: 1000, per: 1m }]`;
 
   it("two limits: one script per request; with a budget, one more only to settle to the real usage", async () => {
-    // Redis counts every script: the backend-slot syncs a Redis store runs by default are off
-    // here, so that what is counted is the limits' and the tokens' calls alone.
+    // Redis counts every script: the backend-slot syncs and the job runner's claims a Redis
+    // store runs by default are off here, so that what is counted is the limits' and the
+    // tokens' calls alone.
     const alone = (config: string) =>
-      config.replace("commandTimeout: 10s }", "commandTimeout: 10s, slots: { shared: false } }");
+      `${config.replace("commandTimeout: 10s }", "commandTimeout: 10s, slots: { shared: false } }")}\njobs: { enabled: false }\n`;
     gw = await startGateway(
       alone(
         yaml(

@@ -19,7 +19,7 @@ function setup() {
   const store = new MemoryStore({ sweepIntervalMs: 0, now });
   const queue = new MemoryJobQueue({ now });
   const files = new FileStore(store, 256, now);
-  const batches = new Batches(store, files, queue, now);
+  const batches = new Batches(store, files, () => queue, now);
   async function upload(tenant: string, lines: string[]) {
     const body = Buffer.from(lines.join("\n"));
     return files.upload(

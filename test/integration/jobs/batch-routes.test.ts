@@ -77,8 +77,9 @@ async function setup(store: "memory" | "redis", options: SetupOptions = {}) {
     sims.push(sim);
     backend = sim.url;
   }
+  const prefix = `t${Date.now()}:`;
   const storeYaml =
-    store === "redis" ? `store: { type: redis, url: "${redis.url}", keyPrefix: "t${Date.now()}:" }` : "";
+    store === "redis" ? `store: { type: redis, url: "${redis.url}", keyPrefix: "${prefix}" }` : "";
   const gw = await startGateway(
     `${storeYaml}
 auth: { keys: [{ key: "${KEY_A}", tenant: a }, { key: "${KEY_B}", tenant: b }] }
@@ -99,7 +100,7 @@ pools: { sims: { models: [sim-model], backends: [{ url: "${backend}" }] } }`,
       },
       { timeout: 30_000, what: `batch ${id} to end` },
     ) as Promise<OpenAI.Batch>;
-  return { gw, a, b: client(KEY_B), ended };
+  return { gw, a, b: client(KEY_B), ended, prefix };
 }
 
 async function contentOf(client: OpenAI, id: string): Promise<Buffer> {
@@ -140,7 +141,7 @@ describe.each(["memory", "redis"] as const)("batch routes, store %s", (store) =>
   });
 
   it("refuses an upload over maxFileBytes (413) or maxLines (400), and a purpose other than batch", async () => {
-    const { a } = await setup(store);
+    const { a, prefix } = await setup(store);
     const big = Buffer.alloc(3 * 1024 * 1024 + 1, 0x61);
     await expect(
       a.files.create({ file: await toFile(big, "big.jsonl"), purpose: "batch" }),
@@ -159,9 +160,21 @@ describe.each(["memory", "redis"] as const)("batch routes, store %s", (store) =>
       status: 400,
       param: "purpose",
     });
+    if (store === "redis") {
+      // Nothing of the refused uploads is left in the store.
+      expect((await redis.cli("--scan", "--pattern", `${prefix}blob:{files:*`)).trim()).toBe("");
+    }
     // Exactly at the limits is taken; the connection is fine after the refusals.
     const ok = await a.files.create({ file: await jsonl(lines.slice(0, 1000)), purpose: "batch" });
     expect(ok.bytes).toBe(Buffer.byteLength(lines.slice(0, 1000).join("\n")));
+    if (store === "redis") {
+      // The same scan finds a stored file's blobs: its metadata and its one chunk.
+      const keys = (await redis.cli("--scan", "--pattern", `${prefix}blob:{files:*`)).trim().split("\n");
+      expect(keys.sort()).toEqual([
+        `${prefix}blob:{files:${ok.id}:0}`,
+        `${prefix}blob:{files:${ok.id}:meta}`,
+      ]);
+    }
   });
 
   it("a JSON body on POST /v1/files is a clear 400; no key is a 401", async () => {
@@ -385,5 +398,52 @@ describe.each(["memory", "redis"] as const)("batch routes, store %s", (store) =>
         completion_window: "24h",
       }),
     ).rejects.toMatchObject({ status: 400, code: "batches_disabled" });
+  });
+});
+
+describe("batch routes, two replicas on one Redis", () => {
+  it("a file uploaded to one replica is a batch on the other, and either answers its polls and files", async () => {
+    const sim = await startSim({
+      models: ["sim-model"],
+      decodeStepMs: 1,
+      decodeMsPerSeq: 0,
+      prefillMsPerToken: 0,
+    });
+    sims.push(sim);
+    const prefix = `fleet${Date.now()}:`;
+    const start = () =>
+      startGateway(`store: { type: redis, url: "${redis.url}", keyPrefix: "${prefix}" }
+auth: { keys: [{ key: "${KEY_A}", tenant: a }] }
+tenants: { a: {} }
+pools: { sims: { models: [sim-model], backends: [{ url: "${sim.url}" }] } }`);
+    const one = await start();
+    const two = await start();
+    gateways.push(one, two);
+    const client = (gw: RunningGateway) =>
+      new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: KEY_A, maxRetries: 0 });
+    const [a1, a2] = [client(one), client(two)];
+    const data = Buffer.from(Array.from({ length: 20 }, (_, i) => line(i)).join("\n"));
+    const file = await a1.files.create({ file: await toFile(data, "in.jsonl"), purpose: "batch" });
+    expect((await contentOf(a2, file.id)).equals(data)).toBe(true);
+    const batch = await a2.batches.create({
+      input_file_id: file.id,
+      endpoint: "/v1/chat/completions",
+      completion_window: "24h",
+    });
+    const done = (await eventually(
+      async () => {
+        const now = await a1.batches.retrieve(batch.id);
+        return now.status === "completed" ? now : undefined;
+      },
+      { timeout: 30_000, what: "the batch to complete" },
+    )) as OpenAI.Batch;
+    expect(done.request_counts).toEqual({ total: 20, completed: 20, failed: 0 });
+    const fromOne = await contentOf(a1, done.output_file_id ?? "");
+    const fromTwo = await contentOf(a2, done.output_file_id ?? "");
+    expect(fromOne.equals(fromTwo)).toBe(true);
+    expect(fromOne.toString().split("\n").filter(Boolean)).toHaveLength(20);
+    // Each line ran once, on whichever replica claimed it.
+    expect(sim.stats().received).toBe(20);
+    expect((await a1.batches.list()).data.map((b) => b.id)).toEqual([batch.id]);
   });
 });

@@ -123,9 +123,21 @@ describe("async requests", () => {
       choices: [{ message: { role: "assistant" } }],
     });
     expect(done.json.usage).toMatchObject({ completion_tokens: 5 });
-    // The interactive request waiting beside it was served first.
+    // The answer is the run's: its request id is the job's.
     expect(done.headers["x-request-id"]).toBe(id);
   }, 60_000);
+
+  it("a finished job's answer is kept for jobs.ttl, then the job is gone", async () => {
+    const backend = await sim();
+    const gw = await gateway(`${poolYaml(backend.url)}\njobs: { ttl: 1s }`);
+    const { json } = await submit(gw.url, chatBody());
+    expect((await poll(gw.url, `/v1/jobs/${json.id}`)).status).toBe(200);
+    const gone = await eventually(async () => {
+      const answer = await call(`${gw.url}/v1/jobs/${json.id}`);
+      return answer.status === 404 ? answer : undefined;
+    });
+    expect(gone?.json).toMatchObject({ error: { code: "job_not_found" } });
+  });
 
   it("replays a job's answer exactly, as often as it is read", async () => {
     const backend = await sim();

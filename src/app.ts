@@ -35,6 +35,7 @@ import {
   registerJobRoutes,
   submitStage,
 } from "./jobs/async-routes.js";
+import { registerBatchRoutes } from "./jobs/batch-routes.js";
 import { createJobQueue } from "./jobs/index.js";
 import { JOB_HEADER, JobRunner } from "./jobs/runner.js";
 import type { JobQueue } from "./jobs/types.js";
@@ -367,6 +368,12 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
     registerPassThrough(scope, config, (request) => generationOf(request).table, {
       upstreams,
       sendTimeout: config.server.sendTimeout,
+    });
+    registerBatchRoutes(scope, {
+      storeConfig: config.store,
+      onStoreError: (err) => logger.warn({ err: err.message }, "files store connection error"),
+      queue,
+      config: (request) => generationOf(request).config,
     });
   });
 

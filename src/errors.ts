@@ -286,6 +286,67 @@ export const errors = {
       `The backend did not answer in time (${phase.replace("_", " ")} timeout).`,
       UPSTREAM_RETRY_MS,
     ),
+  // The Files and Batch APIs (src/jobs): objects another tenant made answer as absent ones do.
+  fileNotFound: (id: string) =>
+    new GatewayError(
+      404,
+      "invalid_request_error",
+      "file_not_found",
+      `No such File object: ${id}`,
+      undefined,
+      "file_id",
+    ),
+  batchNotFound: (id: string) =>
+    new GatewayError(
+      404,
+      "invalid_request_error",
+      "batch_not_found",
+      `No such Batch object: ${id}`,
+      undefined,
+      "batch_id",
+    ),
+  fileTooLarge: (limit: number) =>
+    new GatewayError(
+      413,
+      "invalid_request_error",
+      "file_too_large",
+      `The file exceeds ${limit} bytes (batches.maxFileBytes).`,
+      undefined,
+      "file",
+    ),
+  tooManyLines: (limit: number) =>
+    new GatewayError(
+      400,
+      "invalid_request_error",
+      "too_many_requests_in_file",
+      `The file holds more than ${limit} requests (batches.maxLines): split it into several batches.`,
+      undefined,
+      "file",
+    ),
+  /** Unfinished batches are the tenant's to end: no wait of ours makes room, so no retry hint. */
+  tooManyBatches: (limit: number) =>
+    new GatewayError(
+      429,
+      "rate_limit_exceeded",
+      "too_many_batches",
+      `This key's tenant has ${limit} unfinished batches (batches.maxPerTenant): wait for one to end, or cancel one.`,
+    ),
+  /** Batch lines run as jobs: with jobs off nothing would run them. */
+  batchesOff: () =>
+    new GatewayError(
+      400,
+      "invalid_request_error",
+      "batches_disabled",
+      "Batches run as jobs, and jobs are off on this gateway (jobs.enabled: false).",
+    ),
+  storageUnavailable: () =>
+    new GatewayError(
+      503,
+      "server_error",
+      "storage_unavailable",
+      "The store that holds files and batches cannot be reached right now; retry shortly.",
+      UPSTREAM_RETRY_MS,
+    ),
   internal: () =>
     new GatewayError(500, "server_error", "internal_error", "The gateway failed to handle the request."),
 };

@@ -626,6 +626,28 @@ const Pool = Type.Object(
   { additionalProperties: false },
 );
 
+const Batches = Section(
+  {
+    maxFileBytes: Size("200mb", "largest file POST /v1/files accepts (413 beyond; OpenAI's limit)"),
+    maxLines: Type.Integer({
+      minimum: 1,
+      default: 50000,
+      description: "requests in one batch input file at most (400 beyond; OpenAI's limit)",
+    }),
+    maxPerTenant: Type.Integer({
+      minimum: 1,
+      default: 10,
+      description: "unfinished batches a tenant may have at once (429 too_many_batches beyond)",
+    }),
+    fileTtl: Duration("24h", "an uploaded file is deleted this long after its upload"),
+    retention: Duration(
+      "24h",
+      "a batch stays retrievable this long past its completion window (its lines' answers: jobs.ttl after each ends)",
+    ),
+  },
+  "the OpenAI Batch API: /v1/files and /v1/batches, files chunked in the store",
+);
+
 const Route = Type.Object(
   {
     prefix: Type.String({ pattern: "^/[A-Za-z0-9_.~/-]*$", "x-hint": "a path such as /tokenize" }),
@@ -667,6 +689,7 @@ export const ConfigSchema = Type.Object(
       },
       "DNS used by backend discovery",
     ),
+    batches: Batches,
     reload: Section(
       {
         watch: Type.Boolean({
@@ -687,6 +710,7 @@ export type BackendConfig = PoolConfig["backends"][number];
 export type TenantConfig = GatewayConfig["tenants"][string];
 export type TimeoutsConfig = PoolConfig["timeouts"];
 export type RouteConfig = GatewayConfig["routes"][number];
+export type BatchesConfig = GatewayConfig["batches"];
 export type Engine = (typeof Engines)[number];
 export type HealthCheckConfig = PoolConfig["healthCheck"];
 export type OutlierDetectionConfig = PoolConfig["outlierDetection"];

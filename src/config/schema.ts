@@ -642,7 +642,7 @@ const Batches = Section(
     fileTtl: Duration("24h", "an uploaded file is deleted this long after its upload"),
     retention: Duration(
       "24h",
-      "a batch stays retrievable this long past its completion window (its lines' answers: jobs.ttl after each ends)",
+      "a batch stays retrievable this long past its completion window (its lines' answers: until the window closes, plus jobs.ttl)",
     ),
   },
   "the OpenAI Batch API: /v1/files and /v1/batches, files chunked in the store",

@@ -41,9 +41,23 @@ export function checkNewJobs(jobs: readonly NewJob[], cap: number): string {
       throw new RangeError(`enqueue: job ${job.id} expiresAt must be finite, got ${job.expiresAt}`);
     }
     if (job.seq !== undefined) checkCount(`enqueue: job ${job.id} seq`, job.seq);
+    if ((job.group === undefined) !== (jobs[0]?.group === undefined)) {
+      throw new RangeError(
+        "enqueue: the jobs of one call are all lines of groups or none (they are counted apart)",
+      );
+    }
     if (job.seq !== undefined && job.group === undefined) {
       throw new RangeError(`enqueue: job ${job.id} has a seq but no group`);
     }
   }
   return tenant;
+}
+
+/**
+ * What a tenant's cap counts: its own jobs (async requests), or its batch lines, counted apart
+ * so that a large batch never fills the cap of the tenant's async requests. Redis keeps the same
+ * keys (ENQUEUE_LUA's `counted`).
+ */
+export function countKey(tenant: string, group: string | undefined): string {
+  return group === undefined || group === "" ? tenant : `${tenant}\0lines`;
 }

@@ -16,7 +16,7 @@
  *   and only there.
  * Records are copied in and out: a caller never holds the queue's own objects.
  */
-import { checkCount, checkMs, checkNewJobs } from "./checks.js";
+import { checkCount, checkMs, checkNewJobs, countKey } from "./checks.js";
 import { SortedSet } from "./sorted-set.js";
 import type { GroupCounts, JobQueue, JobRecord, JobResult, JobState, NewJob } from "./types.js";
 
@@ -52,7 +52,7 @@ export class MemoryJobQueue implements JobQueue {
   private readonly groups = new Map<string, Group>();
   /** Groups whose jobs have all ended, by when their counts go. */
   private readonly groupPurges = new SortedSet();
-  /** tenant → jobs queued or running. */
+  /** tenant (or its batch lines, counted apart: countKey) → jobs queued or running. */
   private readonly unfinished = new Map<string, number>();
 
   constructor(options: MemoryJobQueueOptions = {}) {
@@ -67,7 +67,8 @@ export class MemoryJobQueue implements JobQueue {
     for (const job of jobs) {
       if (this.jobs.has(job.id)) throw new RangeError(`enqueue: job id ${job.id} exists`);
     }
-    const before = this.unfinished.get(tenant) ?? 0;
+    const count = countKey(tenant, jobs[0]?.group);
+    const before = this.unfinished.get(count) ?? 0;
     if (jobs.length === 0) return { accepted: true, unfinished: before };
     if (before + jobs.length > cap) return { accepted: false, unfinished: before };
     const ready: [string, number][] = [];
@@ -100,7 +101,7 @@ export class MemoryJobQueue implements JobQueue {
       }
     }
     this.ready.addAll(ready);
-    this.unfinished.set(tenant, before + jobs.length);
+    this.unfinished.set(count, before + jobs.length);
     return { accepted: true, unfinished: before + jobs.length };
   }
 
@@ -239,9 +240,10 @@ export class MemoryJobQueue implements JobQueue {
     this.leased.delete(record.id);
     this.deadlines.delete(record.id);
     this.purges.add(record.id, now + Math.ceil(ttlMs));
-    const left = (this.unfinished.get(record.tenant) ?? 1) - 1;
-    if (left > 0) this.unfinished.set(record.tenant, left);
-    else this.unfinished.delete(record.tenant);
+    const count = countKey(record.tenant, record.group);
+    const left = (this.unfinished.get(count) ?? 1) - 1;
+    if (left > 0) this.unfinished.set(count, left);
+    else this.unfinished.delete(count);
     if (record.group === undefined) return;
     const counts = this.groupOf(record.group).counts;
     if (state === "succeeded") counts.completed++;

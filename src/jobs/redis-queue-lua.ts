@@ -41,6 +41,13 @@ local function job_key(id) return P .. "job:" .. id end
 local function group_key(group, part) return P .. "group:" .. group .. ":" .. part end
 local function unfinished(state) return state == "queued" or state == "running" end
 
+-- What a tenant's cap counts: its own jobs (async requests) apart from its batch lines, so that
+-- a large batch never fills the cap of the tenant's async requests (counted, not capped).
+local function counted(tenant, group)
+  if group and group ~= "" then return tenant .. "\\0lines" end
+  return tenant
+end
+
 local function add_unfinished(tenant, delta)
   if redis.call("HINCRBY", P .. "tenants", tenant, delta) <= 0 then
     redis.call("HDEL", P .. "tenants", tenant)
@@ -57,7 +64,7 @@ local function end_job(id, state, ttl)
   redis.call("ZREM", P .. "ready", id)
   redis.call("ZREM", P .. "leased", id)
   redis.call("ZREM", P .. "deadlines", id)
-  add_unfinished(saved[1], -1)
+  add_unfinished(counted(saved[1], saved[2]), -1)
   local group = saved[2]
   if not group then return end
   local counts = group_key(group, "counts")
@@ -123,11 +130,13 @@ export const ENQUEUE_LUA = `${PRELUDE}
 local tenant, cap, token, holdMs = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local FIRST, PER_JOB = 6, 8
 local n = (#ARGV - FIRST + 1) / PER_JOB
+-- One call is all lines of groups or none (checkNewJobs): the first job says which count.
+local count = counted(tenant, ARGV[FIRST + 3])
 for i = FIRST, #ARGV, PER_JOB do
   if redis.call("EXISTS", job_key(ARGV[i])) == 1 then return {-1, ARGV[i]} end
 end
 if token == "" then
-  local before = count_of(tenant) + reserved(tenant)
+  local before = count_of(count) + reserved(count)
   if n > 0 and before + n > cap then return {0, before} end
 else
   local saved = redis.call("HGET", P .. "reservations", token)
@@ -178,12 +187,13 @@ for group, g in pairs(groups) do
   redis.call("PERSIST", counts)
   redis.call("PERSIST", lines)
 end
-add_unfinished(tenant, n)
-return {1, count_of(tenant) + reserved(tenant)}
+add_unfinished(count, n)
+return {1, count_of(count) + reserved(count)}
 `;
 
 /**
- * Holds the cap for an enqueue too large for one call. ARGV: tenant, cap, token, n, holdMs.
+ * Holds the cap for an enqueue too large for one call. ARGV: the count (the tenant, or its
+ * lines: countKey in redis-queue.ts), cap, token, n, holdMs.
  * Reply: {1, unfinished} held (these n included); {0, unfinished} over the cap.
  */
 export const RESERVE_LUA = `${PRELUDE}
@@ -210,7 +220,7 @@ for i = 3, #ARGV do
     redis.call("ZREM", P .. "ready", id)
     redis.call("ZREM", P .. "leased", id)
     redis.call("ZREM", P .. "deadlines", id)
-    add_unfinished(s[2], -1)
+    add_unfinished(counted(s[2], s[3]), -1)
     if s[3] then
       redis.call("ZREM", group_key(s[3], "lines"), id)
       redis.call("HINCRBY", group_key(s[3], "counts"), "total", -1)

@@ -23,7 +23,7 @@ import { RedisCalls } from "../store/redis-calls.js";
 import { createRedisClient, type StoreConfig } from "../store/redis-store.js";
 import { ttlOf } from "../store/ttl.js";
 import { StoreUnavailableError } from "../store/types.js";
-import { checkCount, checkMs, checkNewJobs } from "./checks.js";
+import { checkCount, checkMs, checkNewJobs, countKey } from "./checks.js";
 import {
   CANCEL_GROUP_LUA,
   CANCEL_LUA,
@@ -126,7 +126,7 @@ export class RedisJobQueue implements JobQueue {
       c.floodgateJobsReserve(
         this.prefix,
         this.expiredTtl,
-        tenant,
+        countKey(tenant, jobs[0]?.group),
         String(cap),
         token,
         String(jobs.length),

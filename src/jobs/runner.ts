@@ -279,7 +279,7 @@ export class JobRunner {
     try {
       written = await this.deps
         .queue()
-        .finish(id, this.owner, outcome.state, outcome.result, this.deps.config().ttl);
+        .finish(id, this.owner, outcome.state, outcome.result, answerTtl(run.record, this.deps.config().ttl));
     } catch (err) {
       // Not written: the lease lapses and the job runs again.
       this.storeWarning(err, "finish");
@@ -416,4 +416,14 @@ function keptHeaders(headers: Record<string, unknown>): Record<string, string> {
     out[name] = Array.isArray(value) ? value.join(", ") : String(value);
   }
   return out;
+}
+
+/**
+ * How long a run's answer is kept: jobs.ttl from its end, and a batch line's at least until its
+ * batch's window closes (plus jobs.ttl), so that the batch's output is whole when it is read
+ * after its last line ended, however early a line finished.
+ */
+export function answerTtl(record: JobRecord, ttl: number): number {
+  if (record.group === undefined || record.expiresAt === undefined) return ttl;
+  return ttl + Math.max(0, record.expiresAt - Date.now());
 }

@@ -93,6 +93,23 @@ export function describeJobQueue(name: string, setup: () => Promise<QueueSetup>)
       expect((await q.enqueue([], 0)).accepted).toBe(true);
     });
 
+    it("counts a tenant's batch lines apart from its own jobs: a large batch leaves the cap of its async requests alone", async () => {
+      const lines = Array.from({ length: 300 }, (_, i) => job(`line${i}`, { group: "batch-1", seq: i }));
+      expect(await q.enqueue(lines, Number.MAX_SAFE_INTEGER)).toEqual({ accepted: true, unfinished: 300 });
+      expect(await q.enqueue([job("own1"), job("own2")], 2)).toEqual({ accepted: true, unfinished: 2 });
+      expect(await q.enqueue([job("own3")], 2)).toEqual({ accepted: false, unfinished: 2 });
+      // A line's end frees none of the tenant's own room, and an own job's end none of the lines'.
+      expect(await q.cancelGroup("batch-1", TTL)).toBe(300);
+      expect(await q.enqueue([job("own3")], 2)).toEqual({ accepted: false, unfinished: 2 });
+      await q.cancel("own1", TTL);
+      expect(await q.enqueue([job("own3")], 2)).toEqual({ accepted: true, unfinished: 2 });
+      const more = [job("line-x", { group: "batch-2", seq: 0 })];
+      expect(await q.enqueue(more, 1)).toEqual({ accepted: true, unfinished: 1 });
+      await expect(
+        q.enqueue([job("mixed-a"), job("mixed-b", { group: "batch-3", seq: 0 })], 10),
+      ).rejects.toBeInstanceOf(RangeError);
+    });
+
     it("refuses bad calls before writing anything", async () => {
       await q.enqueue([job("old")], 10);
       await expect(q.enqueue([job("new"), job("old")], 10)).rejects.toBeInstanceOf(RangeError);
@@ -284,7 +301,9 @@ export function describeJobQueue(name: string, setup: () => Promise<QueueSetup>)
       expect((await q.get("e1"))?.state).toBe("expired");
       expect(ids(await q.claim("A", LONG, 10))).toEqual(["e3"]);
       expect(await q.counts("g")).toMatchObject({ total: 3, failed: 2, completed: 0 });
-      expect(await q.enqueue([job("n1"), job("n2")], 3)).toEqual({ accepted: true, unfinished: 3 });
+      // Of the lines, only e3 (running) is unfinished: the lines' count has room for two more.
+      const lines = [job("n1", { group: "g2" }), job("n2", { group: "g2" })];
+      expect(await q.enqueue(lines, 3)).toEqual({ accepted: true, unfinished: 3 });
       // An expired job's record stays for expiredTtlMs.
       await s.pass(2 * s.short);
       expect(await q.get("e2")).toBeUndefined();
@@ -344,7 +363,7 @@ export function describeJobQueue(name: string, setup: () => Promise<QueueSetup>)
           job(`${prefix}-${i}`, { tenant: "team-b", group: prefix, seq: i, customId: `request-${i}` }),
         );
       expect(await q.enqueue(batch("b1", 50_000), 50_000)).toEqual({ accepted: true, unfinished: 50_000 });
-      expect(await q.enqueue([job("more", { tenant: "team-b" })], 50_000)).toEqual({
+      expect(await q.enqueue([job("more", { tenant: "team-b", group: "b1-more" })], 50_000)).toEqual({
         accepted: false,
         unfinished: 50_000,
       });

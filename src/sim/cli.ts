@@ -25,12 +25,19 @@ Batching model (times in ms, multiplied by --time-scale):
   --max-queue N                 waiting requests before 503 server_busy (default 64)
   --scheduling-policy P         fcfs, or priority: waiting requests by their priority field,
                                 lower first (default fcfs: a priority field gets 400, as vLLM)
-  --prefill-ms-per-token MS     prefill cost per prompt token (default 0.1)
+  --prefill-ms-per-token MS     prefill cost per prompt token, embeddings inputs too (default 0.1)
   --decode-step-ms MS           fixed cost of one decode step (default 15)
   --decode-ms-per-seq MS        extra step cost per running sequence (default 0.3)
   --time-scale X                0 answers instantly (default 1)
   --output-tokens N|MIN..MAX    output length without max_tokens (default 16..256)
   --kv-cache-tokens N           KV-cache capacity in tokens (default 32768)
+
+Embeddings engine (one call at a time by default, as llama.cpp with one slot or Ollama; a call
+costs --embed-call-ms + --embed-per-input-ms per input + its tokens' prefill):
+  --embed-slots N               embeddings calls computed at once; the others wait, up to
+                                --max-queue (default 1)
+  --embed-call-ms MS            fixed cost of one embeddings call (default 8)
+  --embed-per-input-ms MS       cost per input of an embeddings call (default 0.5)
 
 Prefix caching (vLLM's automatic prefix caching, for chat and completion prompts):
   --prefix-cache-blocks N       blocks of prompt text the server keeps, least recently used
@@ -77,6 +84,9 @@ const FLAGS = {
   "time-scale": { type: "string" },
   "output-tokens": { type: "string" },
   "kv-cache-tokens": { type: "string" },
+  "embed-slots": { type: "string" },
+  "embed-call-ms": { type: "string" },
+  "embed-per-input-ms": { type: "string" },
   "prefix-cache-blocks": { type: "string" },
   "prefix-block-chars": { type: "string" },
   "error-rate": { type: "string" },
@@ -158,7 +168,14 @@ export function parseSimArgs(argv: string[]): ParsedSimArgs {
   if (values.seed !== undefined) options.seed = number("seed", values.seed, Number.MIN_SAFE_INTEGER, true);
   if (values.slots !== undefined) options.slots = number("slots", values.slots, 1, true);
   if (values["max-queue"] !== undefined) options.maxQueue = number("max-queue", values["max-queue"], 0, true);
-  const ms = (flag: "prefill-ms-per-token" | "decode-step-ms" | "decode-ms-per-seq") => {
+  const ms = (
+    flag:
+      | "prefill-ms-per-token"
+      | "decode-step-ms"
+      | "decode-ms-per-seq"
+      | "embed-call-ms"
+      | "embed-per-input-ms",
+  ) => {
     const text = values[flag];
     return text === undefined ? undefined : number(flag, text, 0, false);
   };
@@ -168,6 +185,12 @@ export function parseSimArgs(argv: string[]): ParsedSimArgs {
   if (step !== undefined) options.decodeStepMs = step;
   const perSeq = ms("decode-ms-per-seq");
   if (perSeq !== undefined) options.decodeMsPerSeq = perSeq;
+  const call = ms("embed-call-ms");
+  if (call !== undefined) options.embedCallMs = call;
+  const perInput = ms("embed-per-input-ms");
+  if (perInput !== undefined) options.embedPerInputMs = perInput;
+  if (values["embed-slots"] !== undefined)
+    options.embedSlots = number("embed-slots", values["embed-slots"], 1, true);
   if (values["time-scale"] !== undefined)
     options.timeScale = number("time-scale", values["time-scale"], 0, false);
   if (values["output-tokens"] !== undefined) {
@@ -229,7 +252,8 @@ export async function runSimCli(
   const o = sim.options;
   print(
     `floodgate sim listening on ${sim.url} (models: ${o.models.join(", ")}; slots ${o.slots}, ` +
-      `queue ${o.maxQueue}, time scale ${o.timeScale}` +
+      `queue ${o.maxQueue}, time scale ${o.timeScale}; embeddings ${o.embedCallMs} ms/call + ` +
+      `${o.embedPerInputMs} ms/input, ${o.embedSlots} at once` +
       (o.prefixCacheBlocks > 0
         ? `, prefix cache ${o.prefixCacheBlocks} blocks of ${o.prefixBlockChars} chars)`
         : ")"),

@@ -1,14 +1,16 @@
 /**
- * Serves /v1/embeddings. An embedding is prefill-only work: it takes a batch slot for one step
- * costed by its prompt tokens, then answers.
+ * Serves /v1/embeddings on the embeddings engine (embedding-engine.ts): one call, whatever its
+ * number of inputs, waits for an engine slot, costs its fixed overhead plus its inputs and
+ * tokens, then answers. With every embeddings cost zero it answers synchronously.
  */
 
 import type { ServerResponse } from "node:http";
 import { embed, embeddingToBase64 } from "./embeddings.js";
 import { sendBody } from "./generation-handler.js";
+import { sendError } from "./http-io.js";
 import { embeddingsBody } from "./openai-format.js";
 import type { EmbeddingsRequest } from "./request-parse.js";
-import { type RequestLife, type SimRuntime, submitOrReject } from "./runtime.js";
+import { type RequestLife, SERVER_BUSY, type SimRuntime } from "./runtime.js";
 
 function answer(rt: SimRuntime, res: ServerResponse, life: RequestLife, request: EmbeddingsRequest): void {
   const vectors = request.inputs.map((text) => {
@@ -22,25 +24,38 @@ function answer(rt: SimRuntime, res: ServerResponse, life: RequestLife, request:
   }
 }
 
+function count(rt: SimRuntime, request: EmbeddingsRequest): void {
+  rt.counters.promptTokens += request.promptTokens;
+  rt.counters.embeddingCalls++;
+  rt.counters.embeddingInputs += request.inputs.length;
+}
+
 export function serveEmbeddings(
   rt: SimRuntime,
   res: ServerResponse,
   life: RequestLife,
   request: EmbeddingsRequest,
 ): void {
-  if (rt.instant) {
-    rt.counters.promptTokens += request.promptTokens;
+  if (rt.embedInstant) {
+    count(rt, request);
     answer(rt, res, life, request);
     return;
   }
-  const accepted = submitOrReject(rt, res, life, {
+  const handle = rt.embeddings.submit({
+    inputs: request.inputs.length,
     promptTokens: request.promptTokens,
-    outputTokens: 0,
-    onToken() {},
     onFinish() {
       life.onAbort = null;
       answer(rt, res, life, request);
     },
   });
-  if (accepted) rt.counters.promptTokens += request.promptTokens;
+  if (handle === null) {
+    rt.counters.rejectedBusy++;
+    sendError(res, SERVER_BUSY, life.headers);
+    return;
+  }
+  life.onAbort = () => {
+    rt.embeddings.abort(handle);
+  };
+  count(rt, request);
 }

@@ -1,6 +1,8 @@
 /**
  * Options of one simulated inference server. The defaults sketch one mid-size model on one GPU
- * under vLLM: 16 concurrent sequences, ~15 ms per decode step, a 32k-token KV cache.
+ * under vLLM: 16 concurrent sequences, ~15 ms per decode step, a 32k-token KV cache; and, for
+ * /v1/embeddings, an encoder that runs one call at a time at 8 ms per call plus 0.5 ms per input
+ * (see embedding-engine.ts).
  */
 
 import { parseFaults, type SimFaults } from "./faults.js";
@@ -15,10 +17,17 @@ export interface SimOptions {
   slots: number;
   /** Requests allowed to wait for a slot; beyond it the server answers 503. */
   maxQueue: number;
+  /** Prefill cost per prompt token: of chat and completion prompts, and of embeddings inputs. */
   prefillMsPerToken: number;
   decodeStepMs: number;
   decodeMsPerSeq: number;
-  /** Multiplies prefill and decode times (not faults or load time, which are wall-clock). */
+  /** Embeddings calls computed at once; the others wait (up to maxQueue). */
+  embedSlots: number;
+  /** Fixed cost of one embeddings call, whatever its size: what merging small calls saves. */
+  embedCallMs: number;
+  /** Cost per input of an embeddings call (on top of its tokens' prefill). */
+  embedPerInputMs: number;
+  /** Multiplies prefill, decode and embeddings times (not faults or load time, which are wall-clock). */
   timeScale: number;
   /** Output length when the request sets no max_tokens: uniform in [min, max]. */
   outputTokensMin: number;
@@ -52,6 +61,9 @@ export const defaultSimOptions: SimOptions = Object.freeze({
   prefillMsPerToken: 0.1,
   decodeStepMs: 15,
   decodeMsPerSeq: 0.3,
+  embedSlots: 1,
+  embedCallMs: 8,
+  embedPerInputMs: 0.5,
   timeScale: 1,
   outputTokensMin: 16,
   outputTokensMax: 256,
@@ -97,6 +109,9 @@ export function resolveSimOptions(partial: Partial<SimOptions> = {}): SimOptions
   requireNumber("prefillMsPerToken", options.prefillMsPerToken, 0, false);
   requireNumber("decodeStepMs", options.decodeStepMs, 0, false);
   requireNumber("decodeMsPerSeq", options.decodeMsPerSeq, 0, false);
+  requireNumber("embedSlots", options.embedSlots, 1, true);
+  requireNumber("embedCallMs", options.embedCallMs, 0, false);
+  requireNumber("embedPerInputMs", options.embedPerInputMs, 0, false);
   requireNumber("timeScale", options.timeScale, 0, false);
   requireNumber("outputTokensMin", options.outputTokensMin, 1, true);
   requireNumber("outputTokensMax", options.outputTokensMax, options.outputTokensMin, true);
@@ -121,5 +136,13 @@ export function isInstant(options: SimOptions): boolean {
   return (
     options.timeScale === 0 ||
     (options.prefillMsPerToken === 0 && options.decodeStepMs === 0 && options.decodeMsPerSeq === 0)
+  );
+}
+
+/** The same for embeddings calls: they cost nothing, so they are answered synchronously. */
+export function isEmbedInstant(options: SimOptions): boolean {
+  return (
+    options.timeScale === 0 ||
+    (options.embedCallMs === 0 && options.embedPerInputMs === 0 && options.prefillMsPerToken === 0)
   );
 }

@@ -5,6 +5,7 @@
 
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { BatchScheduler, SequenceSpec } from "./batch-scheduler.js";
+import type { EmbeddingEngine } from "./embedding-engine.js";
 import type { SimFaults } from "./faults.js";
 import { sendError } from "./http-io.js";
 import type { SimOptions } from "./options.js";
@@ -15,10 +16,14 @@ export interface SimRuntime {
   readonly options: SimOptions;
   readonly counters: SimCounters;
   readonly scheduler: BatchScheduler;
+  /** Runs /v1/embeddings calls, apart from the generation batch (see embedding-engine.ts). */
+  readonly embeddings: EmbeddingEngine;
   /** Null while prefix caching is off (prefixCacheBlocks 0). */
   readonly prefixCache: PrefixCache | null;
   /** All batching times are zero: answer synchronously, no timers. */
   readonly instant: boolean;
+  /** Embeddings calls cost nothing: answer them synchronously. */
+  readonly embedInstant: boolean;
   faults(): SimFaults;
   /** 0, 1, 2, ... per server; mixed into non-deterministic generations. */
   nextRequestNumber(): number;

@@ -10,13 +10,20 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import { BatchScheduler, type ScheduleFn } from "./batch-scheduler.js";
+import { EmbeddingEngine } from "./embedding-engine.js";
 import { serveEmbeddings } from "./embeddings-handler.js";
 import { defaultSimFaults, parseFaults, type SimFaults } from "./faults.js";
 import { serveGeneration } from "./generation-handler.js";
 import { type OpenAIErrorSpec, readJsonBody, sendError, sendJson } from "./http-io.js";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.js";
 import { type GenerationKind, modelCard, modelsBody } from "./openai-format.js";
-import { defaultSimOptions, isInstant, resolveSimOptions, type SimOptions } from "./options.js";
+import {
+  defaultSimOptions,
+  isEmbedInstant,
+  isInstant,
+  resolveSimOptions,
+  type SimOptions,
+} from "./options.js";
 import { PrefixCache } from "./prefix-cache.js";
 import { parseEmbeddingsRequest, parseGenerationRequest } from "./request-parse.js";
 import { createRng, mixSeeds } from "./rng.js";
@@ -119,6 +126,14 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     schedule,
   });
 
+  const embeddings = new EmbeddingEngine({
+    slots: options.embedSlots,
+    maxQueue: options.maxQueue,
+    timing: options,
+    scale: () => options.timeScale * slowStartFactor(performance.now() - warmupFrom, faults.slowStartMs),
+    schedule,
+  });
+
   const prefixCache =
     options.prefixCacheBlocks > 0
       ? new PrefixCache(options.prefixCacheBlocks, options.prefixBlockChars)
@@ -135,8 +150,10 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     options,
     counters,
     scheduler,
+    embeddings,
     prefixCache,
     instant: isInstant(options),
+    embedInstant: isEmbedInstant(options),
     faults: () => faults,
     nextRequestNumber: () => requestNumber++,
     newId: (prefix) => `${prefix}-${idBase}${(idCounter++).toString(16).padStart(8, "0")}`,
@@ -144,8 +161,8 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
 
   const stats = (): SimStats => ({
     ...counters,
-    running: scheduler.runningCount,
-    waiting: scheduler.waitingCount,
+    running: scheduler.runningCount + embeddings.runningCount,
+    waiting: scheduler.waitingCount + embeddings.waitingCount,
     kvCacheUsage: scheduler.kvCacheUsage,
     prefixCache: { ...counters.prefixCache, blocks: prefixCache?.size ?? 0 },
   });
@@ -421,6 +438,7 @@ export async function startSim(partial: Partial<SimOptions> = {}): Promise<SimSe
     closed = true;
     closing = (async () => {
       scheduler.close();
+      embeddings.close();
       for (const timer of timers) clearTimeout(timer);
       timers.clear();
       await listenChain;

@@ -22,6 +22,9 @@ export interface SimCounters {
   connectionsReset: number;
   promptTokens: number;
   completionTokens: number;
+  /** Embeddings calls accepted by the embeddings engine, and the inputs they held. */
+  embeddingCalls: number;
+  embeddingInputs: number;
   finishedStop: number;
   finishedLength: number;
   /**
@@ -34,9 +37,9 @@ export interface SimCounters {
 }
 
 export interface SimStats extends SimCounters {
-  /** Sequences holding a batch slot (prefilling or decoding). */
+  /** Sequences holding a batch slot (prefilling or decoding), and embeddings calls running. */
   running: number;
-  /** Sequences queued for a slot. */
+  /** Sequences queued for a slot, and embeddings calls queued for the embeddings engine. */
   waiting: number;
   /** Fraction 0..1 of the KV cache in use. */
   kvCacheUsage: number;
@@ -56,6 +59,8 @@ export function createCounters(): SimCounters {
     connectionsReset: 0,
     promptTokens: 0,
     completionTokens: 0,
+    embeddingCalls: 0,
+    embeddingInputs: 0,
     finishedStop: 0,
     finishedLength: 0,
     prefixCache: { queries: 0, hits: 0 },

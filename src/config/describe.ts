@@ -32,6 +32,12 @@ export function describe(config: GatewayConfig): string {
       `pool ${name}: models ${pool.models.join(", ")}; ${pool.balancer}; timeouts connect ${formatDuration(t.connect)}, first byte ${formatDuration(t.firstByte)}, idle ${formatDuration(t.idle)}, total ${formatDuration(t.total)}`,
     );
     lines.push(`  ${cacheLine(pool)}`, `  ${admissionLine(pool)}`);
+    const batching = pool.microBatch;
+    if (batching.enabled) {
+      lines.push(
+        `  embeddings micro-batching: up to ${batching.maxBatchInputs} inputs or ${batching.maxBatchTokens} tokens a call, window ${formatDuration(batching.batchWindow)}`,
+      );
+    }
     const chain = fallbackLine(config, pool);
     if (chain) lines.push(`  ${chain}`);
     for (const b of pool.backends) {

@@ -18,6 +18,7 @@ export type {
   GatewayConfig,
   HealthCheckConfig,
   JobsConfig,
+  MicroBatchConfig,
   OutlierDetectionConfig,
   PoolConfig,
   Priority,

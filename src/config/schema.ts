@@ -595,6 +595,32 @@ const Affinity = Section(
   "prefix affinity: requests that share a prompt prefix or session go to the backend that caches it",
 );
 
+const MicroBatch = Section(
+  {
+    enabled: Type.Boolean({
+      default: false,
+      description: "merge concurrent /v1/embeddings requests with the same options into one upstream call",
+    }),
+    maxBatchInputs: Type.Integer({
+      minimum: 1,
+      maximum: 2048,
+      default: 64,
+      description:
+        "inputs in one merged call at most; a full batch is sent at once (keep it within the engine's own limit, e.g. TEI's --max-client-batch-size)",
+    }),
+    maxBatchTokens: Type.Integer({
+      minimum: 1,
+      default: 8192,
+      description: "estimated input tokens in one merged call at most; a full batch is sent at once",
+    }),
+    batchWindow: Duration(
+      "5ms",
+      "how long a batch waits for more requests after its first arrives; 0ms sends what arrived in the same turn",
+    ),
+  },
+  "embeddings micro-batching (src/stages/micro-batch.ts)",
+);
+
 const Pool = Type.Object(
   {
     models: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true }),
@@ -622,6 +648,7 @@ const Pool = Type.Object(
     cache: Cache,
     admission: Admission,
     affinity: Affinity,
+    microBatch: MicroBatch,
   },
   { additionalProperties: false },
 );
@@ -720,6 +747,7 @@ export type CircuitBreakerConfig = PoolConfig["circuitBreaker"];
 export type CacheConfig = PoolConfig["cache"];
 export type AdmissionConfig = PoolConfig["admission"];
 export type AffinityConfig = PoolConfig["affinity"];
+export type MicroBatchConfig = PoolConfig["microBatch"];
 export type Priority = (typeof Priorities)[number];
 export type RateSpecConfig = StaticDecode<typeof RateSpec>;
 export type RateLimitConfig = GatewayConfig["rateLimits"][number];

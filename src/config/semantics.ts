@@ -158,6 +158,15 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
         });
       }
     }
+    const batching = pool.microBatch;
+    const interactiveWait = pool.admission.bands.interactive.maxWait;
+    if (batching.enabled && batching.batchWindow >= interactiveWait) {
+      issues.push({
+        path: ["pools", poolName, "microBatch", "batchWindow"],
+        message: `${formatDuration(batching.batchWindow)} is not below the interactive band's maxWait (${formatDuration(interactiveWait)})`,
+        hint: "a request would spend its whole wait for a slot waiting for company: a few milliseconds (5ms) is enough",
+      });
+    }
     pool.fallback.forEach((entry, i) => {
       const target = typeof entry === "string" ? entry : entry.pool;
       const path = ["pools", poolName, "fallback", i];

@@ -2,9 +2,13 @@
  * The request paths, built once from the config: the ordered list of stages each request runs,
  * leaving out the stages the config turns off (a stage that is off costs nothing per request).
  *
- *   OpenAI routes:      route → request-limits → cache → token-budget → concurrency → forward
+ *   OpenAI routes:      route → request-limits → cache → token-budget → concurrency →
+ *                       micro-batch → forward
  *   a job's submission: route → request-limits → submit (Prefer: respond-async, src/jobs)
  *   pass-through routes:        request-limits → forward (as received, any content)
+ *
+ * micro-batch is in the path when a pool merges embeddings requests (src/stages/micro-batch.ts):
+ * it answers the requests it merges, and forward runs for every other.
  *
  * Each stage gives back what it took on the way back, in reverse order (src/stages/stage.ts).
  * With request limits on, the token reservation is taken in the request-limits stage's store
@@ -24,6 +28,7 @@ import type { TokenBudgets } from "./ratelimit/token-budget.js";
 import { cacheStage } from "./stages/cache.js";
 import { concurrencyStage } from "./stages/concurrency.js";
 import { forwardStage } from "./stages/forward.js";
+import { microBatchStage } from "./stages/micro-batch.js";
 import { requestLimitsStage } from "./stages/request-limits.js";
 import { routeStage } from "./stages/route.js";
 import { RequestPath, type Stage } from "./stages/stage.js";
@@ -81,6 +86,9 @@ export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
   }
   if (deps.budgets.any) stages.push(tokenBudgetStage(deps.budgets, config.tokens.defaultMaxTokens));
   if (deps.concurrency.any) stages.push(concurrencyStage(deps.concurrency));
+  if (Object.values(config.pools).some((p) => p.microBatch.enabled)) {
+    stages.push(microBatchStage(forward, deps.metrics.microBatchEvents()));
+  }
   stages.push(forwardStage(forward));
   return new RequestPath(stages, pathHooks(deps.logger));
 }

@@ -615,7 +615,7 @@ const MicroBatch = Section(
     }),
     batchWindow: Duration(
       "5ms",
-      "how long a batch waits for more requests after its first arrives; 0ms sends what arrived in the same turn",
+      "how long a batch waits for more requests after its first arrives; 0ms takes only the requests that arrive together",
     ),
   },
   "embeddings micro-batching (src/stages/micro-batch.ts)",

@@ -13,6 +13,7 @@ import type { CacheEvents, CacheStatus, ResponseCache } from "../cache/response-
 import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
 import type { TokenEvents } from "../ratelimit/token-budget.js";
+import type { MicroBatchEvents } from "../stages/micro-batch.js";
 import type { Backend } from "../upstream/backend.js";
 import type { FleetSlots } from "../upstream/fleet.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
@@ -38,6 +39,8 @@ const TPOT_BUCKETS = [
 const OVERHEAD_BUCKETS = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 ];
+/** Requests, or inputs, in one merged embeddings call: powers of two up to OpenAI's 2048 inputs. */
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
 const STATUS_CLASSES = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const BREAKER_STATES = ["closed", "half_open", "open"] as const;
 
@@ -154,6 +157,11 @@ export class Metrics {
   private readonly cacheWaiters: Counter;
   private readonly admissionWaits: Children<Histogram.Internal<string>>;
   private readonly cacheLockTimeouts: Counter;
+  private readonly batchRequests: Children<Histogram.Internal<string>>;
+  private readonly batchInputs: Children<Histogram.Internal<string>>;
+  private readonly batchFlushes: Children<Counter.Internal>;
+  private readonly batchOutcomes: Children<Counter.Internal>;
+  private readonly batchWaiting: Children<Gauge.Internal<string>>;
   private readonly reloads: Counter<"result">;
   private readonly lastReload: Gauge;
   private cache: ResponseCache | undefined;
@@ -423,6 +431,42 @@ export class Metrics {
       },
     });
 
+    const batchRequests = new Histogram({
+      name: "floodgate_microbatch_batch_requests",
+      help: "Client requests in each embeddings batch sent (1: nobody else came within the window, sent as it was).",
+      labelNames: ["pool"],
+      buckets: BATCH_BUCKETS,
+      registers,
+    });
+    this.batchRequests = new Children((v) => batchRequests.labels(...v));
+    const batchInputs = new Histogram({
+      name: "floodgate_microbatch_batch_inputs",
+      help: "Inputs in each embeddings batch sent.",
+      labelNames: ["pool"],
+      buckets: BATCH_BUCKETS,
+      registers,
+    });
+    this.batchInputs = new Children((v) => batchInputs.labels(...v));
+    const flushes = counter(
+      "floodgate_microbatch_flushes_total",
+      "Embeddings batches sent, by reason: window (batchWindow ended), max_inputs or max_tokens (full).",
+      ["pool", "reason"],
+    );
+    this.batchFlushes = new Children((v) => flushes.labels(...v));
+    const outcomes = counter(
+      "floodgate_microbatch_requests_total",
+      "Embeddings requests on batching pools by outcome: merged, single (alone in its window), unmergeable (input form or size), apart (sent alone after the merged call failed), left (the client left first).",
+      ["pool", "outcome"],
+    );
+    this.batchOutcomes = new Children((v) => outcomes.labels(...v));
+    const waiting = new Gauge({
+      name: "floodgate_microbatch_waiting",
+      help: "Embeddings requests waiting in a pool's open batches for their batch to go.",
+      labelNames: ["pool"],
+      registers,
+    });
+    this.batchWaiting = new Children((v) => waiting.labels(...v));
+
     const perBackend = this.backendGauge.bind(this);
     perBackend(
       "floodgate_backend_slots",
@@ -618,6 +662,19 @@ export class Metrics {
       waited: () => this.cacheWaiters.inc(),
       lockTimedOut: () => this.cacheLockTimeouts.inc(),
       storeError: (operation) => this.storeErrors.get(`cache_${operation}`).inc(),
+    };
+  }
+
+  /** What embeddings micro-batching does, per batch and per request. */
+  microBatchEvents(): MicroBatchEvents {
+    return {
+      flushed: (pool, reason, requests, inputs) => {
+        this.batchFlushes.get(pool, reason).inc();
+        this.batchRequests.get(pool).observe(requests);
+        this.batchInputs.get(pool).observe(inputs);
+      },
+      request: (pool, outcome) => this.batchOutcomes.get(pool, outcome).inc(),
+      waiting: (pool, delta) => this.batchWaiting.get(pool).inc(delta),
     };
   }
 

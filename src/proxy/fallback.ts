@@ -134,7 +134,7 @@ function leavePool(state: RequestContext): void {
 }
 
 /** A request that waited for a slot says how long, to the client and the log. */
-function noteQueued(state: RequestContext): void {
+export function noteQueued(state: RequestContext): void {
   const ms = state.exchange?.queuedMs ?? 0;
   if (ms <= 0) return;
   state.queuedMs += ms;
@@ -142,7 +142,7 @@ function noteQueued(state: RequestContext): void {
 }
 
 /** A refusal for load walks down the chain only where the pool says so (`admission.overflow`). */
-function mayOverflow(err: unknown, pool: UpstreamPool): boolean {
+export function mayOverflow(err: unknown, pool: UpstreamPool): boolean {
   return (
     !(err instanceof GatewayError && LOAD_REFUSALS.has(err.code)) ||
     pool.config.admission.overflow === "fallback"

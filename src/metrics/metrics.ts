@@ -433,7 +433,7 @@ export class Metrics {
 
     const batchRequests = new Histogram({
       name: "floodgate_microbatch_batch_requests",
-      help: "Client requests in each embeddings batch sent (1: nobody else came within the window, sent as it was).",
+      help: "Client requests in each embeddings call sent upstream from a batch (1: nobody shared it; the request went as it came).",
       labelNames: ["pool"],
       buckets: BATCH_BUCKETS,
       registers,
@@ -441,7 +441,7 @@ export class Metrics {
     this.batchRequests = new Children((v) => batchRequests.labels(...v));
     const batchInputs = new Histogram({
       name: "floodgate_microbatch_batch_inputs",
-      help: "Inputs in each embeddings batch sent.",
+      help: "Inputs in each embeddings call sent upstream from a batch.",
       labelNames: ["pool"],
       buckets: BATCH_BUCKETS,
       registers,
@@ -449,7 +449,7 @@ export class Metrics {
     this.batchInputs = new Children((v) => batchInputs.labels(...v));
     const flushes = counter(
       "floodgate_microbatch_flushes_total",
-      "Embeddings batches sent, by reason: window (batchWindow ended), max_inputs or max_tokens (full).",
+      "Embeddings batches sent to wait for a backend slot, by reason: window (batchWindow ended), max_inputs or max_tokens (full). A batch waiting for a slot still takes requests.",
       ["pool", "reason"],
     );
     this.batchFlushes = new Children((v) => flushes.labels(...v));
@@ -461,7 +461,7 @@ export class Metrics {
     this.batchOutcomes = new Children((v) => outcomes.labels(...v));
     const waiting = new Gauge({
       name: "floodgate_microbatch_waiting",
-      help: "Embeddings requests waiting in a pool's open batches for their batch to go.",
+      help: "Embeddings requests in a pool's batches whose call does not hold a backend slot yet.",
       labelNames: ["pool"],
       registers,
     });
@@ -668,8 +668,8 @@ export class Metrics {
   /** What embeddings micro-batching does, per batch and per request. */
   microBatchEvents(): MicroBatchEvents {
     return {
-      flushed: (pool, reason, requests, inputs) => {
-        this.batchFlushes.get(pool, reason).inc();
+      flushed: (pool, reason) => this.batchFlushes.get(pool, reason).inc(),
+      sent: (pool, requests, inputs) => {
         this.batchRequests.get(pool).observe(requests);
         this.batchInputs.get(pool).observe(inputs);
       },

@@ -1,14 +1,24 @@
 /**
- * The open batches: requests that may share an upstream call (the same key) gather in one batch
- * until it is full or its window ends, then the batch is sent as one call. Time comes from an
- * injected scheduler, so tests can drive it by hand.
+ * The open batches: requests that may share an upstream call (the same key) gather in one batch,
+ * which goes when full or when its window ends, and keeps taking requests while it waits for a
+ * backend slot, until the call takes it. Time comes from an injected scheduler, so tests can
+ * drive it by hand.
  *
- * A batch opens with its first request and is sent `windowMs` later, or at once when it holds
- * `maxInputs` inputs or `maxTokens` estimated tokens. A request that would overfill the open batch
- * sends it first and opens the next one (a request's inputs are never split across calls, so
- * each answer comes from one call); a request larger than a batch can hold is not taken (the
- * caller sends it alone). A request removed before its batch is sent (its client left) is
- * simply not in it; a batch left empty is dropped with its timer, and no call is made.
+ * A batch's life:
+ *   gathering  opened by its first request; sent (handed to `send`) `windowMs` later, or at once
+ *              when it holds `maxInputs` inputs or `maxTokens` estimated tokens
+ *   waiting    sent, waiting for a backend slot: requests of its key still join it (they would
+ *              wait for a slot anyway), up to its limits
+ *   taken      the call holds its slot and took the members (take()): nobody joins any more
+ * So under load, while the backend is busy, batches grow towards their limits by themselves;
+ * with a free slot a batch goes as soon as its window ends.
+ *
+ * A key has at most one batch that takes requests; a full one (or one a request would overfill)
+ * stops taking them, and the next request opens a new one. A request's inputs are never split
+ * across calls (each answer comes from one call); a request larger than a batch can hold is not
+ * taken (the caller sends it alone). A request removed before its batch is taken (its client
+ * left) is not in the call; remove() says which batch it left, so the caller can cancel a
+ * waiting batch left empty (a gathering one left empty is dropped here, with its timer).
  */
 import type { MemberInput } from "./merge.js";
 
@@ -28,7 +38,8 @@ export interface BatchLimits {
 
 /** Why a batch was sent: its window ended, or it held as many inputs or tokens as it may. */
 export type FlushReason = "window" | "max_inputs" | "max_tokens";
-export const FLUSH_REASONS: readonly FlushReason[] = ["window", "max_inputs", "max_tokens"];
+
+export type BatchState = "gathering" | "waiting" | "taken";
 
 export interface Batch<M> {
   readonly key: string;
@@ -36,23 +47,30 @@ export interface Batch<M> {
   readonly members: M[];
   inputs: number;
   tokens: number;
+  state: BatchState;
+}
+
+interface OpenBatch<M> extends Batch<M> {
   cancelTimer: (() => void) | undefined;
 }
 
 export class Batcher<M extends { readonly input: MemberInput }> {
-  private readonly open = new Map<string, Batch<M>>();
+  /** The batch of each key that takes requests. */
+  private readonly open = new Map<string, OpenBatch<M>>();
+  /** The batch each request is in until its batch is taken. */
+  private readonly batchOf = new Map<M, OpenBatch<M>>();
 
   constructor(
     private readonly send: (batch: Batch<M>, reason: FlushReason) => void,
     private readonly schedule: ScheduleFn = setTimer,
   ) {}
 
-  /** Batches waiting to be sent. */
+  /** Keys with a batch that takes requests. */
   get size(): number {
     return this.open.size;
   }
 
-  /** Adds the request to its key's open batch; false when it is too large for any batch. */
+  /** Adds the request to its key's batch; false when it is too large for any batch. */
   add(key: string, member: M, limits: BatchLimits): boolean {
     const inputs = member.input.items.length;
     const tokens = member.input.tokens;
@@ -60,44 +78,85 @@ export class Batcher<M extends { readonly input: MemberInput }> {
     let batch = this.open.get(key);
     if (batch !== undefined) {
       // Limits are the batch's own (from its first request): a reload cannot resize it.
-      if (batch.inputs + inputs > batch.limits.maxInputs) this.flush(batch, "max_inputs");
-      else if (batch.tokens + tokens > batch.limits.maxTokens) this.flush(batch, "max_tokens");
-      batch = this.open.get(key);
+      const over =
+        batch.inputs + inputs > batch.limits.maxInputs
+          ? "max_inputs"
+          : batch.tokens + tokens > batch.limits.maxTokens
+            ? "max_tokens"
+            : undefined;
+      if (over !== undefined) {
+        this.full(batch, over);
+        batch = undefined;
+      }
     }
     if (batch === undefined) {
-      const opened: Batch<M> = { key, limits, members: [], inputs: 0, tokens: 0, cancelTimer: undefined };
+      const opened: OpenBatch<M> = {
+        key,
+        limits,
+        members: [],
+        inputs: 0,
+        tokens: 0,
+        state: "gathering",
+        cancelTimer: undefined,
+      };
       opened.cancelTimer = this.schedule(() => this.flush(opened, "window"), limits.windowMs);
       this.open.set(key, opened);
       batch = opened;
     }
     batch.members.push(member);
+    this.batchOf.set(member, batch);
     batch.inputs += inputs;
     batch.tokens += tokens;
-    if (batch.inputs >= batch.limits.maxInputs) this.flush(batch, "max_inputs");
-    else if (batch.tokens >= batch.limits.maxTokens) this.flush(batch, "max_tokens");
+    if (batch.inputs >= batch.limits.maxInputs) this.full(batch, "max_inputs");
+    else if (batch.tokens >= batch.limits.maxTokens) this.full(batch, "max_tokens");
     return true;
   }
 
-  /** Takes the request out of its batch if the batch is not sent yet; false when it was. */
-  remove(key: string, member: M): boolean {
-    const batch = this.open.get(key);
-    const at = batch?.members.indexOf(member) ?? -1;
-    if (batch === undefined || at === -1) return false;
-    batch.members.splice(at, 1);
+  /**
+   * Takes the request out of its batch if the batch is not taken yet; returns that batch (the
+   * caller sees whether it is empty now), or undefined when the request is in none.
+   */
+  remove(member: M): Batch<M> | undefined {
+    const batch = this.batchOf.get(member);
+    if (batch === undefined) return undefined;
+    this.batchOf.delete(member);
+    batch.members.splice(batch.members.indexOf(member), 1);
     batch.inputs -= member.input.items.length;
     batch.tokens -= member.input.tokens;
     if (batch.members.length === 0) {
+      this.close(batch);
       batch.cancelTimer?.();
-      this.open.delete(key);
+      batch.cancelTimer = undefined;
     }
-    return true;
+    return batch;
   }
 
-  private flush(batch: Batch<M>, reason: FlushReason): void {
-    if (this.open.get(batch.key) !== batch) return;
-    this.open.delete(batch.key);
+  /** The call holds its slot: the batch takes nobody more, and these members are its call. */
+  take(batch: Batch<M>): readonly M[] {
+    const open = batch as OpenBatch<M>;
+    this.close(open);
+    open.cancelTimer?.();
+    open.cancelTimer = undefined;
+    open.state = "taken";
+    for (const m of open.members) this.batchOf.delete(m);
+    return open.members;
+  }
+
+  /** Takes no more requests; sent now if it was still gathering. */
+  private full(batch: OpenBatch<M>, reason: FlushReason): void {
+    this.close(batch);
+    if (batch.state === "gathering") this.flush(batch, reason);
+  }
+
+  private flush(batch: OpenBatch<M>, reason: FlushReason): void {
+    if (batch.state !== "gathering") return;
     batch.cancelTimer?.();
     batch.cancelTimer = undefined;
+    batch.state = "waiting";
     this.send(batch, reason);
+  }
+
+  private close(batch: OpenBatch<M>): void {
+    if (this.open.get(batch.key) === batch) this.open.delete(batch.key);
   }
 }

@@ -78,7 +78,8 @@ export interface ForwardInput {
   sendTimeout: number;
   /**
    * Runs once the first slot is held, before the first attempt (the tenant's concurrency lease
-   * is taken at dispatch, not while the request waits); a throw gives the slot back.
+   * is taken at dispatch, not while the request waits); a throw gives the slot back. It may set
+   * `body` and `json`: they are read after it (the micro-batch stage builds its body then).
    */
   onDispatch?: () => Promise<void>;
   /** The JSON body, for a backend that takes the band as the engine's priority field. */

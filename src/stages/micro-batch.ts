@@ -15,23 +15,25 @@
  * What a member goes through:
  *   - Merged only when its input can be (src/microbatch/merge.ts: the forms OpenAI accepts;
  *     strings and token arrays apart) and it fits in one batch; else it goes alone, now.
- *   - It waits in its key's open batch (src/microbatch/batcher.ts) for at most `batchWindow`;
- *     the batch goes as soon as it holds `maxBatchInputs` inputs or `maxBatchTokens` estimated
+ *   - It waits in its key's batch (src/microbatch/batcher.ts) for at most `batchWindow`; the
+ *     batch goes as soon as it holds `maxBatchInputs` inputs or `maxBatchTokens` estimated
  *     tokens. The key: the pool, the query, the body without its input, the admission band (a
  *     background request never rides in an interactive call, nor waits at its rank), and, when
  *     the gateway passes client credentials through (no auth), those credentials and OpenAI's
  *     organization and project headers, so that no request reaches the backend under another's
  *     name.
- *   - A batch of one (nobody else came in the window) goes on to forward as it is: the same call
- *     it would have made, fallback chain and all.
- *   - The merged call takes one admission ticket and one backend slot: in the members' band, by
- *     their tenant when they share one, until the earliest member's deadline (nobody waits longer
- *     than it would alone). Once the slot is held, each member's dispatch runs (its tenant's
- *     concurrency lease); a member refused there gets its refusal, the others go on.
+ *   - The batch's call takes one admission ticket and waits for one backend slot: in the
+ *     members' band, by their tenant when the first ones share one, until the earliest member's
+ *     deadline. While it waits, requests of its key still join it, up to its limits: they would
+ *     wait for a slot anyway, and so the busier the backend, the fuller the calls.
+ *   - Once the slot is held, each member's dispatch runs (its tenant's concurrency lease; one
+ *     refused gets its refusal and is left out), and the body is built from the members still
+ *     there: their inputs in order, or, for a batch of one, the request's own body as received.
+ *     Whatever arrives after that opens the next batch.
  *   - Its answer is split back: each member gets its own `data` (indices from 0) and its share of
  *     `usage` (shares add up to the merged usage exactly), which the token budget settles and the
  *     cache stores as the member's own answer. `x-floodgate-microbatch` says how many requests
- *     shared the call.
+ *     shared the call. A batch of one gets its answer as it came.
  *
  * Failure. The forwarder retries the merged call on another backend as it retries any request.
  * If it still fails, every member gets the same status and body (or the same gateway error),
@@ -42,21 +44,22 @@
  * its own, as without batching). A member with a stale cache entry kept for errors
  * (staleIfError) gets it, as forward would give it.
  *
- * A client that leaves (or whose total timeout passes) is dropped: from its batch if the batch
- * has not gone yet (a batch left empty makes no call), else from the answer; when every member
- * of a merged call has gone, the call is aborted and the backend stops. The member's exchange
+ * A client that leaves (or whose total timeout passes) is dropped: from its batch while the call
+ * does not hold its slot yet (a batch left empty makes no call: its ticket is cancelled), else
+ * from the answer; when every member of a call under way has gone, the call is aborted and the
+ * backend stops. The member's exchange
  * stands in for the one forward would have made, so the gateway's abort on a client's close and
  * the access log and metrics (backend, queue and upstream time) work as for any request.
  */
 import { admitFor } from "../admission/admit.js";
 import type { PoolConfig } from "../config/index.js";
-import type { PathAnswer, RequestContext } from "../context.js";
+import type { Json, PathAnswer, RequestContext } from "../context.js";
 import { errors } from "../errors.js";
 import { type Batch, Batcher, type BatchLimits, type FlushReason } from "../microbatch/batcher.js";
 import { bodyKey, type MemberInput, mergeableInput, mergedBody, splitAnswer } from "../microbatch/merge.js";
 import { type AbortReason, type Admit, Exchange } from "../proxy/exchange.js";
 import { cannotServe, type Forwarding, fallbackChain, mayOverflow, noteQueued } from "../proxy/fallback.js";
-import { type ForwardResult, forward } from "../proxy/forwarder.js";
+import { type ForwardInput, type ForwardResult, forward } from "../proxy/forwarder.js";
 import type { UpstreamPool } from "../upstream/pool.js";
 import { cached } from "./cache.js";
 import { queryOf } from "./forward.js";
@@ -70,23 +73,18 @@ export const BATCH_HEADER = "x-floodgate-microbatch";
 
 /**
  * What became of a request the stage saw: answered from a merged call (its part, or the call's
- * failure), alone in its window, not mergeable (its input's form or size), sent apart after the
- * merged call failed, or its client left first.
+ * failure), sent alone (nobody shared its batch), not mergeable (its input's form or size), sent
+ * apart after the merged call failed, or its client left first.
  */
 export type MicroBatchOutcome = "merged" | "single" | "unmergeable" | "apart" | "left";
-export const MICROBATCH_OUTCOMES: readonly MicroBatchOutcome[] = [
-  "merged",
-  "single",
-  "unmergeable",
-  "apart",
-  "left",
-];
 
 export interface MicroBatchEvents {
-  /** A batch went: why, how many requests and inputs it held. */
-  flushed(pool: string, reason: FlushReason, requests: number, inputs: number): void;
+  /** A batch was sent to wait for a slot: its window ended, or it was full. */
+  flushed(pool: string, reason: FlushReason): void;
+  /** A call took its slot with this many requests and inputs. */
+  sent(pool: string, requests: number, inputs: number): void;
   request(pool: string, outcome: MicroBatchOutcome): void;
-  /** Requests waiting in the pool's open batches went up or down by `delta`. */
+  /** Requests waiting in the pool's batches (for their call's slot) went up or down by `delta`. */
   waiting(pool: string, delta: number): void;
 }
 
@@ -116,25 +114,29 @@ interface Member {
   readonly admit: Admit;
   readonly exchange: MemberExchange;
   readonly key: string;
-  /** The merged call it is in, once its batch went. */
-  call: MergedCall | undefined;
+  /** The call its inputs went in, once that call held its slot. */
+  call: Call | undefined;
   done: boolean;
   finish(outcome: Outcome): void;
 }
 
-interface MergedCall {
-  readonly members: readonly Member[];
-  exchange: Exchange | undefined;
+/** One batch's upstream call. */
+interface Call {
+  readonly batch: Batch<Member>;
+  readonly exchange: Exchange;
+  /** The members whose inputs went upstream, once the call held its slot. */
+  sent: readonly Member[] | undefined;
 }
 
 export function microBatchStage(
   deps: Forwarding,
   events: MicroBatchEvents,
 ): Stage<RequestContext, PathAnswer> {
+  const calls = new Map<Batch<Member>, Call>();
   const batcher = new Batcher<Member>((batch, reason) => {
     // A bug in sending must still end every member's wait, as an error, never as a hang.
     send(batch, reason).catch((err: unknown) => {
-      for (const m of batch.members) m.finish({ kind: "error", error: err });
+      for (const m of calls.get(batch)?.sent ?? batcher.take(batch)) m.finish({ kind: "error", error: err });
     });
   });
 
@@ -232,79 +234,134 @@ export function microBatchStage(
   /** The client left or its total timeout passed: out of its batch, or out of the answer. */
   function leave(member: Member, reason: AbortReason): void {
     if (member.done) return;
-    if (member.call === undefined && batcher.remove(member.key, member)) events.waiting(member.pool.name, -1);
+    const left = batcher.remove(member);
+    if (left !== undefined) {
+      events.waiting(member.pool.name, -1);
+      // Nobody left in a batch waiting for a slot: its ticket goes, and no call is made.
+      if (left.members.length === 0) calls.get(left)?.exchange.abort("client");
+    }
     events.request(member.pool.name, "left");
     member.finish({
       kind: "error",
       error: reason === "total" ? errors.upstreamTimeout("total") : errors.upstreamUnavailable(),
     });
     const call = member.call;
-    if (call?.members.every((m) => m.done)) call.exchange?.abort("client");
+    if (call?.sent?.every((m) => m.done)) call.exchange.abort("client");
   }
 
+  /** The batch's call: one ticket, one slot, then the body of whoever is in the batch then. */
   async function send(batch: Batch<Member>, reason: FlushReason): Promise<void> {
-    const members = batch.members;
-    const first = members[0];
+    const first = batch.members[0];
     if (first === undefined) return;
     const { pool, config, state } = first;
-    events.waiting(pool.name, -members.length);
-    events.flushed(pool.name, reason, members.length, batch.inputs);
-    if (members.length === 1) {
-      events.request(pool.name, "single");
-      first.finish({ kind: "alone" });
-      return;
-    }
     const incoming = state.incoming;
-    const firstBody = state.body;
-    if (!incoming || !firstBody) throw new Error("a batch member without its request");
-    const call: MergedCall = { members, exchange: undefined };
-    for (const m of members) m.call = call;
-    const json = mergedBody(
-      firstBody,
-      members.map((m) => m.input),
-    );
-    const exchange = new Exchange(config.timeouts.total, mergedAdmit(members));
-    call.exchange = exchange;
+    if (!incoming) throw new Error("a batch member without its request");
+    events.flushed(pool.name, reason);
+    const exchange = new Exchange(config.timeouts.total, mergedAdmit(batch.members));
+    const call: Call = { batch, exchange, sent: undefined };
+    calls.set(batch, call);
+    const input: ForwardInput = {
+      pool,
+      config,
+      method: "POST",
+      path: EMBEDDINGS + queryOf(incoming.url),
+      // The first member's headers: the key holds whatever in them may differ and matters.
+      headers: incoming.headers,
+      // Built once the slot is held (the forwarder reads the body after onDispatch).
+      body: Buffer.alloc(0),
+      requestId: incoming.id,
+      clientIp: incoming.ip,
+      stripAuthorization: deps.stripAuthorization,
+      streamAny: false,
+      sendTimeout: deps.sendTimeout,
+      band: exchange.band,
+      onDispatch: async () => {
+        const built = await dispatch(call);
+        input.body = built.body;
+        input.json = built.json;
+      },
+    };
     let result: ForwardResult;
     try {
-      result = await forward(
-        {
-          pool,
-          config,
-          method: "POST",
-          path: EMBEDDINGS + queryOf(incoming.url),
-          // The first member's headers: the key holds whatever in them may differ and matters.
-          headers: incoming.headers,
-          body: Buffer.from(JSON.stringify(json)),
-          requestId: incoming.id,
-          clientIp: incoming.ip,
-          stripAuthorization: deps.stripAuthorization,
-          streamAny: false,
-          sendTimeout: deps.sendTimeout,
-          onDispatch: () => dispatch(members),
-          json,
-          band: exchange.band,
-        },
-        exchange,
-        deps.hooks,
-      );
+      result = await forward(input, exchange, deps.hooks);
     } catch (err) {
-      for (const m of members) if (!m.done) failed(m, err, exchange);
+      // Refused or failed, maybe before it held a slot: whoever is in the batch gets the error.
+      const members = call.sent ?? taken(call);
+      for (const m of members) if (!m.done) failed(m, members.length, err, exchange);
       return;
+    } finally {
+      calls.delete(batch);
     }
-    deliver(members, result, exchange);
+    deliver(call.sent ?? [], result, exchange);
+  }
+
+  /** The batch takes nobody more: its members are the call's. */
+  function taken(call: Call): readonly Member[] {
+    const members = batcher.take(call.batch);
+    call.sent ??= members;
+    const first = members[0];
+    if (first) events.waiting(first.pool.name, -members.length);
+    return members;
+  }
+
+  /**
+   * The call holds its slot: each member's dispatch (its tenant's concurrency lease), then the
+   * body of the members still there. With nobody left, the call gives its slot back.
+   */
+  async function dispatch(call: Call): Promise<{ body: Buffer; json: Json }> {
+    const members = batcher.take(call.batch);
+    const first = members[0];
+    if (first) events.waiting(first.pool.name, -members.length);
+    const leasing: Member[] = [];
+    const runs: Promise<void>[] = [];
+    for (const m of members) {
+      const run = m.state.dispatch;
+      if (m.done || run === undefined) continue;
+      leasing.push(m);
+      runs.push(run());
+    }
+    let refusal: unknown;
+    if (runs.length > 0) {
+      const settled = await Promise.allSettled(runs);
+      settled.forEach((r, i) => {
+        if (r.status === "fulfilled") return;
+        refusal ??= r.reason;
+        leasing[i]?.finish({ kind: "error", error: r.reason });
+      });
+    }
+    const live = members.filter((m) => !m.done);
+    call.sent = live;
+    const one = live[0];
+    if (one === undefined) throw refusal ?? errors.upstreamUnavailable();
+    let inputs = 0;
+    for (const m of live) {
+      m.call = call;
+      inputs += m.input.items.length;
+    }
+    events.sent(one.pool.name, live.length, inputs);
+    const body = one.state.body as Json;
+    if (live.length === 1) {
+      // Alone: its own body, as forward would send it.
+      return { body: one.state.incoming?.rawBody ?? Buffer.from(JSON.stringify(body)), json: body };
+    }
+    const json = mergedBody(
+      body,
+      live.map((m) => m.input),
+    );
+    return { body: Buffer.from(JSON.stringify(json)), json };
   }
 
   function deliver(members: readonly Member[], result: ForwardResult, exchange: Exchange): void {
+    const n = members.length;
     if (result.kind === "stream") {
       result.body.destroy();
       const error = errors.upstreamBadResponse().causedBy(new Error("an event stream answered embeddings"));
-      for (const m of members) if (!m.done) failed(m, error, exchange);
+      for (const m of members) if (!m.done) failed(m, n, error, exchange);
       return;
     }
     const status = result.status;
     const headers = answerHeaders(result.headers);
-    if (status < 300) {
+    if (status < 300 && n > 1) {
       const parts = result.json
         ? splitAnswer(
             result.json,
@@ -315,14 +372,14 @@ export function microBatchStage(
         const error = errors
           .upstreamBadResponse()
           .causedBy(new Error("the merged answer does not hold one embedding per input sent"));
-        for (const m of members) if (!m.done) failed(m, error, exchange);
+        for (const m of members) if (!m.done) failed(m, n, error, exchange);
         return;
       }
       members.forEach((m, i) => {
         if (m.done) return;
         const json = parts[i];
         const body = Buffer.from(JSON.stringify(json));
-        merged(m, exchange, body.length);
+        answered(m, n, exchange, body.length);
         m.finish({
           kind: "answer",
           result: { kind: "buffered", status, headers: { ...headers }, body, json },
@@ -332,32 +389,34 @@ export function microBatchStage(
     }
     for (const m of members) {
       if (m.done) continue;
-      const walks = m.config.retry.when.statuses.has(status) && hasFallback(m);
-      if (ABOUT_AN_INPUT.has(status) || walks) {
+      // A refusal that may be about one input is asked again for each alone (a batch of one has
+      // had its own answer); so is a failure the member's fallback chain would take over.
+      const walks = status >= 300 && m.config.retry.when.statuses.has(status) && hasFallback(m);
+      if ((n > 1 && ABOUT_AN_INPUT.has(status)) || walks) {
         apart(m, exchange);
         continue;
       }
-      merged(m, exchange, result.body.length);
+      answered(m, n, exchange, result.body.length);
       m.finish({
         kind: "answer",
-        result: { kind: "buffered", status, headers: { ...headers }, body: result.body },
+        result: { kind: "buffered", status, headers: { ...headers }, body: result.body, json: result.json },
       });
     }
   }
 
-  /** The merged call ended in an error (a timeout, no backend, a refusal for load...). */
-  function failed(m: Member, err: unknown, exchange: Exchange): void {
+  /** The call ended in an error (a timeout, no backend, a refusal for load...). */
+  function failed(m: Member, n: number, err: unknown, exchange: Exchange): void {
     const when = m.config.retry.when;
     if (hasFallback(m) && cannotServe(err, m.state, when) && mayOverflow(err, m.pool)) {
       apart(m, exchange);
       return;
     }
-    merged(m, exchange, 0);
+    answered(m, n, exchange, 0);
     // One error object for all: an error is not changed once made, and each answer renders it.
     m.finish({ kind: "error", error: err });
   }
 
-  /** Sent on its own through forward; the merged call's time stays with the request. */
+  /** Sent on its own through forward; the call's time stays with the request. */
   function apart(m: Member, exchange: Exchange): void {
     m.state.upstreamMs += exchange.upstreamMs;
     m.state.queuedMs += exchange.queuedMs;
@@ -365,8 +424,8 @@ export function microBatchStage(
     m.finish({ kind: "alone" });
   }
 
-  /** The merged call answers for the member: its backend, its waits, in the member's log line. */
-  function merged(m: Member, exchange: Exchange, bytes: number): void {
+  /** The call answers for the member: its backend, its waits, in the member's log line. */
+  function answered(m: Member, n: number, exchange: Exchange, bytes: number): void {
     const own = m.exchange;
     own.backendName = exchange.backendName;
     own.firstByteAt = exchange.firstByteAt;
@@ -375,8 +434,8 @@ export function microBatchStage(
     own.queuedMs = exchange.queuedMs;
     own.bytesOut = bytes;
     noteQueued(m.state);
-    setHeaders(m.state, { [BATCH_HEADER]: String(m.call?.members.length ?? 1) });
-    events.request(m.pool.name, "merged");
+    if (n > 1) setHeaders(m.state, { [BATCH_HEADER]: String(n) });
+    events.request(m.pool.name, n > 1 ? "merged" : "single");
   }
 
   function hasFallback(m: Member): boolean {
@@ -387,30 +446,7 @@ export function microBatchStage(
   }
 }
 
-/**
- * Each member's dispatch (its tenant's concurrency lease), once the merged call holds its slot.
- * A member refused gets its refusal; when no member is left, the call gives its slot back.
- */
-async function dispatch(members: readonly Member[]): Promise<void> {
-  const waiting: Member[] = [];
-  const runs: Promise<void>[] = [];
-  for (const m of members) {
-    const run = m.state.dispatch;
-    if (m.done || run === undefined) continue;
-    waiting.push(m);
-    runs.push(run());
-  }
-  const settled = await Promise.allSettled(runs);
-  let refusal: unknown;
-  settled.forEach((r, i) => {
-    if (r.status === "fulfilled") return;
-    refusal ??= r.reason;
-    waiting[i]?.finish({ kind: "error", error: r.reason });
-  });
-  if (members.every((m) => m.done)) throw refusal ?? errors.upstreamUnavailable();
-}
-
-/** The merged call's place in admission: see the top. */
+/** The call's place in admission: see the top. */
 function mergedAdmit(members: readonly Member[]): Admit {
   const first = (members[0] as Member).admit;
   const shared = members.every((m) => m.admit.tenant === first.tenant);
@@ -426,7 +462,7 @@ function mergedAdmit(members: readonly Member[]): Admit {
   };
 }
 
-/** The backend's headers for a member: its x-request-id echo names the merged call, not the member. */
+/** The backend's headers for a member: its x-request-id echo names the call, not the member. */
 function answerHeaders(headers: Record<string, string | string[]>): Record<string, string | string[]> {
   const { "x-request-id": _echo, ...rest } = headers;
   return rest;

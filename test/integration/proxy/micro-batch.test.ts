@@ -285,6 +285,49 @@ describe("embeddings micro-batching", () => {
     second.open();
   });
 
+  it("a batch waiting for a busy backend keeps taking requests, so calls grow with the load", async () => {
+    const sim = await simulator();
+    const held = gate();
+    const relay = await startUpstream(async (req, res, record) => {
+      await held.opened;
+      const answer = await request(`${sim.url}${req.url}`, {
+        dispatcher: agent,
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: record.body,
+      });
+      res.writeHead(answer.statusCode, { "content-type": "application/json" });
+      res.end(await answer.body.text());
+    });
+    upstreams.push(relay);
+    const gw = await startGateway(`
+pools:
+  e:
+    models: [${MODEL}]
+    backends: [{ url: "${relay.url}", maxConcurrency: 1 }]
+    loadSignals: { enabled: false }
+    microBatch: { enabled: true, batchWindow: 0ms }`);
+    gateways.push(gw);
+    // The first request's call holds the only slot at the gate.
+    const first = post(gw.url, { model: MODEL, input: "first" });
+    await eventually(() => relay.received.length === 1);
+    const later = ["b", "c d", "e", "f g h", "i"].map((input) => post(gw.url, { model: MODEL, input }));
+    await eventually(async () => (await metric(gw, "floodgate_microbatch_waiting")) === 5, {
+      what: "five requests in the batch waiting for the slot",
+    });
+    held.open();
+    const answers = await Promise.all([first, ...later]);
+    expect(relay.received).toHaveLength(2);
+    expect((JSON.parse(relay.received[1]?.body ?? "{}") as { input: string[] }).input).toHaveLength(5);
+    expect(answers[0]?.headers["x-floodgate-microbatch"]).toBeUndefined();
+    for (const [i, input] of ["first", "b", "c d", "e", "f g h", "i"].entries()) {
+      expect(answers[i]?.json).toEqual((await alone({ input })).json);
+      if (i > 0) expect(answers[i]?.headers["x-floodgate-microbatch"]).toBe("5");
+    }
+    expect(await metric(gw, "floodgate_microbatch_requests_total", 'outcome="single"')).toBe(1);
+    expect(await metric(gw, "floodgate_microbatch_requests_total", 'outcome="merged"')).toBe(5);
+  });
+
   it("a failing merged call fails every member with the same status and body", async () => {
     const sim = await simulator({ faults: { errorRate: 1, errorStatus: 500 } });
     const gw = await gateway(sim.url, "maxBatchInputs: 3");
@@ -363,6 +406,7 @@ tenants: { team-a: { limits: { concurrency: 1 } } }`,
     const served = answers.find((a) => a.status === 200);
     const input = served === answers[0] ? "a" : "b";
     expect(served?.json).toEqual((await alone({ input })).json);
-    expect(sim.stats().embeddingCalls).toBe(1);
+    // The refused member's input was left out of the call.
+    expect(sim.stats()).toMatchObject({ embeddingCalls: 1, embeddingInputs: 1 });
   });
 });

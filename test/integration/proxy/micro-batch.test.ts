@@ -353,6 +353,30 @@ pools:
     expect(await metric(gw, "floodgate_microbatch_requests_total", 'outcome="apart"')).toBe(3);
   });
 
+  it("a merged call failing where the fallback chain takes over sends each member down its own chain", async () => {
+    const broken = await simulator({ faults: { errorRate: 1, errorStatus: 503 } });
+    const spare = await simulator({ models: ["spare-model"] });
+    const gw = await gateway(
+      broken.url,
+      "maxBatchInputs: 2",
+      `    fallback: [spare]
+  spare:
+    models: [spare-model]
+    backends: [{ url: "${spare.url}" }]
+    loadSignals: { enabled: false }`,
+    );
+    const answers = await Promise.all(["a", "b"].map((input) => post(gw.url, { model: MODEL, input })));
+    for (const a of answers) {
+      expect(a.status).toBe(200);
+      expect(a.headers["x-floodgate-fallback"]).toBe("spare");
+      expect(a.json).toMatchObject({ model: "spare-model", data: [{ index: 0 }] });
+    }
+    // One merged call, then each member alone: on the broken pool first, then on to the spare.
+    expect(broken.stats().received).toBe(3);
+    expect(spare.stats()).toMatchObject({ received: 2, embeddingInputs: 2 });
+    expect(await metric(gw, "floodgate_microbatch_requests_total", 'outcome="apart"')).toBe(2);
+  });
+
   it("runs the stages for each member: its cache entry, its token reservation settled to its share", async () => {
     const sim = await simulator();
     const key = "sk-team-a-0123456789";

@@ -47,9 +47,9 @@
  * A client that leaves (or whose total timeout passes) is dropped: from its batch while the call
  * does not hold its slot yet (a batch left empty makes no call: its ticket is cancelled), else
  * from the answer; when every member of a call under way has gone, the call is aborted and the
- * backend stops. The member's exchange
- * stands in for the one forward would have made, so the gateway's abort on a client's close and
- * the access log and metrics (backend, queue and upstream time) work as for any request.
+ * backend stops. The member's exchange stands in for the one forward would have made, so the
+ * gateway's abort on a client's close and the access log and metrics (backend, queue and
+ * upstream time) work as for any request.
  */
 import { admitFor } from "../admission/admit.js";
 import type { PoolConfig } from "../config/index.js";

@@ -114,7 +114,7 @@ describe("prefix affinity", () => {
     const body = (await status.body.json()) as { pools: { affinity: unknown }[] };
     expect(body.pools[0]?.affinity).toEqual({
       by: "prefix",
-      decisions: { home: 30, spilled: 0, home_unavailable: 0 },
+      decisions: { home: 30, spilled: 0, home_unavailable: 0, placed: 0 },
     });
     // The engines' ratio between two readings: shown once a reading followed the traffic.
     await expect

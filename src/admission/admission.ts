@@ -188,7 +188,9 @@ export class Admission<B> {
    * successors within their bounds) had no free slot: each waits up to the grace for one of
    * them, ahead of the queue, and after it takes any backend. Slots they pass up go on to the
    * queue behind them, so a pool never idles a slot a waiting request could use for longer
-   * than the grace. In the order their turn came; at most as many as the pool's slots.
+   * than the grace. In the order their turn came; at most as many as the pool's slots. With
+   * cache models (affinityParksArrivals), an arrival that finds the queue empty and a free slot
+   * only on backends that do not hold its prefix waits here too.
    */
   private readonly parked: Ticket<B>[] = [];
   private graceTimer: NodeJS.Timeout | undefined;
@@ -242,10 +244,10 @@ export class Admission<B> {
       if (free !== undefined) {
         this.untake(free);
         const now = this.now();
-        if (this.parked.length < Math.max(1, this.source.capacity()) && now < request.deadline) {
+        const grace = this.graceFor(request.affinity, this.source.affinityGraceMs ?? 0);
+        if (grace > 0 && this.parked.length < Math.max(1, this.source.capacity()) && now < request.deadline) {
           const ticket = new Ticket(request, now, this);
           ticket.timer = setTimeout(() => this.expire(ticket), request.deadline - now);
-          const grace = this.graceFor(request.affinity, this.source.affinityGraceMs ?? 0);
           this.park(ticket, Math.min(request.deadline, now + grace));
           this.scheduleGrace();
           return ticket;
@@ -445,8 +447,9 @@ export class Admission<B> {
    */
   private placeKeyed(ticket: Ticket<B>, grace: number): void {
     let slot = this.take(ticket.exclude, -1, "", ticket.key, this.source.affinityHops ?? 0);
-    if (slot === undefined && this.parked.length < Math.max(1, this.source.capacity())) {
-      this.park(ticket, Math.min(ticket.deadline, this.now() + this.graceFor(ticket.key, grace)));
+    const wait = this.graceFor(ticket.key, grace);
+    if (slot === undefined && wait > 0 && this.parked.length < Math.max(1, this.source.capacity())) {
+      this.park(ticket, Math.min(ticket.deadline, this.now() + wait));
       return;
     }
     slot ??= this.take(ticket.exclude, -1, "", ticket.key) ?? this.take(ticket.exclude);

@@ -366,9 +366,12 @@ export class UpstreamPool {
 
   /**
    * A slot on a backend: the balancer's pick, or, for a request with an affinity key on a pool
-   * with affinity on, the key's ring successor within the load bound (src/upstream/affinity.ts).
-   * `hops` (a queued request whose turn came) limits the walk to the home and that many
-   * successors within their bounds; undefined when none of them has a free slot.
+   * with affinity on, the key's ring successor within the load bound (src/upstream/affinity.ts);
+   * with cache models (affinity.cacheTokens), the backend holding its longest prefix within the
+   * bound, or where a prefix nobody holds is best placed (src/upstream/prefix-model.ts).
+   * `hops` (a request waiting for its own backends) limits the pick to the home and that many
+   * successors (with models: the that many + 1 backends holding the longest runs of its prefix)
+   * within their bounds; undefined when none of them has a free slot.
    */
   take(exclude?: ReadonlySet<Backend>, key?: AffinityKey, hops?: number): Backend | undefined {
     const now = this.now();

@@ -206,9 +206,9 @@ export interface CachedPickOptions<T extends RingMember> {
   minBlocks: number;
   now: number;
   /**
-   * A queued request whose turn came: only the `own` backends holding the longest runs of its
-   * prefix, within their bounds, or undefined (it may wait for one); a prompt nobody holds
-   * goes where it evicts the least, at once. Undefined: any backend.
+   * A request waiting for its own backends: only those holding the longest run of its prefix
+   * and `own` more holding shorter runs, within their bounds, else an unbounded pick (it may
+   * wait for one); a prompt nobody holds is placed at once. Undefined: any backend.
    */
   own?: number;
 }
@@ -267,12 +267,15 @@ export function pickCached<T extends RingMember>(o: CachedPickOptions<T>): Cache
   }
 
   if (homeMatch > 0) {
-    // Its own backends: the `own` holders of the longest runs (all holders for an arrival).
+    // Its own backends: every holder of the longest run and `own` more holders of shorter ones
+    // (all holders for an arrival).
     const ranked = order
       .map((_, i) => i)
       .filter((i) => (matches[i] as number) > 0)
       .sort((a, b) => (matches[b] as number) - (matches[a] as number) || a - b);
-    const mine = o.own === undefined ? ranked : ranked.slice(0, o.own + 1);
+    const own = o.own;
+    const mine =
+      own === undefined ? ranked : ranked.filter((i, rank) => matches[i] === homeMatch || rank <= own);
     const pick = mine.find((i) => within[i] === true);
     const homeBackend = order[home] as T;
     const missed: AffinityOutcome = isCandidate(candidates, homeBackend) ? "spilled" : "home_unavailable";

@@ -585,7 +585,8 @@ const Affinity = Section(
       minimum: 0,
       maximum: 64,
       default: 1,
-      description: "a queued request waits for a slot on its home backend or this many next ones on the ring",
+      description:
+        "a queued request waits for a slot on its home backend or this many next ones on the ring (with cacheTokens: on the backends holding its longest prefix or this many more holding shorter ones)",
     }),
     grace: Duration(
       "100ms",

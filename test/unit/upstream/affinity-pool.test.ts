@@ -410,9 +410,9 @@ describe("with a model of the engines' caches (cacheTokens)", () => {
     expect([first.backend, away.backend]).toContain(back.backend);
   });
 
-  it("without cacheTokens, or by header, keys carry no blocks and the ring decides", () => {
+  it("without cacheTokens keys carry no blocks and the ring decides; the model's size in blocks", () => {
     expect(makePool("{ by: prefix }").modelBlocks).toBe(0);
-    expect(makePool("{ by: header, cacheTokens: 1000 }").modelBlocks).toBe(0);
+    expect(makePool("{ by: header }").modelBlocks).toBe(0);
     expect(makePool("{ by: prefix, cacheTokens: 1000, blockChars: 100 }").modelBlocks).toBe(40);
   });
 });

@@ -4,9 +4,13 @@
  * and 1) that cache prompt prefixes (each about five system prompts' worth of 256-character
  * blocks, prefill at 5,000 tokens/s), the workload of workload.mjs at 1.5x the fleet's uncached
  * capacity, measured in the same run, through each target:
- *   least_request  floodgate, affinity off (its default balancer)
- *   affinity       floodgate, `affinity: { by: prefix }` (loadFactor 1.25, successors 1, grace 100ms)
- *   nginx          least_conn over the three (when nginx is installed)
+ *   least_request            floodgate, affinity off (its default balancer)
+ *   affinity                    floodgate, `affinity: { by: prefix }` with the model of the
+ *                               servers' caches (cacheTokens, prefillTokensPerSecond) and
+ *                               loadFactor 2: the target the issue's targets are judged on
+ *   affinity (loadFactor 1.25)  the same at the default load bound
+ *   affinity (ring only)        `affinity: { by: prefix }` alone: consistent hashing, no model
+ *   nginx least_conn            least_conn over the three (when nginx is installed)
  * Each target gets a fresh fleet (cold caches) and the same seeded arrivals; the first
  * `warmup` seconds fill the caches and are not counted. Reported per target: the prefix-cache
  * hit rate in prompt tokens (the simulators' vllm:prefix_cache counters), mean and p99 time to
@@ -15,8 +19,8 @@
  * (git-ignored), the report to bench/affinity/REPORT.md with its SVG charts.
  *
  * usage: node bench/affinity/run.mjs [--quick] [--duration SECONDS] [--warmup SECONDS]
- *                                    [--rounds N] [--seed N] [--skip-nginx] [--targets a,b]
- *                                    [--affinity JSON]
+ *                                    [--rounds N] [--seed N] [--skip-nginx]
+ *                                    [--targets "least_request,affinity"] [--affinity JSON]
  * (`npm run bench:affinity` builds first and runs this.)
  */
 import { setMaxListeners } from "node:events";
@@ -42,8 +46,10 @@ import {
   blocksPerPrompt,
   bodies,
   CACHE_PROMPTS,
+  CHARS_PER_TOKEN,
   MODEL,
   PREFILL_MS_PER_TOKEN,
+  PREFILL_TOKENS_PER_SECOND,
   uncachedBody,
 } from "./workload.mjs";
 
@@ -60,9 +66,9 @@ const { values: args } = parseArgs({
     rounds: { type: "string", default: "1" },
     seed: { type: "string", default: "1" },
     "skip-nginx": { type: "boolean", default: false },
-    /** Only these targets, comma-separated (for trying changes; the report shows what ran). */
+    /** Only these targets, comma-separated names (for trying changes; the report shows what ran). */
     targets: { type: "string" },
-    /** The affinity target's `affinity:` block as JSON, instead of { "by": "prefix" }. */
+    /** The `affinity` target's `affinity:` block as JSON, instead of MODELLED with loadFactor 2. */
     affinity: { type: "string" },
   },
 });
@@ -165,13 +171,32 @@ function floodgateConfig(port, adminPort, fleet, affinity) {
   });
 }
 
+/**
+ * The gateway's model of the servers' caches, as an operator would configure it from the engines:
+ * each caches CACHE_BLOCKS blocks of BLOCK_CHARS characters (in tokens of 4 characters) and
+ * prefills at PREFILL_TOKENS_PER_SECOND.
+ */
+const MODELLED = {
+  by: "prefix",
+  cacheTokens: (CACHE_BLOCKS * BLOCK_CHARS) / CHARS_PER_TOKEN,
+  prefillTokensPerSecond: PREFILL_TOKENS_PER_SECOND,
+};
+
+/**
+ * `affinity`, the target the issue's targets are judged on, bounds the load at twice a server's
+ * share: at this load (about 8 of the fleet's 20 slots in flight) the default 1.25 caps the
+ * 4-slot server at 2 or 3 requests and the others at 4 or 5, so a popular prompt's requests leave
+ * the server holding it even though it has free slots (REPORT.md shows the default beside it).
+ */
 const TARGETS = [
   { name: "least_request", kind: "floodgate", affinity: undefined },
   {
     name: "affinity",
     kind: "floodgate",
-    affinity: args.affinity ? JSON.parse(args.affinity) : { by: "prefix" },
+    affinity: args.affinity ? JSON.parse(args.affinity) : { ...MODELLED, loadFactor: 2 },
   },
+  { name: "affinity (loadFactor 1.25)", kind: "floodgate", affinity: MODELLED },
+  { name: "affinity (ring only)", kind: "floodgate", affinity: { by: "prefix" } },
   { name: "nginx least_conn", kind: "nginx" },
 ];
 

@@ -404,14 +404,16 @@ const SCRIPT = String.raw`
   }
 
   // Where the pool's keyed requests went since start: their home backend, a successor because
-  // the home was past its load bound, or another backend because the home could not serve.
+  // the home was past its load bound, another backend because the home could not serve, or
+  // (with cache models) where a prefix nobody held was placed.
   function affinityText(affinity) {
     if (!affinity) return "off";
     var d = affinity.decisions || {};
-    var total = (d.home || 0) + (d.spilled || 0) + (d.home_unavailable || 0);
+    var total = (d.home || 0) + (d.spilled || 0) + (d.home_unavailable || 0) + (d.placed || 0);
     if (total === 0) return "by " + affinity.by + " \u00b7 no requests yet";
     return "by " + affinity.by + " \u00b7 home " + fmtPct(d.home / total) + ", spilled " +
-      fmtPct(d.spilled / total) + ", home unavailable " + fmtPct(d.home_unavailable / total);
+      fmtPct(d.spilled / total) + ", home unavailable " + fmtPct(d.home_unavailable / total) +
+      (d.placed ? ", placed " + fmtPct(d.placed / total) : "");
   }
 
   function renderBackend(b) {

@@ -24,6 +24,7 @@
  */
 import type { AdmissionConfig } from "../config/index.js";
 import { errors, type GatewayError } from "../errors.js";
+import type { AffinityKey } from "../upstream/affinity.js";
 import { DrainRate } from "./drain-rate.js";
 import { AdmissionQueue, BAND_NAMES, type BandName, type QueueEntry } from "./queue.js";
 
@@ -35,13 +36,21 @@ export interface SlotSource<B> {
    * affinity key, on the key's backend; with `hops` as well, only on its home or that many
    * ring successors within their load bounds.
    */
-  take(exclude?: ReadonlySet<B>, key?: number, hops?: number): B | undefined;
+  take(exclude?: ReadonlySet<B>, key?: AffinityKey, hops?: number): B | undefined;
   /** A slot take() gave was handed to a request (metrics). */
   selected?(b: B): void;
   /** How long a queued request with an affinity key waits for its own backends; 0: not at all. */
   readonly affinityGraceMs?: number;
+  /** This key's grace (ms), when it depends on the key (what a miss would cost it); else affinityGraceMs. */
+  affinityGraceFor?(key: AffinityKey): number;
   /** Ring successors past the home that count as its own backends. */
   readonly affinityHops?: number;
+  /**
+   * A keyed arrival whose own backends cannot take it now waits for them too (the grace), rather
+   * than taking another backend at once: where the pool knows its prefix is cached (a model of
+   * the engines' caches), so that another backend would recompute it.
+   */
+  readonly affinityParksArrivals?: boolean;
   /** Gives back a slot take() gave, unused (no completion). */
   untake(b: B): void;
   /** Some backend could serve if it had a free slot (healthy, not drained). */
@@ -65,7 +74,7 @@ export interface AdmissionRequest<B> {
   patient: boolean;
   exclude?: ReadonlySet<B>;
   /** The request's prefix-affinity key (src/upstream/affinity.ts), when its pool has affinity. */
-  affinity?: number;
+  affinity?: AffinityKey;
 }
 
 export const ADMISSION_OUTCOMES = [
@@ -117,7 +126,7 @@ export class Ticket<B> implements QueueEntry {
   readonly deadline: number;
   readonly retry: boolean;
   readonly exclude: ReadonlySet<B> | undefined;
-  readonly key: number | undefined;
+  readonly key: AffinityKey | undefined;
   seq = 0;
   waiting = false;
   /** Its turn came, and it waits until graceUntil for a slot on its own backends (affinity). */
@@ -179,7 +188,9 @@ export class Admission<B> {
    * successors within their bounds) had no free slot: each waits up to the grace for one of
    * them, ahead of the queue, and after it takes any backend. Slots they pass up go on to the
    * queue behind them, so a pool never idles a slot a waiting request could use for longer
-   * than the grace. In the order their turn came; at most as many as the pool's slots.
+   * than the grace. In the order their turn came; at most as many as the pool's slots. With
+   * cache models (affinityParksArrivals), an arrival that finds the queue empty and a free slot
+   * only on backends that do not hold its prefix waits here too.
    */
   private readonly parked: Ticket<B>[] = [];
   private graceTimer: NodeJS.Timeout | undefined;
@@ -215,11 +226,38 @@ export class Admission<B> {
   acquire(request: AdmissionRequest<B>): B | Ticket<B> {
     const band = request.band;
     if (this.queue.ahead(band, request.tenant, request.weight, true) === 0 && this.mayTake(band)) {
-      const b = this.take(request.exclude, band, request.tenant, request.affinity);
+      const parks =
+        request.affinity !== undefined &&
+        (this.source.affinityGraceMs ?? 0) > 0 &&
+        this.source.affinityParksArrivals === true;
+      const hops = parks ? (this.source.affinityHops ?? 0) : undefined;
+      const b = this.take(request.exclude, band, request.tenant, request.affinity, hops);
       if (b !== undefined) {
         this.decided(band, "immediate");
         this.source.selected?.(b);
         return b;
+      }
+      // Its own backends cannot take it but another could: it waits for them (parked, as a
+      // queued request whose turn came), or takes that other one when as many wait so already
+      // as the pool has slots. With no slot free anywhere, it queues as any request does.
+      const free = parks ? this.take(request.exclude) : undefined;
+      if (free !== undefined) {
+        this.untake(free);
+        const now = this.now();
+        const grace = this.graceFor(request.affinity, this.source.affinityGraceMs ?? 0);
+        if (grace > 0 && this.parked.length < Math.max(1, this.source.capacity()) && now < request.deadline) {
+          const ticket = new Ticket(request, now, this);
+          ticket.timer = setTimeout(() => this.expire(ticket), request.deadline - now);
+          this.park(ticket, Math.min(request.deadline, now + grace));
+          this.scheduleGrace();
+          return ticket;
+        }
+        const any = this.take(request.exclude, band, request.tenant, request.affinity);
+        if (any !== undefined) {
+          this.decided(band, "immediate");
+          this.source.selected?.(any);
+          return any;
+        }
       }
     }
     if (!this.source.servable()) {
@@ -409,14 +447,19 @@ export class Admission<B> {
    */
   private placeKeyed(ticket: Ticket<B>, grace: number): void {
     let slot = this.take(ticket.exclude, -1, "", ticket.key, this.source.affinityHops ?? 0);
-    if (slot === undefined && this.parked.length < Math.max(1, this.source.capacity())) {
-      this.park(ticket, this.now() + grace);
+    const wait = this.graceFor(ticket.key, grace);
+    if (slot === undefined && wait > 0 && this.parked.length < Math.max(1, this.source.capacity())) {
+      this.park(ticket, Math.min(ticket.deadline, this.now() + wait));
       return;
     }
     slot ??= this.take(ticket.exclude, -1, "", ticket.key) ?? this.take(ticket.exclude);
     // Cannot be undefined (a slot was free a moment ago); were it so, waiting is never wrong.
     if (slot === undefined) this.park(ticket, this.now());
     else this.hand(ticket, slot);
+  }
+
+  private graceFor(key: AffinityKey | undefined, grace: number): number {
+    return key !== undefined && this.source.affinityGraceFor ? this.source.affinityGraceFor(key) : grace;
   }
 
   private park(ticket: Ticket<B>, graceUntil: number): void {
@@ -471,7 +514,7 @@ export class Admission<B> {
     exclude: ReadonlySet<B> | undefined,
     band = -1,
     tenant = "",
-    key?: number,
+    key?: AffinityKey,
     hops?: number,
   ): B | undefined {
     const b = this.source.take(exclude, key, hops);

@@ -9,8 +9,9 @@
 import type { RequestContext } from "../context.js";
 import { errors } from "../errors.js";
 import type { Admit } from "../proxy/exchange.js";
-import { affinityKey } from "../upstream/affinity.js";
+import { type AffinityKey, affinityKey } from "../upstream/affinity.js";
 import type { UpstreamPool } from "../upstream/pool.js";
+import { promptBlocks } from "../upstream/prefix-model.js";
 import { BAND_NAMES, type BandName } from "./queue.js";
 
 export const PRIORITY_HEADER = "x-floodgate-priority";
@@ -35,7 +36,6 @@ export function admitFor(state: RequestContext, pool: UpstreamPool): Admit {
   let maxWait = config.bands[BAND_NAMES[band] ?? "interactive"].maxWait;
   const wait = headers?.[MAX_WAIT_HEADER];
   if (wait !== undefined) maxWait = Math.min(maxWait, parseWait(wait));
-  const affinity = pool.config.affinity;
   return {
     band,
     tenant: tenant?.id ?? "",
@@ -43,8 +43,19 @@ export function admitFor(state: RequestContext, pool: UpstreamPool): Admit {
     deadline: state.startedAt + maxWait,
     // A job's run waits its turn: only its deadline or a full queue refuses it, never the estimate.
     patient: state.deferred,
-    affinity: affinity.by === "off" ? undefined : affinityKey(state.body, affinity, headers),
+    affinity: affinityOf(state, pool),
   };
+}
+
+/** The request's affinity key, with its prompt's blocks when the pool models the caches. */
+function affinityOf(state: RequestContext, pool: UpstreamPool): AffinityKey | undefined {
+  const affinity = pool.config.affinity;
+  if (affinity.by === "off") return undefined;
+  const hash = affinityKey(state.body, affinity, state.incoming?.headers);
+  if (hash === undefined) return undefined;
+  const maxBlocks = pool.modelBlocks;
+  if (affinity.by !== "prefix" || maxBlocks === 0) return { hash };
+  return { hash, blocks: promptBlocks(state.body, affinity.blockChars, maxBlocks) };
 }
 
 /** Milliseconds, as a plain number or with a unit (250ms, 2s, 1m). */

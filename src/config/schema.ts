@@ -585,12 +585,32 @@ const Affinity = Section(
       minimum: 0,
       maximum: 64,
       default: 1,
-      description: "a queued request waits for a slot on its home backend or this many next ones on the ring",
+      description:
+        "a queued request waits for a slot on its home backend or this many next ones on the ring (with cacheTokens: on the backends holding its longest prefix or this many more holding shorter ones)",
     }),
     grace: Duration(
       "100ms",
       "how long a queued request whose turn came waits for those backends before taking any",
     ),
+    cacheTokens: Type.Integer({
+      minimum: 0,
+      maximum: 1_000_000_000,
+      default: 0,
+      description:
+        "by prefix: each backend's prefix cache in tokens, modelled by the gateway to send a prompt where its prefix is; 0: the ring alone",
+    }),
+    prefillTokensPerSecond: Type.Number({
+      minimum: 0,
+      default: 0,
+      description:
+        "by prefix, with cacheTokens: the engines' prefill speed; a request waits for the backends holding its prefix as long as recomputing it would take (instead of grace); 0: grace",
+    }),
+    blockChars: Type.Integer({
+      minimum: 16,
+      maximum: 65_536,
+      default: 256,
+      description: "by prefix, with cacheTokens: characters per block of the gateway's cache model",
+    }),
   },
   "prefix affinity: requests that share a prompt prefix or session go to the backend that caches it",
 );

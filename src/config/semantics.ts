@@ -187,6 +187,20 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
         });
       }
     });
+    const affinity = pool.affinity;
+    if (affinity.cacheTokens > 0 && affinity.by !== "prefix") {
+      issues.push({
+        path: ["pools", poolName, "affinity", "cacheTokens"],
+        message: `the cache model follows prompt prefixes; this pool's affinity is by ${affinity.by}`,
+        hint: "set by: prefix, or remove cacheTokens",
+      });
+    } else if (affinity.prefillTokensPerSecond > 0 && affinity.cacheTokens === 0) {
+      issues.push({
+        path: ["pools", poolName, "affinity", "prefillTokensPerSecond"],
+        message: "the wait it sets is for the backends holding a prefix, which only the cache model knows",
+        hint: "set cacheTokens to each engine's prefix cache in tokens, or remove prefillTokensPerSecond",
+      });
+    }
     if (pool.backends.every((b) => b.backup)) {
       issues.push({
         path: ["pools", poolName, "backends"],

@@ -385,7 +385,7 @@ export class Metrics {
     });
     new Counter({
       name: "floodgate_affinity_decisions_total",
-      help: "Prefix-affinity picks by pool and outcome: home (the key's backend), spilled (its home was at the load bound), home_unavailable (its home could not serve).",
+      help: "Prefix-affinity picks by pool and outcome: home (the key's backend: with cacheTokens, the one holding its longest prefix), spilled (its home was at the load bound), home_unavailable (its home could not serve), placed (with cacheTokens: no backend held its prefix).",
       labelNames: ["pool", "outcome"],
       registers,
       collect() {

@@ -13,7 +13,14 @@ import {
 } from "../admission/admission.js";
 import type { BackendConfig, GatewayConfig, PoolConfig } from "../config/index.js";
 import { GatewayError } from "../errors.js";
-import { type AffinityOutcome, fleetLoad, HashRing } from "./affinity.js";
+import {
+  AFFINITY_OUTCOMES,
+  type AffinityKey,
+  type AffinityOutcome,
+  CHARS_PER_TOKEN_ID,
+  fleetLoad,
+  HashRing,
+} from "./affinity.js";
 import { Backend, type BackendOptions } from "./backend.js";
 import { Balancer, isHealthy } from "./balancer.js";
 import type { BreakerState } from "./breaker.js";
@@ -27,6 +34,7 @@ import {
 import { HealthChecker } from "./health-checker.js";
 import { engineHasMetrics, type LoadSignal, LoadSignalScraper, loadPenalty } from "./load-signals.js";
 import { type AttemptOutcome, type EjectionReason, OutlierDetector } from "./outlier-detector.js";
+import { CacheModel, pickCached } from "./prefix-model.js";
 import { RetryBudget } from "./retry-budget.js";
 
 /** What the pools tell the rest of the gateway (metrics, logs); every hook is optional. */
@@ -88,11 +96,12 @@ export class UpstreamPool {
   /** The consistent-hash ring of prefix affinity, rebuilt when the backends or weights change. */
   private ring = HashRing.build<Backend>([]);
   /** Affinity decisions so far, read by the metrics at scrape time. */
-  readonly affinityDecisions: Record<AffinityOutcome, number> = {
-    home: 0,
-    spilled: 0,
-    home_unavailable: 0,
-  };
+  readonly affinityDecisions = Object.fromEntries(AFFINITY_OUTCOMES.map((o) => [o, 0])) as Record<
+    AffinityOutcome,
+    number
+  >;
+  /** Each backend's prefix cache as this gateway sent to it (affinity.cacheTokens). */
+  private readonly cacheModels = new Map<Backend, CacheModel>();
 
   constructor(
     readonly name: string,
@@ -150,6 +159,8 @@ export class UpstreamPool {
       config.models,
       this.now,
       (b, healthy) => {
+        // Down long enough to fail its probes: it may come back restarted, its cache empty.
+        if (!healthy) this.cacheModels.get(b)?.clear();
         this.events.healthChanged?.(this.name, b.name, healthy);
         this.admission.poolChanged();
       },
@@ -355,11 +366,14 @@ export class UpstreamPool {
 
   /**
    * A slot on a backend: the balancer's pick, or, for a request with an affinity key on a pool
-   * with affinity on, the key's ring successor within the load bound (src/upstream/affinity.ts).
-   * `hops` (a queued request whose turn came) limits the walk to the home and that many
-   * successors within their bounds; undefined when none of them has a free slot.
+   * with affinity on, the key's ring successor within the load bound (src/upstream/affinity.ts);
+   * with cache models (affinity.cacheTokens), the backend holding its longest prefix within the
+   * bound, or where a prefix nobody holds is best placed (src/upstream/prefix-model.ts).
+   * `hops` (a request waiting for its own backends) limits the pick to the home and that many
+   * successors (with models: the that many + 1 backends holding the longest runs of its prefix)
+   * within their bounds; undefined when none of them has a free slot.
    */
-  take(exclude?: ReadonlySet<Backend>, key?: number, hops?: number): Backend | undefined {
+  take(exclude?: ReadonlySet<Backend>, key?: AffinityKey, hops?: number): Backend | undefined {
     const now = this.now();
     const b =
       key !== undefined && this.config.affinity.by !== "off"
@@ -377,7 +391,7 @@ export class UpstreamPool {
   }
 
   private takeKeyed(
-    key: number,
+    key: AffinityKey,
     exclude: ReadonlySet<Backend> | undefined,
     hops: number | undefined,
     now: number,
@@ -388,24 +402,88 @@ export class UpstreamPool {
     const balancer = this.balancer;
     const backup = tier[0]?.backup ?? false;
     const panic = balancer.panic(this.backends, now);
-    const pick = this.ring.pick(
-      key,
-      new Set(tier),
-      fleetLoad,
-      this.config.affinity.loadFactor,
-      hops ?? Number.POSITIVE_INFINITY,
-      (b) => balancer.weightOf(b, now),
-      (b) => balancer.serves(b, backup, panic, now),
-    );
+    const affinity = this.config.affinity;
+    const weightOf = (b: Backend) => balancer.weightOf(b, now);
+    const counted = (b: Backend) => balancer.serves(b, backup, panic, now);
+    const blocks = key.blocks;
+    const modelled = blocks !== undefined && this.modelBlocks > 0;
+    const pick = modelled
+      ? pickCached({
+          ring: this.ring,
+          key,
+          blocks,
+          candidates: new Set(tier),
+          loadOf: fleetLoad,
+          weightOf,
+          counted,
+          loadFactor: affinity.loadFactor,
+          modelOf: (b) => this.cacheModel(b),
+          minBlocks: Math.max(
+            1,
+            Math.min(blocks.length, Math.floor(affinity.prefixChars / affinity.blockChars)),
+          ),
+          now,
+          own: hops,
+        })
+      : this.ring.pick(
+          key.hash,
+          new Set(tier),
+          fleetLoad,
+          affinity.loadFactor,
+          hops ?? Number.POSITIVE_INFINITY,
+          weightOf,
+          counted,
+        );
     if (pick === undefined || (hops !== undefined && !pick.bounded)) return undefined;
     this.affinityDecisions[pick.outcome]++;
+    if (modelled) this.cacheModel(pick.backend).touch(blocks, now);
     return pick.backend;
+  }
+
+  /** Blocks of a backend's cache model (affinity.cacheTokens), 0 when the pool has none. */
+  get modelBlocks(): number {
+    const affinity = this.config.affinity;
+    if (affinity.by !== "prefix" || affinity.cacheTokens === 0) return 0;
+    return Math.max(1, Math.floor((affinity.cacheTokens * CHARS_PER_TOKEN_ID) / affinity.blockChars));
+  }
+
+  /** The backend's cache model, sized by the current config. */
+  private cacheModel(b: Backend): CacheModel {
+    const blocks = this.modelBlocks;
+    let model = this.cacheModels.get(b);
+    if (model === undefined) {
+      model = new CacheModel(blocks);
+      this.cacheModels.set(b, model);
+    } else if (model.capacity !== blocks) model.resize(blocks);
+    return model;
   }
 
   /** The affinity grace of a queued keyed request (ms), 0 when the pool has no affinity. */
   get affinityGraceMs(): number {
     const affinity = this.config.affinity;
     return affinity.by === "off" ? 0 : affinity.grace;
+  }
+
+  /**
+   * With affinity.prefillTokensPerSecond and cache models, a key waits for the backends holding
+   * its prefix as long as recomputing the longest prefix they hold would take elsewhere, so that
+   * waiting never costs it more than the miss it avoids; else the configured grace.
+   */
+  affinityGraceFor(key: AffinityKey): number {
+    const affinity = this.config.affinity;
+    if (affinity.by === "off") return 0;
+    const blocks = key.blocks;
+    if (affinity.prefillTokensPerSecond === 0 || blocks === undefined || this.modelBlocks === 0)
+      return affinity.grace;
+    let held = 0;
+    for (const b of this.backends) held = Math.max(held, this.cacheModels.get(b)?.match(blocks) ?? 0);
+    const tokens = (held * affinity.blockChars) / CHARS_PER_TOKEN_ID;
+    return (tokens / affinity.prefillTokensPerSecond) * 1000;
+  }
+
+  /** With cache models, a keyed arrival waits for the backends holding its prefix too. */
+  get affinityParksArrivals(): boolean {
+    return this.modelBlocks > 0;
   }
 
   /** Ring successors past the home a queued keyed request waits for. */
@@ -500,6 +578,8 @@ export class UpstreamPool {
       onBreakerState: (b, state) => {
         // Readmitted by a successful probe: it ramps back in from now.
         if (state === "closed") b.rampFrom = this.now();
+        // Failing calls: it may come back restarted, its prefix cache empty.
+        if (state === "open") this.cacheModels.get(b)?.clear();
         this.events.breakerChanged?.(this.name, b.name, state);
         this.admission.poolChanged();
       },
@@ -513,6 +593,7 @@ export class UpstreamPool {
   }
 
   private remove(b: Backend): void {
+    this.cacheModels.delete(b);
     const i = this.backends.indexOf(b);
     if (i !== -1) this.backends.splice(i, 1);
     void b.close();

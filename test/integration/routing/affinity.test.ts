@@ -114,7 +114,7 @@ describe("prefix affinity", () => {
     const body = (await status.body.json()) as { pools: { affinity: unknown }[] };
     expect(body.pools[0]?.affinity).toEqual({
       by: "prefix",
-      decisions: { home: 30, spilled: 0, home_unavailable: 0 },
+      decisions: { home: 30, spilled: 0, home_unavailable: 0, placed: 0 },
     });
     // The engines' ratio between two readings: shown once a reading followed the traffic.
     await expect
@@ -213,5 +213,72 @@ describe("prefix affinity", () => {
     expect(count("home") + count("spilled")).toBe(12);
     stop.abort();
     await Promise.all(streams);
+  });
+});
+
+describe("prefix affinity with a model of the engines' caches", () => {
+  /** Three simulators that each cache about three of the prompts below (12 blocks each). */
+  async function fleetBehind(affinity: string): Promise<void> {
+    const opts = {
+      models: ["m"],
+      prefillMsPerToken: 0,
+      decodeStepMs: 1,
+      decodeMsPerSeq: 0,
+      prefixCacheBlocks: 36,
+      prefixBlockChars: 256,
+    };
+    sims = await Promise.all([startSim(opts), startSim(opts), startSim(opts)]);
+    const backends = sims.map((s, i) => `{ url: "${s.url}", name: s${i}, engine: vllm }`).join(", ");
+    gw = await startGateway(`pools:
+  p:
+    models: [m]
+    backends: [${backends}]
+    affinity: ${affinity}
+`);
+  }
+
+  /** Eight applications in turn, five rounds: more prompts than any one server caches. */
+  async function workload(): Promise<{ hits: number; queries: number }> {
+    const apps = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+    for (let round = 0; round < 5; round++) {
+      for (const app of apps) {
+        await chat({
+          messages: [
+            { role: "system", content: systemPrompt(app) },
+            { role: "user", content: `round ${round}` },
+          ],
+        });
+      }
+    }
+    let hits = 0;
+    let queries = 0;
+    for (const s of sims) {
+      hits += s.stats().prefixCache.hits;
+      queries += s.stats().prefixCache.queries;
+    }
+    return { hits, queries };
+  }
+
+  async function stop(): Promise<void> {
+    await gw?.close();
+    gw = undefined;
+    await Promise.all(sims.map((s) => s.close()));
+    sims = [];
+  }
+
+  it("finds more prompt tokens cached than least_request on the same requests, and places each prompt once", async () => {
+    await fleetBehind("{ by: off }");
+    const plain = await workload();
+    await stop();
+    // 36 blocks of 256 characters, 4 characters a token: the simulators' caches.
+    await fleetBehind("{ by: prefix, cacheTokens: 2304 }");
+    const modelled = await workload();
+    expect(modelled.queries).toBe(plain.queries);
+    // Each prompt misses once, on its first request: 4 of 5 requests hit nearly all their prompt.
+    expect(modelled.hits / modelled.queries).toBeGreaterThan(0.7);
+    expect(modelled.hits).toBeGreaterThan(2 * plain.hits);
+    const text = await metricsText();
+    expect(text).toMatch(/floodgate_affinity_decisions_total\{pool="p",outcome="placed"\} 8/);
+    expect(text).toMatch(/floodgate_affinity_decisions_total\{pool="p",outcome="home"\} 32/);
   });
 });

@@ -172,6 +172,15 @@ pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000, enginePriori
     expect(m).toContain("tenants.t.limits.requests.per: must be longer than 0");
     expect(m).toContain("admin.port: is the same port as listen.port (8080)");
     expect(m).toContain("pools.x.backends[0].enginePriority: only vLLM takes a request priority");
+    const affinity = issuesOf(`
+pools:
+  x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }], affinity: { by: header, cacheTokens: 1000 } }
+  y: { models: [n], backends: [{ url: http://127.0.0.1:9001 }], affinity: { by: prefix, prefillTokensPerSecond: 5000 } }
+`).message;
+    expect(affinity).toContain("pools.x.affinity.cacheTokens: the cache model follows prompt prefixes");
+    expect(affinity).toContain("set by: prefix, or remove cacheTokens");
+    expect(affinity).toContain("pools.y.affinity.prefillTokensPerSecond:");
+    expect(affinity).toContain("set cacheTokens to each engine's prefix cache in tokens");
     // Different addresses may share a port number.
     expect(() =>
       parseConfig(

@@ -7,9 +7,17 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { type AdmissionRequest, Ticket } from "../../../src/admission/admission.js";
 import { parseConfig } from "../../../src/config/index.js";
-import { boundFor, fleetLoad, HashRing, hashString } from "../../../src/upstream/affinity.js";
+import {
+  type AffinityKey,
+  affinityKey,
+  boundFor,
+  fleetLoad,
+  HashRing,
+  hashString,
+} from "../../../src/upstream/affinity.js";
 import type { Backend } from "../../../src/upstream/backend.js";
 import { UpstreamPool } from "../../../src/upstream/pool.js";
+import { promptBlocks } from "../../../src/upstream/prefix-model.js";
 
 function makePool(affinity: string, backends = 3, slots = 4): UpstreamPool {
   const list = Array.from(
@@ -40,7 +48,7 @@ function request(key: number | undefined, over: Partial<AdmissionRequest<Backend
     deadline: Date.now() + 60_000,
     retry: false,
     patient: false,
-    affinity: key,
+    affinity: key === undefined ? undefined : { hash: key },
     ...over,
   };
 }
@@ -105,7 +113,7 @@ describe("a keyed request with a free slot", () => {
         release(pool, held);
       }
     }
-    expect(pool.affinityDecisions).toEqual({ home: 15, spilled: 0, home_unavailable: 0 });
+    expect(pool.affinityDecisions).toEqual({ home: 15, spilled: 0, home_unavailable: 0, placed: 0 });
   });
 
   it("never puts a backend past the bound: a hot key spills along its ring order", () => {
@@ -154,7 +162,7 @@ describe("a keyed request with a free slot", () => {
     // Other replicas hold 10 requests on the home: 11 of 12 in the fleet, past ceil(1.25 x 13 / 3).
     home.othersInFlight = 10;
     expect(now(pool, key).backend).toBe(next);
-    expect(pool.affinityDecisions).toEqual({ home: 1, spilled: 1, home_unavailable: 0 });
+    expect(pool.affinityDecisions).toEqual({ home: 1, spilled: 1, home_unavailable: 0, placed: 0 });
   });
 
   it("a request without a key, or a pool with affinity off, is balanced as before", () => {
@@ -163,7 +171,7 @@ describe("a keyed request with a free slot", () => {
     const seen = new Set<Backend>();
     for (let i = 0; i < 30; i++) seen.add(now(off, key).backend);
     expect(seen.size).toBeGreaterThan(1);
-    expect(off.affinityDecisions).toEqual({ home: 0, spilled: 0, home_unavailable: 0 });
+    expect(off.affinityDecisions).toEqual({ home: 0, spilled: 0, home_unavailable: 0, placed: 0 });
   });
 });
 
@@ -288,5 +296,123 @@ describe("a keyed request that waits", () => {
     if (!next) throw new Error("no pool");
     await pool.reconfigure(next);
     expect(keyed.granted?.backend).toBe(c);
+  });
+});
+
+describe("with a model of the engines' caches (cacheTokens)", () => {
+  /** A chat body whose system prompt is `chars` characters of `app`'s own text. */
+  function body(app: string, chars = 2600): Record<string, unknown> {
+    let system = `You are ${app}.`;
+    for (let i = 0; system.length < chars; i++) system += ` ${app}${(i * 7919) % 997}`;
+    return {
+      messages: [
+        { role: "system", content: system.slice(0, chars) },
+        { role: "user", content: "hi" },
+      ],
+    };
+  }
+
+  function keyOf(pool: UpstreamPool, b: Record<string, unknown>): AffinityKey {
+    const affinity = pool.config.affinity;
+    const hash = affinityKey(b, affinity);
+    if (hash === undefined) throw new Error("no key");
+    return { hash, blocks: promptBlocks(b, affinity.blockChars, pool.modelBlocks) };
+  }
+
+  function take(pool: UpstreamPool, key: AffinityKey): Held {
+    const got = pool.acquire({ ...request(undefined), affinity: key });
+    if (got instanceof Ticket) throw new Error("had to wait");
+    return { backend: got, takenAt: pool.admission.lastTake };
+  }
+
+  function wait(pool: UpstreamPool, key: AffinityKey) {
+    const got = pool.acquire({ ...request(undefined), affinity: key });
+    if (!(got instanceof Ticket)) throw new Error("got a slot at once");
+    const state: { granted?: Held } = {};
+    got.onGrant = (b) => {
+      state.granted = { backend: b, takenAt: pool.admission.lastTake };
+    };
+    got.promise.catch(() => undefined);
+    return state;
+  }
+
+  it("places a prompt nobody holds on the least loaded backend, then sends it back there", () => {
+    const pool = makePool("{ by: prefix, cacheTokens: 100000 }", 3, 100);
+    const p = keyOf(pool, body("alpha"));
+    const q = keyOf(pool, body("bravo"));
+    const first = take(pool, p);
+    // alpha's backend is busy: bravo goes to another one.
+    const second = take(pool, q);
+    expect(second.backend).not.toBe(first.backend);
+    release(pool, first);
+    release(pool, second);
+    for (let i = 0; i < 5; i++) {
+      const again = take(pool, p);
+      expect(again.backend).toBe(first.backend);
+      release(pool, again);
+      const other = take(pool, q);
+      expect(other.backend).toBe(second.backend);
+      release(pool, other);
+    }
+    expect(pool.affinityDecisions).toMatchObject({ placed: 2, home: 10, spilled: 0 });
+  });
+
+  it("keeps the load bound: a hot prompt spills to a backend that then holds it too", () => {
+    // No grace: an arrival past its holder's bound goes elsewhere at once instead of waiting.
+    const pool = makePool("{ by: prefix, cacheTokens: 100000, loadFactor: 1.25, grace: 0s }", 3, 100);
+    const hot = keyOf(pool, body("hot"));
+    const held: Held[] = [];
+    for (let i = 0; i < 30; i++) {
+      const total = pool.backends.reduce((n, b) => n + fleetLoad(b), 0);
+      const h = take(pool, hot);
+      expect(fleetLoad(h.backend) - 1).toBeLessThan(boundFor(total, 1, 3, 1.25));
+      held.push(h);
+    }
+    expect(pool.affinityDecisions.spilled).toBeGreaterThan(0);
+    for (const h of held) release(pool, h);
+    // Every backend that took it now holds it: the next ones all count as home.
+    const before = pool.affinityDecisions.home;
+    for (let i = 0; i < 6; i++) release(pool, take(pool, hot));
+    expect(pool.affinityDecisions.home).toBe(before + 6);
+  });
+
+  it("an arrival whose holder is full waits for it as long as recomputing its prefix would take", () => {
+    // 2,600 characters: 10 blocks of 256 held, 640 tokens, 640 ms at 1,000 tokens/s.
+    const pool = makePool("{ by: prefix, cacheTokens: 100000, prefillTokensPerSecond: 1000 }", 3, 1);
+    const p = keyOf(pool, body("alpha"));
+    const held = take(pool, p);
+    expect(pool.affinityGraceFor(p)).toBe(640);
+    const next = wait(pool, p);
+    vi.advanceTimersByTime(600);
+    expect(next.granted).toBeUndefined();
+    release(pool, held);
+    expect(next.granted?.backend).toBe(held.backend);
+    // Past the grace it takes another backend.
+    const late = wait(pool, p);
+    vi.advanceTimersByTime(640);
+    expect(late.granted?.backend).toBeDefined();
+    expect(late.granted?.backend).not.toBe(held.backend);
+    expect(pool.affinityDecisions.home_unavailable).toBe(1);
+  });
+
+  it("a drained holder keeps its place: its prompts go elsewhere meanwhile and come back after", () => {
+    const pool = makePool("{ by: prefix, cacheTokens: 100000 }", 3, 100);
+    const p = keyOf(pool, body("alpha"));
+    const first = take(pool, p);
+    release(pool, first);
+    pool.setDrained(first.backend.name, true);
+    const away = take(pool, p);
+    expect(away.backend).not.toBe(first.backend);
+    release(pool, away);
+    pool.setDrained(first.backend.name, false);
+    // Both hold it now; the ring order from the key breaks the tie, as on every replica.
+    const back = take(pool, p);
+    expect([first.backend, away.backend]).toContain(back.backend);
+  });
+
+  it("without cacheTokens keys carry no blocks and the ring decides; the model's size in blocks", () => {
+    expect(makePool("{ by: prefix }").modelBlocks).toBe(0);
+    expect(makePool("{ by: header }").modelBlocks).toBe(0);
+    expect(makePool("{ by: prefix, cacheTokens: 1000, blockChars: 100 }").modelBlocks).toBe(40);
   });
 });

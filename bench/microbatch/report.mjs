@@ -156,7 +156,7 @@ function latencyChart(rows, plan) {
 
 export function renderReport(results) {
   const plan = results.plan;
-  const windowMs = Number.parseFloat(plan.microBatch.maxWait);
+  const windowMs = Number.parseFloat(plan.microBatch.batchWindow);
   const rounds = results.rounds.map((r) => ({ ...r, summaries: r.runs.map((run) => summarize(run, plan)) }));
   const rows = medians(rounds, plan);
   const judged = compare(rounds, TARGETS.clients, windowMs).filter(Boolean);
@@ -182,7 +182,7 @@ export function renderReport(results) {
       `${sim.embedCallMs} ms + ${sim.embedPerInputMs} ms per input + ${sim.prefillMsPerToken} ms per token, as an encoder ` +
       "served by llama.cpp with one slot or by Ollama. Two floodgates in front of it differ only in the pool's " +
       "`microBatch`: **off** (the default) and **on** " +
-      `(\`maxBatchInputs: ${plan.microBatch.maxBatchInputs}, maxBatchTokens: ${plan.microBatch.maxBatchTokens}, maxWait: ${plan.microBatch.maxWait}\`); ` +
+      `(\`maxBatchInputs: ${plan.microBatch.maxBatchInputs}, maxBatchTokens: ${plan.microBatch.maxBatchTokens}, batchWindow: ${plan.microBatch.batchWindow}\`); ` +
       `both with the backend at \`maxConcurrency: ${plan.maxConcurrency}\` (one call computing, the next waiting in the ` +
       "engine; the rest wait in floodgate's admission queue), log level warn, no access log, everything else at its defaults.",
     "",

@@ -5,7 +5,7 @@
  * encoder served by llama.cpp with one slot, or Ollama), behind two floodgates that differ only
  * in the pool's `microBatch`:
  *   off  no batching (the default)
- *   on   microBatch: { enabled: true, maxBatchInputs: 64, maxBatchTokens: 8192, maxWait: 5ms }
+ *   on   microBatch: { enabled: true, maxBatchInputs: 64, maxBatchTokens: 8192, batchWindow: 5ms }
  * both with the backend at maxConcurrency 2 (one call computing, the next waiting in the engine,
  * so the engine never idles between two calls; the rest wait in floodgate's admission queue).
  *
@@ -63,7 +63,7 @@ const PLAN = {
   maxConcurrency: 2,
   /** The simulator's defaults (src/sim/options.ts), stated for the report. */
   sim: { embedCallMs: 8, embedPerInputMs: 0.5, prefillMsPerToken: 0.1, embedSlots: 1 },
-  microBatch: { enabled: true, maxBatchInputs: 64, maxBatchTokens: 8192, maxWait: "5ms" },
+  microBatch: { enabled: true, maxBatchInputs: 64, maxBatchTokens: 8192, batchWindow: "5ms" },
   checkSample: 16,
 };
 

@@ -35,7 +35,7 @@ export function describe(config: GatewayConfig): string {
     const batching = pool.microBatch;
     if (batching.enabled) {
       lines.push(
-        `  embeddings micro-batching: up to ${batching.maxBatchInputs} inputs or ${batching.maxBatchTokens} tokens a call, window ${formatDuration(batching.maxWait)}`,
+        `  embeddings micro-batching: up to ${batching.maxBatchInputs} inputs or ${batching.maxBatchTokens} tokens a call, window ${formatDuration(batching.batchWindow)}`,
       );
     }
     const chain = fallbackLine(config, pool);

@@ -633,7 +633,7 @@ const MicroBatch = Section(
       default: 8192,
       description: "estimated input tokens in one merged call at most; a full batch is sent at once",
     }),
-    maxWait: Duration(
+    batchWindow: Duration(
       "5ms",
       "how long a batch waits for more requests after its first arrives; 0ms takes only the requests that arrive together",
     ),

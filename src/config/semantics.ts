@@ -160,10 +160,10 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
     }
     const batching = pool.microBatch;
     const interactiveWait = pool.admission.bands.interactive.maxWait;
-    if (batching.enabled && batching.maxWait >= interactiveWait) {
+    if (batching.enabled && batching.batchWindow >= interactiveWait) {
       issues.push({
-        path: ["pools", poolName, "microBatch", "maxWait"],
-        message: `${formatDuration(batching.maxWait)} is not below the interactive band's maxWait (${formatDuration(interactiveWait)})`,
+        path: ["pools", poolName, "microBatch", "batchWindow"],
+        message: `${formatDuration(batching.batchWindow)} is not below the interactive band's maxWait (${formatDuration(interactiveWait)})`,
         hint: "a request would spend its whole wait for a slot waiting for company: a few milliseconds (5ms) is enough",
       });
     }

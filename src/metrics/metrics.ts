@@ -449,7 +449,7 @@ export class Metrics {
     this.batchInputs = new Children((v) => batchInputs.labels(...v));
     const flushes = counter(
       "floodgate_microbatch_flushes_total",
-      "Embeddings batches sent to wait for a backend slot, by reason: window (maxWait ended), max_inputs or max_tokens (full). A batch waiting for a slot still takes requests.",
+      "Embeddings batches sent to wait for a backend slot, by reason: window (batchWindow ended), max_inputs or max_tokens (full). A batch waiting for a slot still takes requests.",
       ["pool", "reason"],
     );
     this.batchFlushes = new Children((v) => flushes.labels(...v));

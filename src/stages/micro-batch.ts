@@ -15,7 +15,7 @@
  * What a member goes through:
  *   - Merged only when its input can be (src/microbatch/merge.ts: the forms OpenAI accepts;
  *     strings and token arrays apart) and it fits in one batch; else it goes alone, now.
- *   - It waits in its key's batch (src/microbatch/batcher.ts) for at most `maxWait`; the
+ *   - It waits in its key's batch (src/microbatch/batcher.ts) for at most `batchWindow`; the
  *     batch goes as soon as it holds `maxBatchInputs` inputs or `maxBatchTokens` estimated
  *     tokens. The key: the pool, the query, the body without its input, the admission band (a
  *     background request never rides in an interactive call, nor waits at its rank), and, when
@@ -153,7 +153,7 @@ export function microBatchStage(
       const limits: BatchLimits = {
         maxInputs: settings.maxBatchInputs,
         maxTokens: settings.maxBatchTokens,
-        windowMs: settings.maxWait,
+        windowMs: settings.batchWindow,
       };
       const input = mergeableInput(body.input);
       if (!input || input.items.length > limits.maxInputs || input.tokens > limits.maxTokens) {

@@ -91,7 +91,7 @@ pools:
     loadSignals: { enabled: false }
     retry: { attempts: 0 }
     admission: { bands: { interactive: { maxWait: 2m } } }
-    microBatch: { enabled: true, maxWait: 1m, ${microBatch} }
+    microBatch: { enabled: true, batchWindow: 1m, ${microBatch} }
 ${extra}`);
   gateways.push(gw);
   return gw;
@@ -306,7 +306,7 @@ pools:
     models: [${MODEL}]
     backends: [{ url: "${relay.url}", maxConcurrency: 1 }]
     loadSignals: { enabled: false }
-    microBatch: { enabled: true, maxWait: 0ms }`);
+    microBatch: { enabled: true, batchWindow: 0ms }`);
     gateways.push(gw);
     // The first request's call holds the only slot at the gate.
     const first = post(gw.url, { model: MODEL, input: "first" });

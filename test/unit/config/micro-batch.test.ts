@@ -20,32 +20,34 @@ describe("pools.*.microBatch", () => {
       enabled: false,
       maxBatchInputs: 64,
       maxBatchTokens: 8192,
-      maxWait: 5,
+      batchWindow: 5,
     });
     const on = parseConfig(
-      `pools: { x: { ${POOL}, microBatch: { enabled: true, maxBatchInputs: 16, maxWait: 0ms } } }`,
+      `pools: { x: { ${POOL}, microBatch: { enabled: true, maxBatchInputs: 16, batchWindow: 0ms } } }`,
       "x",
       {},
     );
-    expect(on.pools.x?.microBatch).toMatchObject({ enabled: true, maxBatchInputs: 16, maxWait: 0 });
+    expect(on.pools.x?.microBatch).toMatchObject({ enabled: true, maxBatchInputs: 16, batchWindow: 0 });
   });
 
   it("names the YAML path of a bad value and what would do", () => {
     const m = issuesOf(
-      `pools: { x: { ${POOL}, microBatch: { maxBatchInputs: 0, maxBatchTokens: 1.5, maxWait: 5, size: 3 } } }`,
+      `pools: { x: { ${POOL}, microBatch: { maxBatchInputs: 0, maxBatchTokens: 1.5, batchWindow: 5, size: 3 } } }`,
     ).message;
     expect(m).toContain("pools.x.microBatch.maxBatchInputs: must be >= 1");
     expect(m).toContain("pools.x.microBatch.maxBatchTokens: must be integer, got 1.5");
-    expect(m).toContain('pools.x.microBatch.maxWait: "5" is not valid (expected a duration such as 250ms');
     expect(m).toContain(
-      "pools.x.microBatch.size: unknown field (allowed here: enabled, maxBatchInputs, maxBatchTokens, maxWait)",
+      'pools.x.microBatch.batchWindow: "5" is not valid (expected a duration such as 250ms',
+    );
+    expect(m).toContain(
+      "pools.x.microBatch.size: unknown field (allowed here: enabled, maxBatchInputs, maxBatchTokens, batchWindow)",
     );
   });
 
   it("rejects a window as long as the interactive band's wait for a slot", () => {
-    const m = issuesOf(`pools: { x: { ${POOL}, microBatch: { enabled: true, maxWait: 2s } } }`).message;
+    const m = issuesOf(`pools: { x: { ${POOL}, microBatch: { enabled: true, batchWindow: 2s } } }`).message;
     expect(m).toContain(
-      "pools.x.microBatch.maxWait: 2s is not below the interactive band's maxWait (1500ms)",
+      "pools.x.microBatch.batchWindow: 2s is not below the interactive band's maxWait (1500ms)",
     );
   });
 });

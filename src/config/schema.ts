@@ -157,7 +157,8 @@ const Store = Section(
       {
         shared: Type.Boolean({
           default: true,
-          description: "type redis: a backend's maxConcurrency holds for all replicas together",
+          description:
+            "type redis: a backend's maxConcurrency holds for all replicas together (backends without one are not shared: their cap is each replica's maxConnections)",
         }),
         sync: Duration("100ms", "how often a replica trades slots with the others (one Redis call)"),
         lease: Duration("3s", "a replica that stops syncing (crashed) loses its slots after this"),

@@ -52,6 +52,12 @@ export class Backend implements BalancerBackend {
   /** The connection pool; a reload with new timeouts swaps it (the old one finishes its requests). */
   dispatcher: Pool;
   inFlight = 0;
+  /**
+   * Its maxConcurrency is configured: a capacity of the backend, which replicas share
+   * (src/upstream/fleet.ts). Without it the slots are this replica's connections alone
+   * (maxConnections), nothing to share.
+   */
+  sharedSlots = false;
   /** Shared slots (src/upstream/fleet.ts): this replica's share, the others' load, a fair floor. */
   share = Number.POSITIVE_INFINITY;
   othersInFlight = 0;
@@ -118,6 +124,13 @@ export class Backend implements BalancerBackend {
     // A slot is a connection (no pipelining): past maxConnections a request would wait inside
     // undici, unseen by the balancer and the timeouts, so the slots stop there.
     this.maxConcurrency = Math.min(config.maxConcurrency ?? Number.POSITIVE_INFINITY, config.maxConnections);
+    this.sharedSlots = config.maxConcurrency !== undefined;
+    if (!this.sharedSlots) {
+      // No longer shared (a reload removed its maxConcurrency): no claim limits it any more.
+      this.share = Number.POSITIVE_INFINITY;
+      this.fairShare = Number.POSITIVE_INFINITY;
+      this.othersInFlight = 0;
+    }
     this.backup = config.backup;
     this.extraHeaders = Object.entries(config.headers).map(([k, v]) => [k.toLowerCase(), v] as const);
     if (breaker) this.breaker.reconfigure(breaker);

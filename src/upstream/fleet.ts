@@ -1,6 +1,10 @@
 /**
  * Backend slots shared by the replicas of a fleet (`store: redis`, `store.slots.shared`).
  *
+ * Shared: the backends with a configured maxConcurrency, the backend's own capacity. A backend
+ * without one is capped by each replica's connection pool (maxConnections), which is no
+ * capacity of the backend: it is not shared, and a pool of such backends makes no Redis call.
+ *
  * Each replica holds, per backend, a claim: the slots it may use. Every `store.slots.sync` (and
  * soon after a request starts waiting) it trades claims with the others in ONE Redis call per
  * pool (FLEET_SYNC_LUA), which keeps the invariant atomically: on each backend the live claims
@@ -158,9 +162,13 @@ export class FleetSlots {
     return this.running;
   }
 
-  /** Shared backends (a finite maxConcurrency) of a pool, by name. */
+  /**
+   * Shared backends of a pool: those with a configured maxConcurrency. A backend without one is
+   * capped by this replica's connections (maxConnections) alone, not a capacity of the backend
+   * that replicas could share: it costs no sync, and a pool with none costs no Redis call.
+   */
   private shared(pool: UpstreamPool): Backend[] {
-    return pool.backends.filter((b) => Number.isFinite(b.maxConcurrency));
+    return pool.backends.filter((b) => b.sharedSlots);
   }
 
   private async syncPool(pool: UpstreamPool, leaving: boolean, quiet = false): Promise<void> {

@@ -78,7 +78,11 @@ async function countingBackend(holdMs: number, stream = false): Promise<Counting
 const SYNC = 50;
 const LEASE = 1000;
 
-function fleetYaml(backends: { url: string; max: number }[], commandTimeout = 2000, lease = LEASE): string {
+function fleetYaml(
+  backends: { url: string; max: number | undefined }[],
+  commandTimeout = 2000,
+  lease = LEASE,
+): string {
   return `store: { type: redis, url: "${redis.url}", commandTimeout: ${commandTimeout}ms, replicas: 3, breaker: { failures: 2, resetTimeout: 300ms }, slots: { sync: ${SYNC}ms, lease: ${lease}ms } }
 pools:
   main:
@@ -87,7 +91,7 @@ pools:
     timeouts: { total: 60s }
     admission: { bands: { interactive: { maxWait: 30s }, batch: { maxWait: 30s } } }
     backends:
-${backends.map((b) => `      - { url: "${b.url}", maxConcurrency: ${b.max} }`).join("\n")}
+${backends.map((b) => `      - { url: "${b.url}"${b.max === undefined ? "" : `, maxConcurrency: ${b.max}`} }`).join("\n")}
 `;
 }
 
@@ -161,6 +165,64 @@ describe("replicas share backend slots", () => {
       expect(n).toBeGreaterThan(0);
       expect(n).toBeLessThanOrEqual(12);
     }
+  }, 60_000);
+
+  it("a backend without maxConcurrency is not shared: its replicas make no fleet sync, Redis counts no call", async () => {
+    /** Commands Redis ran for clients (scripts and plain commands alike), from INFO commandstats. */
+    const commands = async (): Promise<number> => {
+      const stats = await redis.cli("INFO", "commandstats");
+      let n = 0;
+      for (const m of stats.matchAll(/^cmdstat_([a-z|]+):calls=(\d+)/gm)) {
+        // The harness's own INFO, and what ioredis sends as a connection starts.
+        if (!["info", "client|setname", "client|setinfo", "select"].includes(m[1] ?? "")) n += Number(m[2]);
+      }
+      return n;
+    };
+    const backend = await countingBackend(30);
+    // Jobs off: their claims would be counted too.
+    const yaml = `${fleetYaml([{ url: backend.url, max: undefined }])}jobs: { enabled: false }\n`;
+    const gws: RunningGateway[] = [];
+    for (let i = 0; i < 2; i++) {
+      const gw = await startGateway(yaml);
+      cleanups.push(() => gw.close());
+      gws.push(gw);
+    }
+    const before = await commands();
+    // Concurrent requests on both replicas (reports that would change every sync), then quiet
+    // past a heartbeat (lease / 3).
+    const statuses = await Promise.all(
+      gws.flatMap((gw) => Array.from({ length: 8 }, () => chat(gw.url).then((r) => r.status))),
+    );
+    await sleep(LEASE);
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    expect(gws.map((g) => g.gateway.fleet?.calls)).toEqual([0, 0]);
+    expect((await commands()) - before).toBe(0);
+    // Each replica's slots are its own connections, unclaimed by anyone.
+    const b = gws[0]?.gateway.upstreams.pools.get("main")?.backends[0];
+    expect(b?.sharedSlots).toBe(false);
+    expect(b?.share).toBe(Number.POSITIVE_INFINITY);
+    expect(await redis.cli("EXISTS", "floodgate:{fleet:main}")).toBe("0");
+  }, 60_000);
+
+  it("a pool with and without maxConcurrency: only the configured backend is shared", async () => {
+    const shared = await countingBackend(10);
+    const own = await countingBackend(10);
+    const gws = await replicas(
+      2,
+      fleetYaml([
+        { url: shared.url, max: 2 },
+        { url: own.url, max: undefined },
+      ]),
+    );
+    for (const g of gws) expect((await chat(g.url)).status).toBe(200);
+    const reports = (await redis.cli("HVALS", "floodgate:{fleet:main}"))
+      .split("\n")
+      .map((line) => JSON.parse(line) as { b: Record<string, unknown> });
+    expect(reports).toHaveLength(2);
+    const ownName = gws[0]?.gateway.upstreams.pools.get("main")?.backends.find((b) => !b.sharedSlots)?.name;
+    const sharedName = gws[0]?.gateway.upstreams.pools.get("main")?.backends.find((b) => b.sharedSlots)?.name;
+    expect(ownName).toBeDefined();
+    for (const r of reports) expect(Object.keys(r.b)).toEqual([sharedName]);
   }, 60_000);
 
   it("the next free slot of the fleet goes to an interactive request on one replica before a batch one on another", async () => {

@@ -306,7 +306,10 @@ const Jobs = Section(
       description:
         "jobs this replica runs at once (those past the free slots wait in the admission queue at their band: keep it above the slots jobs should fill)",
     }),
-    pollInterval: Duration("250ms", "how often a replica with room looks for due jobs"),
+    pollInterval: Duration(
+      "250ms",
+      "how often a replica with room looks for due jobs while it finds some, or while it cannot hear wakes (memory store, Redis subscription down); with Redis, a replica that found none looks again after max(pollInterval, min(8 x pollInterval, lease / 3)), and a job submitted or given back on any replica wakes it at once (at most once per pollInterval)",
+    ),
   },
   "deferred work: async requests (Prefer: respond-async) run from the store's job queue",
 );

@@ -16,6 +16,8 @@
  *                         the cap held for an enqueue written in several calls
  *   P group:<g>:lines     zset, the group's job ids by seq
  *   P group:<g>:counts    hash, total completed failed cancelled lastFinishedAt
+ * and one pub/sub channel, P wake: ENQUEUE_LUA and RELEASE_LUA publish on it when a job they
+ * write is due now, so that idle replicas claim at once instead of polling (the runner).
  * A job's record expires (PEXPIRE) ttl after it ends; the indexes never hold an ended job but
  * `lines`, whose ids outlive their records: readers skip (and drop) an id without a record. A
  * group's two keys expire ttl after its last job ended, once none is unfinished.
@@ -111,6 +113,12 @@ local function reserved(tenant)
   return n
 end
 
+-- Idle replicas claim at once (src/jobs/runner.ts): a job is due now. pcall: a user whose ACL
+-- denies the channel still submits (the replicas then find the job at their next look).
+local function wake()
+  redis.pcall("PUBLISH", P .. "wake", "1")
+end
+
 local function count_of(tenant)
   return tonumber(redis.call("HGET", P .. "tenants", tenant) or "0")
 end
@@ -123,6 +131,7 @@ sweep()
  * expiresAt ("" when absent). Token "": the cap is checked here, for these jobs. Otherwise the
  * jobs come out of the reservation `token` (which must still be there) and push its expiry to
  * holdMs from now. Nothing is written unless every job is: an id that exists refuses the call.
+ * A wake when any of the jobs is due now.
  * Reply: {1, unfinished} added; {0, unfinished} over the cap; {-1, id} the id exists;
  * {-2, 0} the reservation is gone. `unfinished`: the tenant's jobs, reserved ones included.
  */
@@ -179,6 +188,9 @@ for i = FIRST, #ARGV, PER_JOB do
   table.insert(ready, runAt) table.insert(ready, id)
 end
 if #ready > 0 then redis.call("ZADD", P .. "ready", unpack(ready)) end
+for i = 1, #ready, 2 do
+  if tonumber(ready[i]) <= NOW then wake() break end
+end
 if #deadlines > 0 then redis.call("ZADD", P .. "deadlines", unpack(deadlines)) end
 for group, g in pairs(groups) do
   local counts, lines = group_key(group, "counts"), group_key(group, "lines")
@@ -300,14 +312,18 @@ end_job(id, ARGV[4], ARGV[8])
 return 1
 `;
 
-/** ARGV: id, owner, runAt. Reply: 1 queued again, 0 not held. */
+/**
+ * ARGV: id, owner, runAt, due ("1": runAt has passed on the caller's clock, which may run a little
+ * ahead of Redis's). Reply: 1 queued again (a wake when due now), 0 not held.
+ */
 export const RELEASE_LUA = `${PRELUDE}
-local id, owner, runAt = ARGV[2], ARGV[3], ARGV[4]
+local id, owner, runAt, due = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not held(id, owner) then return 0 end
 redis.call("HSET", job_key(id), "state", "queued", "runAt", runAt)
 redis.call("HDEL", job_key(id), "owner", "leaseUntil")
 redis.call("ZREM", P .. "leased", id)
 redis.call("ZADD", P .. "ready", runAt, id)
+if due == "1" or tonumber(runAt) <= NOW then wake() end
 return 1
 `;
 

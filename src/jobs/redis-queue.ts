@@ -18,7 +18,7 @@
  * chunks added stay as ordinary jobs) and the call rejects.
  */
 import { randomUUID } from "node:crypto";
-import type { ClientContext, Cluster, Redis, Result } from "ioredis";
+import { type ClientContext, Cluster, type Redis, type Result } from "ioredis";
 import { RedisCalls } from "../store/redis-calls.js";
 import { createRedisClient, type StoreConfig } from "../store/redis-store.js";
 import { ttlOf } from "../store/ttl.js";
@@ -39,7 +39,7 @@ import {
   RESERVE_LUA,
   WITHDRAW_LUA,
 } from "./redis-queue-lua.js";
-import type { GroupCounts, JobQueue, JobRecord, JobResult, JobState, NewJob } from "./types.js";
+import type { GroupCounts, JobQueue, JobRecord, JobResult, JobState, JobWakes, NewJob } from "./types.js";
 
 /** Every script takes KEYS[1] = the queue's key prefix, then string arguments. */
 type Script<Reply, Context extends ClientContext> = (
@@ -108,9 +108,13 @@ export class RedisJobQueue implements JobQueue {
   private readonly client: Redis | Cluster;
   private readonly calls: RedisCalls;
   private readonly expiredTtl: string;
+  private readonly onError: ((error: Error) => void) | undefined;
+  /** Open subscriptions (subscribe()), closed with the queue. */
+  private readonly wakes = new Set<JobWakes>();
 
   constructor(client: Redis | Cluster, options: RedisJobQueueOptions) {
     this.client = client;
+    this.onError = options.onError;
     this.prefix = `${options.keyPrefix}jobs:{${options.name ?? "jobs"}}:`;
     this.expiredTtl = String(ttlOf("expiredTtlMs", options.expiredTtlMs ?? DAY_MS));
     for (const [name, lua] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: 1, lua });
@@ -203,8 +207,10 @@ export class RedisJobQueue implements JobQueue {
 
   async release(id: string, owner: string, runAt: number): Promise<boolean> {
     if (!Number.isFinite(runAt)) throw new RangeError(`release: runAt must be finite, got ${runAt}`);
+    // Due by this clock (Redis's may lag it a little): it wakes the idle replicas.
+    const due = runAt <= Date.now() ? "1" : "0";
     const reply = await this.script("release", (c) =>
-      c.floodgateJobsRelease(this.prefix, this.expiredTtl, id, owner, msText(runAt)),
+      c.floodgateJobsRelease(this.prefix, this.expiredTtl, id, owner, msText(runAt), due),
     );
     return reply === 1;
   }
@@ -262,8 +268,57 @@ export class RedisJobQueue implements JobQueue {
     return this.calls.ready(timeoutMs);
   }
 
-  close(): Promise<void> {
-    return this.calls.close();
+  /**
+   * The wakes of the queue's channel (P wake, published by ENQUEUE_LUA and RELEASE_LUA) on a
+   * connection of their own: a connection that subscribes can run no other command. It
+   * subscribes again each time it is ready (after a reconnect too); `onLive(true)` once it is
+   * subscribed, `onLive(false)` when the connection drops.
+   */
+  subscribe(onWake: () => void, onLive: (live: boolean) => void): JobWakes {
+    const channel = `${this.prefix}wake`;
+    // It subscribes itself on every "ready": ioredis's own resubscribe would leave a refusal
+    // (an ACL that denies the channel) as an unhandled rejection.
+    const connection =
+      this.client instanceof Cluster
+        ? this.client.duplicate()
+        : this.client.duplicate({ autoResubscribe: false });
+    const calls = new RedisCalls(connection, this.calls.commandTimeout, this.onError);
+    let live = false;
+    let closed = false;
+    const set = (now: boolean) => {
+      if (closed || live === now) return;
+      live = now;
+      onLive(now);
+    };
+    connection.on("ready", () => {
+      connection.subscribe(channel).then(
+        () => set(true),
+        (error: unknown) => this.onError?.(error instanceof Error ? error : new Error(String(error))),
+      );
+    });
+    for (const event of ["close", "end", "reconnecting"]) connection.on(event, () => set(false));
+    connection.on("message", (from: string) => {
+      if (from === channel && !closed) onWake();
+    });
+    const wakes: JobWakes = {
+      get live() {
+        return live;
+      },
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        live = false;
+        this.wakes.delete(wakes);
+        await calls.close();
+      },
+    };
+    this.wakes.add(wakes);
+    return wakes;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.wakes].map((w) => w.close()));
+    await this.calls.close();
   }
 
   private script<T>(op: string, send: (client: Redis | Cluster) => Promise<T>): Promise<T> {

@@ -17,8 +17,15 @@
  *   refusal for load (429 or 503 with a retry-after) is not the job's answer: the job goes back
  *   to the queue to run after the retry-after (capped, jittered). Any other answer ends the job,
  *   succeeded for a 2xx, failed otherwise, with the answer kept for jobs.ttl.
- * - At most jobs.concurrency runs at once; it claims when it has room: every jobs.pollInterval,
- *   at once when a job is submitted on this replica, and as each run ends.
+ * - At most jobs.concurrency runs at once; it claims when it has room: as each run ends; when
+ *   the queue wakes it (a job submitted or given back to run now on any replica, this one
+ *   included: Redis pub/sub), at most once per jobs.pollInterval then; at once when a job is
+ *   submitted here while no wakes are subscribed (a memory queue, a subscription down); and it
+ *   looks again jobs.pollInterval after a claim or, when the claim found nothing while wakes are
+ *   subscribed, after idleLookMs (2 s by default; sooner when a job it gave back to run later
+ *   falls due). So an idle replica costs Redis one call per idleLookMs, a lost subscription
+ *   costs polling at pollInterval until it is back, and a job whose lease lapsed (its replica
+ *   died) is found within idleLookMs of the lapse.
  * - Leases (jobs.lease) are renewed every lease / 3. A job it no longer holds (cancelled, or the
  *   lease lapsed and another replica took it) is stopped at once: the gateway's response to the
  *   run is destroyed, which the request path sees as a client gone, so the exchange aborts the
@@ -40,7 +47,7 @@ import type { JobEvents } from "../metrics/metrics.js";
 import type { OpenAIRoute } from "../proxy/routes.js";
 import { CompletionRate } from "./completion-rate.js";
 import { FinalAnswerBuilder } from "./final-answer.js";
-import type { JobQueue, JobRecord, JobResult } from "./types.js";
+import type { JobQueue, JobRecord, JobResult, JobWakes } from "./types.js";
 
 export const JOB_HEADER = "x-floodgate-job";
 
@@ -60,6 +67,15 @@ export type Inject = (options: {
   payloadAsStream: true;
   signal: AbortSignal;
 }) => Promise<{ statusCode: number; headers: Record<string, unknown>; stream(): Readable }>;
+
+/**
+ * How long a replica with room that found no job waits before it looks again, while wakes are
+ * subscribed: 8 polls, at most a third of the lease (a dead replica's job waits no longer than
+ * that past its lease), never less than one poll.
+ */
+export function idleLookMs(config: Pick<JobsConfig, "pollInterval" | "lease">): number {
+  return Math.max(config.pollInterval, Math.min(8 * config.pollInterval, config.lease / 3));
+}
 
 export interface JobRunnerDeps {
   inject: Inject;
@@ -96,9 +112,21 @@ export class JobRunner {
   private started = false;
   private stopping = false;
   private pollTimer: NodeJS.Timeout | undefined;
+  /** When pollTimer fires (performance.now() ms). */
+  private pollAt = Number.POSITIVE_INFINITY;
   private renewTimer: NodeJS.Timeout | undefined;
   private claiming: Promise<void> | undefined;
   private claimAgain = false;
+  /** The queue's wakes, subscribed at the first claim (none on a memory queue). */
+  private wakes: JobWakes | undefined;
+  /** When the last claim started (performance.now() ms): a wake claims at most once a poll. */
+  private lastClaimAt = Number.NEGATIVE_INFINITY;
+  /** The last claim had room and found nothing. */
+  private foundNone = false;
+  /** A wake came while a claim ran: the job may have come after it looked. */
+  private wokenMeanwhile = false;
+  /** The earliest runAt (epoch ms) of the jobs this replica gave back to run later. */
+  private dueAt = Number.POSITIVE_INFINITY;
   private lastStoreWarning = 0;
 
   constructor(private readonly deps: JobRunnerDeps) {}
@@ -115,9 +143,12 @@ export class JobRunner {
     this.scheduleRenew();
   }
 
-  /** A job was submitted on this replica: claim now rather than at the next poll. */
+  /**
+   * A job was submitted on this replica: claim now rather than at the next look. While wakes
+   * are subscribed the submission's own wake does that (once, not twice).
+   */
   nudge(): void {
-    if (this.started && !this.stopping) this.claimSoon();
+    if (this.started && !this.stopping && !this.subscribed) this.claimSoon();
   }
 
   /**
@@ -167,6 +198,12 @@ export class JobRunner {
     for (const run of this.runs.values()) this.halt(run, "stopping");
     await this.claiming;
     await Promise.allSettled([...this.settled]);
+    await this.wakes?.close();
+  }
+
+  /** Wakes subscribed now (false on a memory queue, or while the subscription is down). */
+  get subscribed(): boolean {
+    return this.wakes?.live === true;
   }
 
   private claimSoon(): void {
@@ -175,6 +212,8 @@ export class JobRunner {
       return;
     }
     clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
+    this.pollAt = Number.POSITIVE_INFINITY;
     this.claiming = this.claim().finally(() => {
       this.claiming = undefined;
       if (this.stopping) return;
@@ -183,22 +222,74 @@ export class JobRunner {
         this.claimSoon();
         return;
       }
-      this.pollTimer = setTimeout(() => this.claimSoon(), this.deps.config().pollInterval);
-      this.pollTimer.unref();
+      this.lookWithin(this.nextLookMs());
     });
+  }
+
+  /** The next claim at most `ms` from now (an earlier one already set stays). */
+  private lookWithin(ms: number): void {
+    if (this.stopping) return;
+    const delay = Math.max(0, ms);
+    const at = performance.now() + delay;
+    if (this.pollTimer !== undefined && this.pollAt <= at) return;
+    clearTimeout(this.pollTimer);
+    this.pollAt = at;
+    this.pollTimer = setTimeout(() => {
+      this.pollTimer = undefined;
+      this.pollAt = Number.POSITIVE_INFINITY;
+      this.claimSoon();
+    }, delay);
+    this.pollTimer.unref();
+  }
+
+  /** After a claim: a poll, or the idle look when it found nothing and wakes would say more. */
+  private nextLookMs(): number {
+    const config = this.deps.config();
+    let ms = config.pollInterval;
+    if (this.foundNone && !this.wokenMeanwhile && this.wakes?.live) ms = idleLookMs(config);
+    if (Number.isFinite(this.dueAt)) ms = Math.min(ms, this.dueAt - Date.now());
+    return ms;
+  }
+
+  /** A job fell due somewhere: claim now, or a poll after the last claim if that was sooner. */
+  private woken(): void {
+    if (!this.started || this.stopping) return;
+    if (this.claiming) {
+      this.wokenMeanwhile = true;
+      return;
+    }
+    this.lookWithin(this.lastClaimAt + this.deps.config().pollInterval - performance.now());
+  }
+
+  /** Up: what was submitted while it was down is looked for now. Down: polls meanwhile. */
+  private liveChanged(live: boolean): void {
+    if (live) this.woken();
+    else if (!this.claiming) this.lookWithin(this.deps.config().pollInterval);
   }
 
   private async claim(): Promise<void> {
     const config = this.deps.config();
     const room = config.concurrency - this.runs.size;
+    this.foundNone = false;
+    this.wokenMeanwhile = false;
     if (!config.enabled || room <= 0) return;
+    const queue = this.deps.queue();
+    if (this.wakes === undefined && queue.subscribe) {
+      this.wakes = queue.subscribe(
+        () => this.woken(),
+        (live) => this.liveChanged(live),
+      );
+    }
+    this.lastClaimAt = performance.now();
+    if (Date.now() >= this.dueAt) this.dueAt = Number.POSITIVE_INFINITY;
     let jobs: JobRecord[];
     try {
-      jobs = await this.deps.queue().claim(this.owner, config.lease, room);
+      jobs = await queue.claim(this.owner, config.lease, room);
     } catch (err) {
       this.storeWarning(err, "claim");
       return;
     }
+    this.foundNone = jobs.length === 0;
     for (const job of jobs) {
       if (this.stopping) {
         // Claimed while stopping: straight back, for another replica.
@@ -247,7 +338,8 @@ export class JobRunner {
       .finally(() => {
         this.runs.delete(record.id);
         this.settled.delete(done);
-        this.nudge();
+        // Room again: claim now.
+        if (!this.stopping) this.claimSoon();
       });
     this.settled.add(done);
   }
@@ -341,8 +433,14 @@ export class JobRunner {
 
   private async release(id: string, runAt: number, reason: "load" | "stopping" | "error"): Promise<void> {
     try {
-      if (await this.deps.queue().release(id, this.owner, runAt)) this.deps.events.released(reason);
-      else this.deps.events.lost();
+      if (await this.deps.queue().release(id, this.owner, runAt)) {
+        this.deps.events.released(reason);
+        // Due later: no wake will say so; this replica looks then.
+        if (runAt > Date.now() && runAt < this.dueAt) {
+          this.dueAt = runAt;
+          if (!this.claiming) this.lookWithin(runAt - Date.now());
+        }
+      } else this.deps.events.lost();
     } catch (err) {
       // Not given back: its lease lapses and it runs again then.
       this.storeWarning(err, "release");

@@ -112,5 +112,19 @@ export interface JobQueue {
   list(group: string, fromSeq: number, limit: number): Promise<JobRecord[]>;
   /** Jobs queued and due, all tenants (for the Retry-After estimate and the metrics). */
   depth(): Promise<number>;
+  /**
+   * Wakes when a job becomes due to run now on any replica (submitted, or given back to run
+   * now): `onWake` on each, `onLive` when the subscription comes up (true) or goes down (false;
+   * wakes sent meanwhile are lost). Absent on a queue only this process runs (memory).
+   */
+  subscribe?(onWake: () => void, onLive: (live: boolean) => void): JobWakes;
+  /** Closes the queue's connections, its subscriptions' too. */
+  close(): Promise<void>;
+}
+
+/** A subscription to a queue's wakes (JobQueue.subscribe). */
+export interface JobWakes {
+  /** Subscribed now: a job due anywhere wakes this replica. */
+  readonly live: boolean;
   close(): Promise<void>;
 }

@@ -88,6 +88,8 @@ export const CHUNK_BYTES = 512 * 1024;
 /** A large enqueue's reservation lapses after this long without a chunk. */
 const RESERVATION_HOLD_MS = 60_000;
 const DAY_MS = 86_400_000;
+/** A refused SUBSCRIBE is tried again after this long. */
+const SUBSCRIBE_RETRY_MS = 2000;
 
 export interface RedisJobQueueOptions {
   /** The store's key prefix (config store.keyPrefix). */
@@ -290,12 +292,21 @@ export class RedisJobQueue implements JobQueue {
       live = now;
       onLive(now);
     };
-    connection.on("ready", () => {
+    let retry: NodeJS.Timeout | undefined;
+    const subscribeNow = () => {
+      clearTimeout(retry);
+      if (closed || connection.status !== "ready") return;
       connection.subscribe(channel).then(
         () => set(true),
-        (error: unknown) => this.onError?.(error instanceof Error ? error : new Error(String(error))),
+        (error: unknown) => {
+          // Refused (an ACL), or the connection went: again in a while, polling meanwhile.
+          this.onError?.(error instanceof Error ? error : new Error(String(error)));
+          retry = setTimeout(subscribeNow, SUBSCRIBE_RETRY_MS);
+          retry.unref();
+        },
       );
-    });
+    };
+    connection.on("ready", subscribeNow);
     for (const event of ["close", "end", "reconnecting"]) connection.on(event, () => set(false));
     connection.on("message", (from: string) => {
       if (from === channel && !closed) onWake();
@@ -308,6 +319,7 @@ export class RedisJobQueue implements JobQueue {
         if (closed) return;
         closed = true;
         live = false;
+        clearTimeout(retry);
         this.wakes.delete(wakes);
         await calls.close();
       },

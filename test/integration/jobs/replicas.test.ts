@@ -57,6 +57,25 @@ pools:
 `;
 }
 
+/** The fleet's config with its own jobs section (`jobs` a YAML flow map). */
+function jobsYaml(simUrl: string, jobs: string): string {
+  return fleetYaml(simUrl).replace(/^jobs: .*$/m, `jobs: ${jobs}`);
+}
+
+/** Script calls Redis ran (EVALSHA, and EVAL for a script's first call on a connection). */
+async function scripts(): Promise<number> {
+  const stats = await redis.cli("INFO", "commandstats");
+  const calls = (name: string) => Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+  return calls("evalsha") + calls("eval");
+}
+
+const WAKE_CHANNEL = "floodgate:jobs:{jobs}:wake";
+
+/** Subscribers of the jobs' wake channel, as Redis counts them. */
+async function subscribers(): Promise<number> {
+  return Number((await redis.cli("PUBSUB", "NUMSUB", WAKE_CHANNEL)).split("\n")[1]);
+}
+
 async function replica(yaml: string): Promise<RunningGateway> {
   const gw = await startGateway(yaml);
   cleanups.push(() => gw.close());
@@ -177,6 +196,78 @@ describe("async requests on several replicas (Redis)", () => {
     });
     expect(backend.stats().aborted).toBe(1);
     expect(await metric(holder, "floodgate_jobs_lost_total")).toBe(1);
+  }, 60_000);
+
+  /**
+   * Two replicas of one job each (concurrency 1), polling every 100 ms: an idle one looks every
+   * 800 ms (8 polls) and is woken for what is submitted. The first job, long, takes one replica;
+   * returns it and the other, idle.
+   */
+  async function busyAndIdle(backend: SimServer): Promise<[RunningGateway, RunningGateway]> {
+    const yaml = jobsYaml(backend.url, "{ lease: 30s, pollInterval: 100ms, concurrency: 1 }");
+    const [a, b] = [await replica(yaml), await replica(yaml)];
+    await eventually(() => a.gateway.jobs.runner.subscribed && b.gateway.jobs.runner.subscribed);
+    expect(await subscribers()).toBe(2);
+    const long = await submit(a.url, chatBody({ max_tokens: 20_000 }), { key: KEY });
+    expect(long.status).toBe(202);
+    await eventually(() => backend.stats().running === 1);
+    return a.gateway.jobs.runner.running === 1 ? [a, b] : [b, a];
+  }
+
+  const ownerOf = (id: unknown) => redis.cli("HGET", `floodgate:jobs:{jobs}:job:${String(id)}`, "owner");
+
+  it("an idle replica is woken: it costs Redis a claim per 8 polls, and starts a job submitted on a busy replica", async () => {
+    const backend = await sim();
+    const [busy, idle] = await busyAndIdle(backend);
+    // Idle over 4 s: polling every 100 ms would be 40 claims; the busy replica has no room
+    // (no claim) and renews every 10 s.
+    await sleep(1000);
+    const before = await scripts();
+    await sleep(4000);
+    const idleCalls = (await scripts()) - before;
+    expect(idleCalls).toBeLessThanOrEqual(4000 / 800 + 2);
+    // A job submitted where there is no room: the idle replica, woken, runs it.
+    const job = await submit(busy.url, chatBody({ max_tokens: 20_000 }), { key: KEY });
+    await eventually(() => idle.gateway.jobs.runner.running === 1 && backend.stats().running === 2);
+    expect(await ownerOf(job.json.id)).toBe(idle.gateway.jobs.runner.owner);
+    expect(busy.gateway.jobs.runner.running).toBe(1);
+  }, 60_000);
+
+  it("a subscription that drops still lets jobs run: the replica polls until it is back", async () => {
+    const backend = await sim();
+    const [busy, idle] = await busyAndIdle(backend);
+    // No channel for anyone: the subscribers are cut off and cannot subscribe again, and the
+    // submit script's wake is refused (the submission is not).
+    cleanups.push(async () => {
+      await redis.cli("ACL", "SETUSER", "default", "allchannels");
+    });
+    await redis.cli("ACL", "SETUSER", "default", "resetchannels");
+    await redis.cli("CLIENT", "KILL", "TYPE", "pubsub");
+    await eventually(() => !idle.gateway.jobs.runner.subscribed && !busy.gateway.jobs.runner.subscribed);
+    expect(await subscribers()).toBe(0);
+    const job = await submit(busy.url, chatBody({ max_tokens: 20_000 }), { key: KEY });
+    expect(job.status).toBe(202);
+    await eventually(() => idle.gateway.jobs.runner.running === 1 && backend.stats().running === 2);
+    expect(await ownerOf(job.json.id)).toBe(idle.gateway.jobs.runner.owner);
+    // Channels allowed again: both subscribe again by themselves.
+    await redis.cli("ACL", "SETUSER", "default", "allchannels");
+    await eventually(() => idle.gateway.jobs.runner.subscribed && busy.gateway.jobs.runner.subscribed);
+    expect(await subscribers()).toBe(2);
+  }, 60_000);
+
+  it("shutdown closes a replica's subscriber connection", async () => {
+    const backend = await sim();
+    const yaml = fleetYaml(backend.url);
+    const a = await startGateway(yaml);
+    const b = await replica(yaml);
+    await eventually(() => a.gateway.jobs.runner.subscribed && b.gateway.jobs.runner.subscribed);
+    expect(await subscribers()).toBe(2);
+    await a.close();
+    expect(a.gateway.jobs.runner.subscribed).toBe(false);
+    await eventually(async () => (await subscribers()) === 1);
+    // The other still hears a submission on the closed one's channel.
+    const job = await submit(b.url, chatBody(), { key: KEY });
+    expect((await poll(b.url, `/v1/jobs/${job.json.id}`, KEY)).status).toBe(200);
   }, 60_000);
 
   it("while the store is down, a submission or a poll is a 503 to retry; once it is back, jobs run again", async () => {

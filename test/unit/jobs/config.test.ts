@@ -1,6 +1,7 @@
 /** The `jobs` config section: its defaults, and errors that name the YAML path and the fix. */
 import { describe, expect, it } from "vitest";
 import { ConfigError, parseConfig } from "../../../src/config/index.js";
+import { idleLookMs } from "../../../src/jobs/runner.js";
 
 const MINIMAL = "pools: { x: { models: [m], backends: [{ url: http://127.0.0.1:9000 }] } }";
 
@@ -26,6 +27,13 @@ describe("jobs config", () => {
       concurrency: 64,
       pollInterval: 250,
     });
+  });
+
+  it("an idle replica woken by Redis looks again after 8 polls, at most lease / 3, at least one poll", () => {
+    expect(idleLookMs(parseConfig(MINIMAL, "x", {}).jobs)).toBe(2000);
+    expect(idleLookMs({ pollInterval: 50, lease: 2000 })).toBe(400);
+    expect(idleLookMs({ pollInterval: 250, lease: 1500 })).toBe(500);
+    expect(idleLookMs({ pollInterval: 1000, lease: 1500 })).toBe(1000);
   });
 
   it("takes durations with units", () => {

@@ -165,15 +165,18 @@ export type Cacheability = { ok: true } | { ok: false; reason: string };
  * logprobs, top_logprobs and tools change the answer's shape, not its reproducibility: they are
  * in the key and are cacheable.
  */
+/** The one answer for every cacheable request (no object per request). */
+const CACHEABLE: Cacheability = Object.freeze({ ok: true });
+
 export function isCacheable(body: Record<string, unknown>, rule: CacheRule, route?: string): Cacheability {
   const n = own(body, "n");
   if (n !== undefined && n !== null && n !== 1) {
     return { ok: false, reason: `n is ${JSON.stringify(n)}; only n = 1 is cached` };
   }
-  if (rule === "always" || route === "/v1/embeddings") return { ok: true };
-  if (own(body, "temperature") === 0) return { ok: true };
+  if (rule === "always" || route === "/v1/embeddings") return CACHEABLE;
+  if (own(body, "temperature") === 0) return CACHEABLE;
   const seed = own(body, "seed");
-  if (typeof seed === "number" && Number.isInteger(seed)) return { ok: true };
+  if (typeof seed === "number" && Number.isInteger(seed)) return CACHEABLE;
   return { ok: false, reason: "sampling is random: neither temperature 0 nor an integer seed" };
 }
 

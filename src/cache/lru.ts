@@ -29,6 +29,8 @@ interface Slot<V> {
 export class ByteLru<V> {
   private readonly map = new Map<string, Slot<V>>();
   private total = 0;
+  /** The key at the most-recent end, or undefined when unknown: a get of it reorders nothing. */
+  private newest: string | undefined;
 
   constructor(
     readonly maxBytes: number,
@@ -57,8 +59,12 @@ export class ByteLru<V> {
       this.onEvict?.("expired", key, slot.value);
       return undefined;
     }
-    this.map.delete(key);
-    this.map.set(key, slot);
+    // Already the most recent (the same entry asked for again): nothing to move.
+    if (this.newest !== key) {
+      this.map.delete(key);
+      this.map.set(key, slot);
+      this.newest = key;
+    }
     return slot.value;
   }
 
@@ -80,6 +86,7 @@ export class ByteLru<V> {
     if (old !== undefined) this.remove(key, old);
     if (bytes > this.maxBytes) return false;
     this.map.set(key, { value, bytes, expiresAt });
+    this.newest = key;
     this.total += bytes;
     this.evictOver();
     return true;
@@ -120,6 +127,7 @@ export class ByteLru<V> {
 
   clear(): void {
     this.map.clear();
+    this.newest = undefined;
     this.total = 0;
   }
 
@@ -140,6 +148,7 @@ export class ByteLru<V> {
 
   private remove(key: string, slot: Slot<V>): void {
     this.map.delete(key);
+    if (key === this.newest) this.newest = undefined;
     this.total -= slot.bytes;
     // Float sums of fractional sizes can leave dust; an empty cache weighs exactly nothing.
     if (this.map.size === 0) this.total = 0;

@@ -8,11 +8,17 @@ import type { CacheConfig } from "../config/index.js";
 import { type CachedAnswer, type CachedUsage, type CacheRoute, isUsage } from "./entry.js";
 import { jsonToStream, replayEvents, streamToJson } from "./render.js";
 
+export interface CacheDirectives {
+  readonly noStore: boolean;
+  readonly noCache: boolean;
+}
+
+const NO_DIRECTIVES: CacheDirectives = Object.freeze({ noStore: false, noCache: false });
+
 /** `no-store`: neither read nor write the cache; `no-cache`: do not read, do store (revalidate). */
-export function cacheDirectives(header: string | string[] | undefined): {
-  noStore: boolean;
-  noCache: boolean;
-} {
+export function cacheDirectives(header: string | string[] | undefined): CacheDirectives {
+  // Most requests send none: no string to build, no pattern to run.
+  if (header === undefined) return NO_DIRECTIVES;
   const text = (Array.isArray(header) ? header.join(",") : (header ?? "")).toLowerCase();
   return { noStore: /(^|,)\s*no-store\s*(,|$)/.test(text), noCache: /(^|,)\s*no-cache\s*(,|$)/.test(text) };
 }

@@ -23,6 +23,7 @@ import { randomUUID } from "node:crypto";
 import type { CacheConfig } from "../config/index.js";
 import type { Store } from "../store/types.js";
 import { type CachedAnswer, decodeEntry, encodeEntry } from "./entry.js";
+import { KeyMemo } from "./key-memo.js";
 import { ByteLru, type EvictReason } from "./lru.js";
 import { streamToJson } from "./render.js";
 
@@ -68,12 +69,20 @@ interface FlightState {
 
 const POLL_MS = 25;
 
+/**
+ * The share of the memory bound that remembers the keys of request bodies already keyed
+ * (key-memo.ts); the entries get the rest. 1/16 of the default 64 MB is room for about 16,000
+ * bodies' keys, for the cost of a few entries.
+ */
+const KEY_MEMO_SHARE = 1 / 16;
+
 export function entryKey(scope: string, model: string, hash: string): string {
   return `cache:${encodeURIComponent(scope)}:${encodeURIComponent(model)}:${hash}`;
 }
 
 export class ResponseCache {
   private readonly lru: ByteLru<Stored>;
+  private readonly memo: KeyMemo;
   private readonly flights = new Map<string, FlightState>();
   private readonly owner = randomUUID();
   /** Bytes this replica wrote to the shared store, by key, until they expire (for metrics). */
@@ -85,7 +94,17 @@ export class ResponseCache {
     private readonly events: CacheEvents = {},
     private readonly now: () => number = Date.now,
   ) {
-    this.lru = new ByteLru<Stored>(memoryBytes, (reason) => this.events.evicted?.(reason));
+    const memoBytes = Math.floor(memoryBytes * KEY_MEMO_SHARE);
+    this.memo = new KeyMemo(memoBytes);
+    this.lru = new ByteLru<Stored>(memoryBytes - memoBytes, (reason) => this.events.evicted?.(reason));
+  }
+
+  /**
+   * The key `make` gives for this request body, computed once per distinct bytes (for the same
+   * scope, pool and route): `raw` must be the bytes the body `make` keys was parsed from.
+   */
+  keyOf(scope: string, pool: string, route: string, raw: Buffer | undefined, make: () => string): string {
+    return this.memo.keyOf(scope, pool, route, raw, make);
   }
 
   /** Keys with a flight in progress in this replica. */
@@ -93,8 +112,9 @@ export class ResponseCache {
     return this.flights.size;
   }
 
+  /** Bytes held in this process: the entries and the remembered keys. */
   get memoryBytes(): number {
-    return this.lru.bytes;
+    return this.lru.bytes + this.memo.bytes;
   }
 
   /** Entry bytes written to the shared store by this replica and not yet expired. */

@@ -113,6 +113,14 @@ function codeLabel(status: number): string {
   return code;
 }
 
+/** The cache statuses as `result` label values. */
+const RESULT_LABELS: Readonly<Record<CacheStatus, string>> = {
+  HIT: "hit",
+  MISS: "miss",
+  STALE: "stale",
+  BYPASS: "bypass",
+};
+
 /** Bound children by label values, for the metrics that change less often than per request. */
 class Children<T> {
   private readonly map = new Map<string, T>();
@@ -153,6 +161,8 @@ export class Metrics {
   private readonly storeErrors: Children<Counter.Internal>;
   private readonly withoutStore: Children<Counter.Internal>;
   private readonly cacheResults: Children<Counter.Internal>;
+  /** Each pool's four result counters, bound once: a hit is counted without a label lookup. */
+  private readonly cacheByPool = new Map<string, Partial<Record<CacheStatus, Counter.Internal>>>();
   private readonly cacheEvictions: Children<Counter.Internal>;
   private readonly cacheWaiters: Counter;
   private readonly admissionWaits: Children<Histogram.Internal<string>>;
@@ -356,7 +366,7 @@ export class Metrics {
     );
     new Gauge({
       name: "floodgate_cache_bytes",
-      help: "Bytes of cached answers: in this process (memory), and written to the store by it and unexpired (store).",
+      help: "Bytes of cached answers: in this process (memory, with the keys of request bodies already keyed), and written to the store by it and unexpired (store).",
       labelNames: ["tier"],
       registers,
       collect() {
@@ -653,7 +663,18 @@ export class Metrics {
   }
 
   observeCache(pool: string, status: CacheStatus): void {
-    this.cacheResults.get(pool, status.toLowerCase()).inc();
+    let byStatus = this.cacheByPool.get(pool);
+    if (byStatus === undefined) {
+      byStatus = {};
+      this.cacheByPool.set(pool, byStatus);
+    }
+    // Bound at a pool's first request of each result, so a result never seen has no series.
+    let counter = byStatus[status];
+    if (counter === undefined) {
+      counter = this.cacheResults.get(pool, RESULT_LABELS[status]);
+      byStatus[status] = counter;
+    }
+    counter.inc();
   }
 
   cacheEvents(): CacheEvents {

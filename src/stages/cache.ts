@@ -57,7 +57,10 @@ export function cacheStage(deps: CacheStageDeps): Stage<RequestContext, PathAnsw
       }
       const scope = config.scope === "shared" ? "shared" : (state.tenant?.id ?? "anonymous");
       const model = state.model ?? "";
-      const key = entryKey(scope, model, cacheKey({ scope, pool: pool.name, model, route, body }));
+      // The model is the body's own, so it is a function of the bytes too (key-memo.ts).
+      const key = deps.cache.keyOf(scope, pool.name, route, state.incoming?.rawBody, () =>
+        entryKey(scope, model, cacheKey({ scope, pool: pool.name, model, route, body })),
+      );
       if (directives.noCache) return miss(state, pool, key);
       const found = deps.cache.lookup(key, !state.stream);
       // A hit in this replica's memory answers in the same turn; the store's answer comes later.

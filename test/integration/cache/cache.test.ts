@@ -142,7 +142,11 @@ describe("keys", () => {
       user: "someone-else",
     };
     expect((await ask(url, reordered, KEY_A)).cache).toBe("HIT");
-    expect(sim.stats().received).toBe(2);
+    // The same bytes again (their key remembered by their digest): each tenant its own entry.
+    expect((await ask(url, question(), KEY_B)).cache).toBe("HIT");
+    expect((await ask(url, question(), KEY_A)).cache).toBe("HIT");
+    expect((await ask(url, question({ max_tokens: 7 }), KEY_A)).cache).toBe("MISS");
+    expect(sim.stats().received).toBe(3);
   });
 
   it("a shared scope shares across tenants; non-deterministic requests and no-store bypass; no-cache revalidates", async () => {

@@ -46,6 +46,33 @@ describe("ByteLru", () => {
     ]);
   });
 
+  it("a get of the most recent entry keeps the order exact after sets, deletes and evictions", () => {
+    const { cache } = lru(30);
+    cache.set("a", "A", 10, NEVER);
+    cache.set("b", "B", 10, NEVER);
+    cache.get("b", 0);
+    cache.get("b", 0);
+    expect(cache.keys()).toEqual(["a", "b"]);
+    cache.get("a", 0);
+    expect(cache.keys()).toEqual(["b", "a"]);
+    cache.delete("a");
+    cache.set("c", "C", 10, NEVER);
+    cache.get("b", 0);
+    expect(cache.keys()).toEqual(["c", "b"]);
+    cache.set("c", "C2", 10, NEVER); // replaced: the most recent again
+    cache.get("b", 0);
+    expect(cache.keys()).toEqual(["c", "b"]);
+    cache.set("d", "D", 20, NEVER); // 40 > 30: c goes
+    cache.get("b", 0);
+    cache.set("e", "E", 10, NEVER); // 40 > 30: d goes, b stays (the most recent but one)
+    expect(cache.keys()).toEqual(["b", "e"]);
+    cache.clear();
+    cache.set("f", "F", 10, NEVER);
+    cache.set("g", "G", 10, NEVER);
+    cache.get("f", 0);
+    expect(cache.keys()).toEqual(["g", "f"]);
+  });
+
   it("does not store an entry larger than the bound, and drops the value it replaced", () => {
     const { cache, evicted } = lru(30);
     cache.set("a", "A", 10, NEVER);

@@ -74,6 +74,27 @@ describe("ResponseCache memory", () => {
     expect(heapGrown).toBeLessThan(bound / 4);
   });
 
+  it("the keys of request bodies it remembers count in its memory bound with the entries", async () => {
+    const bound = 64 * 1024;
+    const c = cache(bound);
+    let made = 0;
+    const make = (i: number) => () => {
+      made++;
+      return `cache:t:m:${i}`;
+    };
+    const body = (i: number) => Buffer.from(`{"model":"m","temperature":0,"n":${i}}`);
+    expect(c.keyOf("t", "p", "/v1/chat/completions", body(1), make(1))).toBe("cache:t:m:1");
+    expect(c.keyOf("t", "p", "/v1/chat/completions", body(1), make(99))).toBe("cache:t:m:1");
+    expect(made).toBe(1);
+    expect(c.memoryBytes).toBeGreaterThan(0);
+    for (let i = 0; i < 2000; i++) {
+      c.keyOf("t", "p", "/v1/chat/completions", body(i), make(i));
+      await c.put(`cache:t:m:${i}`, answer(`a${i}`), 1 << 20);
+      expect(c.memoryBytes).toBeLessThanOrEqual(bound);
+    }
+    expect(c.memoryBytes).toBeGreaterThan(bound / 2);
+  });
+
   it("a hit decodes the entry it stored, equal to what was put; a non-streamed hit decodes nothing", async () => {
     const c = cache();
     const a = answer("hello");

@@ -1037,6 +1037,43 @@ function logKinds(lines) {
 }
 
 /** The profiled targets, fastify-floor first, then the judged variants in the run's order. */
+/**
+ * The behaviour each of floodgate's modules pays for on the request path, for the profile's
+ * module table: what would be lost with its time. Files not listed show their directory's entry.
+ */
+const BEHAVIOUR = {
+  "proxy/forwarder.js":
+    "the attempt: backend pick, breaker call, timeouts, the answer read whole and checked to be a JSON object (a truncated 200 is a 502), usage for the access line and token budgets",
+  "proxy/headers.js": "hop-by-hop and framing headers dropped both ways, x-forwarded-*",
+  "proxy/fallback.js": "fallback chains across pools",
+  "proxy/upstream-call.js":
+    "the undici dispatch handler: first-byte and idle timeouts, size cap, abort on client loss",
+  "proxy/exchange.js": "the request's upstream exchange: deadlines, abort reason, bytes in and out",
+  "proxy/openai-routes.js": "the OpenAI routes and the stage list",
+  "proxy/send-answer.js": "the answer with the gateway's headers (x-request-id, rate-limit, cache)",
+  "proxy/relay.js": "streamed answers relayed with backpressure, never silently truncated",
+  "proxy/stream-tap.js": "SSE parsed on the fly (usage, [DONE] checks) for streamed answers",
+  "proxy/json-body.js": "request bodies checked (depth, shape) before they go upstream",
+  "app.js":
+    "request context, request id, connection cap, shutdown drain, the per-request close hook (access line, metrics)",
+  "logging.js": "the access line (one JSON line per request, every field)",
+  "context.js": "the request's context object",
+  "metrics/": "Prometheus histograms and counters per request",
+  "admission/": "admission control: backend slots, the priority queue, fairness, deadlines",
+  "stages/": "the request path as a list of stages",
+  "upstream/": "weighted least-load balancing, health, breakers (opossum), slow start",
+  "auth/": "API keys (sha256 of the presented key)",
+  "ratelimit/": "request limits and token budgets",
+  "store/": "the shared store (memory or Redis) behind limits, slots and the cache",
+  "cache/": "the response cache: key, lookup, replay",
+  "tokens/": "token estimates for budgets",
+};
+
+function behaviourOf(module) {
+  const rel = module.replace(/^dist\/src\//, "");
+  return BEHAVIOUR[rel] ?? BEHAVIOUR[rel.replace(/[^/]*$/, "")] ?? "";
+}
+
 const PROFILE_ORDER = [
   FLOOR,
   "floodgate",
@@ -1139,10 +1176,12 @@ function profilesSection(p, r) {
       "floodgate's own modules, file by file, µs per request (self time; files worth 0.3 µs/req or more somewhere):",
     );
     p();
-    p(`| module | ${fgNames.map((n) => n.replace(/^floodgate\+/, "+")).join(" | ")} |`);
-    p(`| --- | ${fgNames.map(() => "---:").join(" | ")} |`);
+    p(`| module | what it buys | ${fgNames.map((n) => n.replace(/^floodgate\+/, "+")).join(" | ")} |`);
+    p(`| --- | --- | ${fgNames.map(() => "---:").join(" | ")} |`);
     for (const m of topModules)
-      p(`| \`${m}\` | ${fgNames.map((n) => us(get(n, "modules", m) ?? 0)).join(" | ")} |`);
+      p(
+        `| \`${m}\` | ${behaviourOf(m)} | ${fgNames.map((n) => us(get(n, "modules", m) ?? 0)).join(" | ")} |`,
+      );
     p();
   }
 

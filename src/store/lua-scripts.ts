@@ -86,51 +86,64 @@ return { allowed, string.format("%.17g", tokens), string.format("%.17g", msToNex
 `;
 
 /**
- * Several buckets in one call: applyTakes of bucket.ts (see its header), each bucket stepped as
- * BUCKET_LUA steps a take, in the same order, with the same constants. KEYS: the buckets (each a
- * hash {tokens, ts}, distinct). ARGV[1]: now in ms, "" to read TIME (the equivalence tests alone
- * pass one); then four per key: cost, ratePerSec, burst, optional ("1": taken only if it fits
- * and every required take fits; "0": required, all or none).
- * Reply: {taken 0|1, then per key: allowed 0|1 (it fits), remaining, msToNext, msToFull}, the
- * last three as strings.
+ * Several buckets in one call, for one request or for several at once (the store coalesces the
+ * requests of one event-loop turn into one call, redis-store.ts): the groups are decided in
+ * order, each as applyTakes of bucket.ts (see its header), each bucket stepped as BUCKET_LUA
+ * steps a take, in the same order, with the same constants. A group reads its buckets after the
+ * groups before it wrote theirs, so two requests on one bucket are decided as if one after the
+ * other. KEYS: every group's buckets, group after group (each a hash {tokens, ts}; distinct
+ * within a group). ARGV[1]: now in ms, "" to read TIME (the equivalence tests alone pass one);
+ * ARGV[2]: the number of groups G; ARGV[3..G+2]: each group's number of buckets; then four per
+ * key: cost, ratePerSec, burst, optional ("1": taken only if it fits and every required take of
+ * its group fits; "0": required, all of the group's or none).
+ * Reply, per group: {taken 0|1, then per bucket: allowed 0|1 (it fits), remaining, msToNext,
+ * msToFull}, the last three as strings.
  */
 export const TAKES_LUA = `${BUCKET_PRELUDE}
-local n = #KEYS
 local now = clock(ARGV[1])
-local tokens, ts, cost, rate, burst, fits = {}, {}, {}, {}, {}, {}
-local taken = 1
-for i = 1, n do
-  local a = 1 + (i - 1) * 4
-  cost[i] = math.max(0, tonumber(ARGV[a + 1]))
-  rate[i] = tonumber(ARGV[a + 2])
-  burst[i] = tonumber(ARGV[a + 3])
-  tokens[i], ts[i] = refilled(KEYS[i], now, rate[i], burst[i])
-  fits[i] = tokens[i] >= cost[i] - 1e-9 * math.max(1, burst[i])
-  if not fits[i] and ARGV[a + 4] ~= "1" then taken = 0 end
-end
-local reply = { taken }
-for i = 1, n do
-  local t = tokens[i]
-  local r = rate[i]
-  local epsilon = 1e-9 * math.max(1, burst[i])
-  local allowed = 0
-  local msToNext = 0
-  if fits[i] then
-    allowed = 1
-    if taken == 1 then
-      t = t - cost[i]
-      if cost[i] <= 0 and t < 1 - epsilon then msToNext = (1 - t) * 1000 / r end
-    end
-  elseif cost[i] > 0 then
-    msToNext = (cost[i] - t) * 1000 / r
-  elseif t < 1 - epsilon then
-    msToNext = (1 - t) * 1000 / r
+local groups = tonumber(ARGV[2])
+local reply = {}
+local k = 0
+local a = 2 + groups
+for g = 1, groups do
+  local n = tonumber(ARGV[2 + g])
+  local tokens, ts, cost, rate, burst, fits = {}, {}, {}, {}, {}, {}
+  local taken = 1
+  for i = 1, n do
+    local b = a + (i - 1) * 4
+    cost[i] = math.max(0, tonumber(ARGV[b + 1]))
+    rate[i] = tonumber(ARGV[b + 2])
+    burst[i] = tonumber(ARGV[b + 3])
+    tokens[i], ts[i] = refilled(KEYS[k + i], now, rate[i], burst[i])
+    fits[i] = tokens[i] >= cost[i] - 1e-9 * math.max(1, burst[i])
+    if not fits[i] and ARGV[b + 4] ~= "1" then taken = 0 end
   end
-  local msToFull = saved(KEYS[i], t, ts[i], now, r, burst[i])
-  reply[#reply + 1] = allowed
-  reply[#reply + 1] = string.format("%.17g", t)
-  reply[#reply + 1] = string.format("%.17g", msToNext)
-  reply[#reply + 1] = string.format("%.17g", msToFull)
+  reply[#reply + 1] = taken
+  for i = 1, n do
+    local t = tokens[i]
+    local r = rate[i]
+    local epsilon = 1e-9 * math.max(1, burst[i])
+    local allowed = 0
+    local msToNext = 0
+    if fits[i] then
+      allowed = 1
+      if taken == 1 then
+        t = t - cost[i]
+        if cost[i] <= 0 and t < 1 - epsilon then msToNext = (1 - t) * 1000 / r end
+      end
+    elseif cost[i] > 0 then
+      msToNext = (cost[i] - t) * 1000 / r
+    elseif t < 1 - epsilon then
+      msToNext = (1 - t) * 1000 / r
+    end
+    local msToFull = saved(KEYS[k + i], t, ts[i], now, r, burst[i])
+    reply[#reply + 1] = allowed
+    reply[#reply + 1] = string.format("%.17g", t)
+    reply[#reply + 1] = string.format("%.17g", msToNext)
+    reply[#reply + 1] = string.format("%.17g", msToFull)
+  end
+  k = k + n
+  a = a + n * 4
 end
 return reply
 `;

@@ -130,19 +130,40 @@ export function parseBucketReply(reply: BucketReply): BucketResult {
   };
 }
 
-/** TAKES_LUA's reply as a TakeAllResult. */
-export function parseTakesReply(reply: (number | string)[]): TakeAllResult {
-  const results: BucketResult[] = [];
-  for (let i = 1; i + 3 < reply.length; i += 4) {
-    results.push({
-      allowed: reply[i] === 1,
-      remaining: Number(reply[i + 1]),
-      msToNext: Number(reply[i + 2]),
-      msToFull: Number(reply[i + 3]),
-    });
+/** TAKES_LUA's reply as one TakeAllResult per group, `sizes` the groups' numbers of buckets. */
+export function parseTakesReply(reply: (number | string)[], sizes: readonly number[]): TakeAllResult[] {
+  const groups: TakeAllResult[] = [];
+  let i = 0;
+  for (const size of sizes) {
+    const taken = reply[i++] === 1;
+    const results: BucketResult[] = [];
+    for (let j = 0; j < size; j++, i += 4) {
+      results.push({
+        allowed: reply[i] === 1,
+        remaining: Number(reply[i + 1]),
+        msToNext: Number(reply[i + 2]),
+        msToFull: Number(reply[i + 3]),
+      });
+    }
+    groups.push({ taken, results });
   }
-  return { taken: reply[0] === 1, results };
+  if (i !== reply.length) throw new Error(`takes: ${reply.length} values in the reply, ${i} expected`);
+  return groups;
 }
+
+/** One request's takes waiting for the store's next coalesced call (RedisStore.takeAll). */
+interface PendingTakes {
+  takes: readonly BucketTake[];
+  resolve(result: TakeAllResult): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Requests per coalesced call at most: a burst of arrivals is cut into calls of this many, so
+ * that one script (about 15 µs of Redis time per request) never holds Redis, nor the replies of
+ * the first requests, for long.
+ */
+export const MAX_COALESCED = 64;
 
 /** Keys per SCAN step: few enough round trips, short enough steps not to stall Redis. */
 const SCAN_COUNT = 500;
@@ -168,6 +189,13 @@ export class RedisStore implements Store {
   readonly keyPrefix: string;
   /** The deadline over every call (redis-calls.ts). */
   private readonly calls: RedisCalls;
+  /** Requests' takes for the next coalesced call (takeAll), in arrival order. */
+  private pending: PendingTakes[] = [];
+  private flushScheduled = false;
+  private readonly flushAtTurnEnd = (): void => {
+    this.flushScheduled = false;
+    this.flushTakes();
+  };
 
   constructor(client: Redis | Cluster, options: RedisStoreOptions) {
     this.client = client;
@@ -198,26 +226,66 @@ export class RedisStore implements Store {
   }
 
   /**
-   * One TAKES_LUA call for all the buckets on one server. A Cluster puts them on different
-   * nodes (their hash tags differ): one BUCKET_LUA take per bucket, in parallel, and when the
-   * required ones were not all taken, what was taken is given back (awaited, so that the next
-   * request sees it); when a call fails, what the others took is given back in the background.
+   * One TAKES_LUA call for all the buckets on one server, shared with the other requests that
+   * ask in the same event-loop turn: the takes wait for the end of the turn (setImmediate), and
+   * the turn's requests, in arrival order and at most MAX_COALESCED to a call, go in one script
+   * that decides each request's group all or none, as if one after the other. Under load the
+   * requests that one socket read brings are decided in one round trip; alone, a request waits
+   * only for the rest of its own turn. A failed call fails every request in it, each then
+   * decided by its own limits' policies (guarded-store.ts). Why the end of the turn and not a
+   * microtask: Node drains the microtasks after each socket's callback, so a microtask would
+   * see one request at a time.
+   * A Cluster puts the buckets on different nodes (their hash tags differ): one BUCKET_LUA take
+   * per bucket, in parallel, and when the required ones were not all taken, what was taken is
+   * given back (awaited, so that the next request sees it); when a call fails, what the others
+   * took is given back in the background.
    */
   async takeAll(takes: readonly BucketTake[]): Promise<TakeAllResult> {
-    const args: string[] = [];
     for (const take of takes) {
       checkBucketSpec(take.spec);
       checkAmount("cost", take.cost);
-      args.push(this.keyOf(take.spec.key));
     }
     if (this.client instanceof Cluster) return this.takeEach(takes);
-    args.push("");
-    for (const take of takes) {
-      const { ratePerSec, burst } = take.spec;
-      args.push(String(take.cost), String(ratePerSec), String(burst), take.optional === true ? "1" : "0");
+    return new Promise<TakeAllResult>((resolve, reject) => {
+      this.pending.push({ takes, resolve, reject });
+      if (this.pending.length >= MAX_COALESCED) this.flushTakes();
+      else if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(this.flushAtTurnEnd);
+      }
+    });
+  }
+
+  /** Sends the waiting requests' takes in one TAKES_LUA call and answers each. */
+  private flushTakes(): void {
+    const batch = this.pending;
+    if (batch.length === 0) return;
+    this.pending = [];
+    const keys: string[] = [];
+    const args: string[] = ["", String(batch.length)];
+    const sizes: number[] = [];
+    for (const { takes } of batch) {
+      sizes.push(takes.length);
+      args.push(String(takes.length));
     }
-    const reply = await this.call("take", () => this.client.floodgateTakes(takes.length, ...args));
-    return parseTakesReply(reply);
+    for (const { takes } of batch) {
+      for (const take of takes) {
+        const { key, ratePerSec, burst } = take.spec;
+        keys.push(this.keyOf(key));
+        args.push(String(take.cost), String(ratePerSec), String(burst), take.optional === true ? "1" : "0");
+      }
+    }
+    this.call("take", () => this.client.floodgateTakes(keys.length, ...keys, ...args))
+      .then((reply) => parseTakesReply(reply, sizes))
+      .then(
+        (results) => {
+          for (const [i, p] of batch.entries()) p.resolve(results[i] as TakeAllResult);
+        },
+        (error: unknown) => {
+          const failure = unavailable("take", error);
+          for (const p of batch) p.reject(failure);
+        },
+      );
   }
 
   async adjust(spec: BucketSpec, delta: number): Promise<BucketResult> {

@@ -68,7 +68,8 @@ export interface Store {
   take(spec: BucketSpec, cost: number): Promise<BucketResult>;
   /**
    * Several buckets in one call (distinct keys): the required takes all or none, the optional
-   * ones beside them (see bucket.ts, applyTakes). Atomic on one Redis server; in a Cluster,
+   * ones beside them (see bucket.ts, applyTakes). Atomic on one Redis server (which may decide
+   * the calls of one event-loop turn in one script, each all or none); in a Cluster,
    * whose buckets sit on different nodes, one call per bucket, and what a refusal leaves taken
    * is given back.
    */

@@ -1,7 +1,8 @@
 /**
  * The bucket Lua on a real redis-server gives bit-identical answers to bucket.ts for the same
  * sequences of calls and clock readings (the script's test-only `now` argument); so does the
- * Lua of several buckets at once (TAKES_LUA ≡ applyTakes).
+ * Lua of several buckets at once, for one request or several (TAKES_LUA ≡ applyTakes, group after
+ * group).
  */
 import fc from "fast-check";
 import { Redis } from "ioredis";
@@ -90,56 +91,88 @@ const member = fc.record({
   burst: fc.oneof(fc.double({ min: 0.1, max: 1_000_000, noNaN: true }), fc.integer({ min: 1, max: 20 })),
   optional: fc.boolean(),
 });
-const round = fc.record({
+/** One request's group in a call: its cost per bucket (× burst), and which buckets it takes. */
+const group = fc.record({
   costs: fc.array(fc.oneof(fc.double({ min: -0.2, max: 1.3, noNaN: true }), fc.constantFrom(0, 1, 0.25)), {
     minLength: 4,
     maxLength: 4,
   }),
+  uses: fc.array(fc.boolean(), { minLength: 4, maxLength: 4 }),
+});
+/** One call: a clock step, then one to three requests' groups (the store coalesces several). */
+const round = fc.record({
+  groups: fc.array(group, { minLength: 1, maxLength: 3 }),
   dt: call.map((c) => c.dt),
 });
 
+/** The call's arguments as the store builds them (redis-store.ts, flushTakes). */
+function takesArgs(now: string, groups: readonly (readonly BucketTake[])[]): string[] {
+  const keys: string[] = [];
+  const args = [now, String(groups.length), ...groups.map((g) => String(g.length))];
+  for (const takes of groups) {
+    for (const t of takes) {
+      keys.push(t.spec.key);
+      args.push(String(t.cost), String(t.spec.ratePerSec), String(t.spec.burst), t.optional ? "1" : "0");
+    }
+  }
+  return [...keys, ...args];
+}
+
 describe("several-bucket Lua ≡ applyTakes", () => {
-  it("same results and same stored states for random sequences over up to four buckets", async () => {
+  it("same results and same stored states for random sequences of calls of several groups", async () => {
     let run = 0;
     await fc.assert(
       fc.asyncProperty(
         fc.array(member, { minLength: 1, maxLength: 4 }),
         fc.double({ min: 1.6e12, max: 1.9e12, noNaN: true }),
-        fc.array(round, { minLength: 1, maxLength: 15, size: "max" }),
+        fc.array(round, { minLength: 1, maxLength: 12, size: "max" }),
         async (members, start, rounds) => {
           const keys = members.map((_, i) => `eqm:${run}:${i}`);
           run++;
           const states: (BucketState | undefined)[] = members.map(() => undefined);
           let now = start;
-          for (const { costs, dt } of rounds) {
+          for (const { groups, dt } of rounds) {
             now += dt;
-            const takes: BucketTake[] = members.map((m, i) => ({
-              spec: { key: keys[i] as string, ratePerSec: m.ratePerSec, burst: m.burst },
-              cost: (costs[i] ?? 0) * m.burst,
-              optional: m.optional,
-            }));
-            const expected = applyTakes(states, takes, now);
-            expected.steps.forEach((step, i) => {
-              states[i] = step.state;
+            // Each group: the buckets it uses (at least one), decided after the groups before it.
+            const calls = groups.map(({ uses }) => {
+              const used = members.flatMap((_, i) => (uses[i] === true ? [i] : []));
+              return used.length > 0 ? used : [0];
             });
-            const args = [String(now)];
-            for (const t of takes) {
-              args.push(
-                String(t.cost),
-                String(t.spec.ratePerSec),
-                String(t.spec.burst),
-                t.optional ? "1" : "0",
+            const groupTakes = calls.map((used, g) =>
+              used.map((i): BucketTake => {
+                const m = members[i] as (typeof members)[number];
+                return {
+                  spec: { key: keys[i] as string, ratePerSec: m.ratePerSec, burst: m.burst },
+                  cost: ((groups[g] as (typeof groups)[number]).costs[i] ?? 0) * m.burst,
+                  optional: m.optional,
+                };
+              }),
+            );
+            const expected = calls.map((used, g) => {
+              const step = applyTakes(
+                used.map((i) => states[i]),
+                groupTakes[g] as BucketTake[],
+                now,
               );
-            }
-            const reply = await client.floodgateTakes(keys.length, ...keys, ...args);
-            expect(parseTakesReply(reply)).toEqual({
-              taken: expected.taken,
-              results: expected.steps.map((s) => s.result),
+              step.steps.forEach((s, j) => {
+                states[used[j] as number] = s.state;
+              });
+              return { taken: step.taken, results: step.steps.map((s) => s.result) };
             });
+            const argv = takesArgs(String(now), groupTakes);
+            const size = groupTakes.reduce((n, g) => n + g.length, 0);
+            const reply = await client.floodgateTakes(size, ...argv);
+            expect(
+              parseTakesReply(
+                reply,
+                groupTakes.map((g) => g.length),
+              ),
+            ).toEqual(expected);
           }
           for (const [i, key] of keys.entries()) {
             const [tokens, ts] = await client.hmget(key, "tokens", "ts");
-            expect({ tokens: Number(tokens), ts: Number(ts) }).toEqual(states[i]);
+            if (states[i] === undefined) expect(tokens).toBeNull();
+            else expect({ tokens: Number(tokens), ts: Number(ts) }).toEqual(states[i]);
           }
           await client.unlink(...keys);
         },
@@ -155,20 +188,7 @@ describe("several-bucket Lua ≡ applyTakes", () => {
     ];
     const expected = applyTakes([undefined, undefined], takes, 1e12);
     const started = performance.now();
-    await client.floodgateTakes(
-      2,
-      "eqm:ttl:a",
-      "eqm:ttl:b",
-      "1000000000000",
-      "7.5",
-      "10",
-      "20",
-      "0",
-      "40",
-      "1",
-      "100",
-      "1",
-    );
+    await client.floodgateTakes(2, ...takesArgs("1000000000000", [takes]));
     for (const [i, key] of ["eqm:ttl:a", "eqm:ttl:b"].entries()) {
       const pttl = await client.pttl(key);
       const expireMs = expected.steps[i]?.expireMs ?? 0;

@@ -1,6 +1,6 @@
 /** RedisStore against a real redis-server: semantics, script reloads, and a Redis that dies. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRedisStore, type RedisStore } from "../../../src/store/redis-store.js";
+import { createRedisStore, MAX_COALESCED, type RedisStore } from "../../../src/store/redis-store.js";
 import { StoreUnavailableError } from "../../../src/store/types.js";
 import { eventually, sleep } from "../../helpers/eventually.js";
 import { startRedis, startSentinel, type TestRedis } from "../../helpers/redis.js";
@@ -135,6 +135,75 @@ describe("RedisStore buckets", () => {
     await expect(store.takeAll([{ spec: { ...limit, ratePerSec: 0 }, cost: 1 }])).rejects.toThrow(RangeError);
   });
 
+  it("takeAll: the calls of one event-loop turn share one script, decided in arrival order, each all or none", async () => {
+    const shared = { key: "rl:turn:shared", ratePerSec: 0.001, burst: 3 };
+    const own = { key: "rl:turn:own", ratePerSec: 0.001, burst: 5 };
+    const empty = { key: "rl:turn:empty", ratePerSec: 0.001, burst: 1 };
+    const tokens = { key: "tok:turn", ratePerSec: 0.001, burst: 10 };
+    await store.take(empty, 1);
+    const before = await scriptCalls();
+    // Five requests in one turn, each with its own group of takes.
+    const calls = [
+      store.takeAll([
+        { spec: shared, cost: 1 },
+        { spec: own, cost: 1 },
+      ]),
+      // Refused by its empty bucket: takes nothing from the shared one.
+      store.takeAll([
+        { spec: shared, cost: 1 },
+        { spec: empty, cost: 1 },
+      ]),
+      store.takeAll([
+        { spec: shared, cost: 1 },
+        { spec: tokens, cost: 8, optional: true },
+      ]),
+      // Its reservation no longer fits after the one before: its limit is taken all the same.
+      store.takeAll([
+        { spec: shared, cost: 1 },
+        { spec: tokens, cost: 8, optional: true },
+      ]),
+      // The shared bucket is empty by now: refused, nothing taken.
+      store.takeAll([
+        { spec: shared, cost: 1 },
+        { spec: own, cost: 1 },
+      ]),
+    ];
+    const results = await Promise.all(calls);
+    const after = await scriptCalls();
+    expect(after.evalsha + after.eval).toBe(before.evalsha + before.eval + 1);
+    expect(results.map((r) => r.taken)).toEqual([true, false, true, true, false]);
+    expect(results[1]?.results.map((r) => r.allowed)).toEqual([true, false]);
+    expect(results[2]?.results.map((r) => r.allowed)).toEqual([true, true]);
+    expect(results[3]?.results.map((r) => r.allowed)).toEqual([true, false]);
+    expect(results[4]?.results.map((r) => r.allowed)).toEqual([false, true]);
+    // What each group saw is what the groups before it left (0.001/s refills nothing to see).
+    expect(results.map((r) => Math.round(r.results[0]?.remaining ?? -1))).toEqual([2, 2, 1, 0, 0]);
+    expect(Math.round((await store.take(shared, 0)).remaining)).toBe(0);
+    expect(Math.round((await store.take(own, 0)).remaining)).toBe(4);
+    expect(Math.round((await store.take(tokens, 0)).remaining)).toBe(2);
+  });
+
+  it("takeAll: a burst of calls in one turn goes in calls of MAX_COALESCED requests at most", async () => {
+    const bucket = { key: "rl:burst", ratePerSec: 0.001, burst: 1000 };
+    const n = MAX_COALESCED * 2 + 5;
+    const before = await scriptCalls();
+    const results = await Promise.all(
+      Array.from({ length: n }, () => store.takeAll([{ spec: bucket, cost: 1 }])),
+    );
+    const after = await scriptCalls();
+    expect(after.evalsha + after.eval - before.evalsha - before.eval).toBe(3);
+    expect(results.every((r) => r.taken)).toBe(true);
+    // Decided one after the other, in arrival order: each saw one token fewer than the last.
+    expect(results.map((r) => Math.round(r.results[0]?.remaining ?? -1))).toEqual(
+      Array.from({ length: n }, (_, i) => 999 - i),
+    );
+    // A call in a later turn is a call of its own.
+    await store.takeAll([{ spec: bucket, cost: 1 }]);
+    await store.takeAll([{ spec: bucket, cost: 1 }]);
+    const last = await scriptCalls();
+    expect(last.evalsha + last.eval - after.evalsha - after.eval).toBe(2);
+  });
+
   it("rejects a spec it cannot serve without calling Redis", async () => {
     await expect(store.take({ key: "rl:bad", ratePerSec: 0, burst: 1 }, 1)).rejects.toThrow(RangeError);
   });
@@ -214,6 +283,27 @@ describe("RedisStore when Redis fails", () => {
       redis.resume();
     }
     await recovers(() => short.take(spec("rl:pause"), 1));
+  });
+
+  it("a Redis that stops answering fails every request of a coalesced call, each within commandTimeout", async () => {
+    redis.pause();
+    try {
+      const started = performance.now();
+      const outcomes = await Promise.all(
+        [1, 2, 3].map((i) =>
+          short.takeAll([{ spec: spec(`rl:pause:${i}`), cost: 1 }]).then(
+            () => "answered",
+            (error: unknown) => error,
+          ),
+        ),
+      );
+      const elapsed = performance.now() - started;
+      for (const outcome of outcomes) expect(outcome).toBeInstanceOf(StoreUnavailableError);
+      expect(elapsed).toBeLessThan(COMMAND_TIMEOUT + LAG);
+    } finally {
+      redis.resume();
+    }
+    await recovers(() => short.takeAll([{ spec: spec("rl:pause:1"), cost: 1 }]));
   });
 
   it("a killed Redis: rejects fast, never hangs; restarted on the same port: works again", async () => {

@@ -121,6 +121,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   metrics.watch(upstreams);
   const store: Store = createStore(config.store, {
     onError: (err) => logger.warn({ err: err.message }, "store connection error"),
+    tally: metrics.storeCalls,
   });
   const local = store.kind === "memory" ? store : new MemoryStore({ now: options.now });
   // Backend slots shared by the replicas (src/upstream/fleet.ts): Redis only.
@@ -162,6 +163,7 @@ export function buildGateway(config: GatewayConfig, options: GatewayOptions = {}
   const queue = (): JobQueue => {
     jobQueue ??= createJobQueue(config.store, {
       onError: (err) => logger.warn({ err: err.message }, "jobs queue connection error"),
+      tally: metrics.storeCalls,
     });
     return jobQueue;
   };

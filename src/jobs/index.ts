@@ -4,6 +4,7 @@
  * chosen by the `store` section as the store itself is (src/store/index.ts).
  */
 import type { GatewayConfig } from "../config/schema.js";
+import type { CallTally } from "../store/redis-calls.js";
 import { MemoryJobQueue } from "./memory-queue.js";
 import { createRedisJobQueue } from "./redis-queue.js";
 import type { JobQueue } from "./types.js";
@@ -27,6 +28,8 @@ export interface JobQueueOptions {
   expiredTtlMs?: number;
   /** Redis connection errors, for logging. */
   onError?: (error: Error) => void;
+  /** Redis: counts the round trips per operation (floodgate_store_calls_total). */
+  tally?: CallTally;
 }
 
 export function createJobQueue(storeConfig: GatewayConfig["store"], options: JobQueueOptions = {}): JobQueue {

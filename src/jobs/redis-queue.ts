@@ -19,7 +19,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { type ClientContext, Cluster, type Redis, type Result } from "ioredis";
-import { RedisCalls } from "../store/redis-calls.js";
+import { type CallTally, RedisCalls } from "../store/redis-calls.js";
 import { createRedisClient, type StoreConfig } from "../store/redis-store.js";
 import { ttlOf } from "../store/ttl.js";
 import { StoreUnavailableError } from "../store/types.js";
@@ -102,6 +102,8 @@ export interface RedisJobQueueOptions {
   expiredTtlMs?: number;
   /** Connection errors, for logging. */
   onError?: (error: Error) => void;
+  /** Counts the round trips per operation (floodgate_store_calls_total). */
+  tally?: CallTally;
 }
 
 export class RedisJobQueue implements JobQueue {
@@ -120,7 +122,7 @@ export class RedisJobQueue implements JobQueue {
     this.prefix = `${options.keyPrefix}jobs:{${options.name ?? "jobs"}}:`;
     this.expiredTtl = String(ttlOf("expiredTtlMs", options.expiredTtlMs ?? DAY_MS));
     for (const [name, lua] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: 1, lua });
-    this.calls = new RedisCalls(client, options.commandTimeout, options.onError);
+    this.calls = new RedisCalls(client, options.commandTimeout, options.onError, options.tally);
   }
 
   async enqueue(jobs: readonly NewJob[], cap: number): Promise<{ accepted: boolean; unfinished: number }> {
@@ -396,7 +398,7 @@ export class RedisJobQueue implements JobQueue {
  */
 export function createRedisJobQueue(
   config: StoreConfig,
-  options: { name?: string; expiredTtlMs?: number; onError?: (error: Error) => void } = {},
+  options: { name?: string; expiredTtlMs?: number; onError?: (error: Error) => void; tally?: CallTally } = {},
 ): RedisJobQueue {
   return new RedisJobQueue(createRedisClient(config), {
     keyPrefix: config.keyPrefix,

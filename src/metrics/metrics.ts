@@ -14,6 +14,7 @@ import type { GuardEvents } from "../ratelimit/guarded-store.js";
 import type { LimitEvents } from "../ratelimit/request-limits.js";
 import type { TokenEvents } from "../ratelimit/token-budget.js";
 import type { MicroBatchEvents } from "../stages/micro-batch.js";
+import { CallTally } from "../store/redis-calls.js";
 import type { Backend } from "../upstream/backend.js";
 import type { FleetSlots } from "../upstream/fleet.js";
 import type { LoadSignal } from "../upstream/load-signals.js";
@@ -182,6 +183,8 @@ export class Metrics {
   store: { readonly degraded: boolean } | undefined;
   /** The jobs queue and runner, once jobs are on. */
   jobs: JobsView | undefined;
+  /** Round trips to Redis by operation, counted by the store and the jobs queue. */
+  readonly storeCalls = new CallTally();
   private readonly jobsSubmitted: Counter<"tenant">;
   private readonly jobsFinished: Counter<"state">;
   private readonly jobsReleased: Counter<"reason">;
@@ -331,9 +334,11 @@ export class Metrics {
       labelNames: ["tenant", "kind"],
       registers,
     });
-    const storeErrors = counter("floodgate_store_errors_total", "Shared store (Redis) calls that failed.", [
-      "operation",
-    ]);
+    const storeErrors = counter(
+      "floodgate_store_errors_total",
+      "Shared store (Redis) calls that failed, once per request that needed them (requests sharing one failed call count one each).",
+      ["operation"],
+    );
     this.storeErrors = new Children((v) => storeErrors.labels(...v));
     const withoutStore = counter(
       "floodgate_ratelimit_without_store_total",
@@ -514,6 +519,16 @@ export class Metrics {
       "Requests in flight to each backend from all replicas, as last synced (shared slots).",
       (b) => (Number.isFinite(b.share) ? b.inFlight + b.othersInFlight : undefined),
     );
+    new Counter({
+      name: "floodgate_store_calls_total",
+      help: "Calls this replica made to the shared store (Redis), by operation: one round trip each; one take call can decide several requests.",
+      labelNames: ["operation"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [operation, calls] of metrics.storeCalls.counts) this.inc({ operation }, calls);
+      },
+    });
     new Gauge({
       name: "floodgate_store_degraded",
       help: "1 while limits run on the in-process fallback because the shared store (Redis) keeps failing, else 0.",

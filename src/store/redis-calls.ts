@@ -8,6 +8,19 @@
 import type { Cluster, Redis } from "ioredis";
 import { StoreUnavailableError } from "./types.js";
 
+/**
+ * Round trips to Redis per operation, summed over the connections that share it (the store's,
+ * the jobs queue's); floodgate_store_calls_total reads it. A call that decides several requests
+ * (the coalesced takes, redis-store.ts) counts once.
+ */
+export class CallTally {
+  readonly counts = new Map<string, number>();
+
+  add(op: string): void {
+    this.counts.set(op, (this.counts.get(op) ?? 0) + 1);
+  }
+}
+
 /** Statuses in which a connection attempt is under way, so "ready" may come within the deadline. */
 const CONNECTING = new Set(["wait", "connecting", "connect"]);
 
@@ -20,6 +33,7 @@ export class RedisCalls {
     readonly client: Redis | Cluster,
     readonly commandTimeout: number,
     onError?: (error: Error) => void,
+    readonly tally?: CallTally,
   ) {
     // Without a listener ioredis prints every connection error to the console.
     client.on("error", (error: Error) => onError?.(error));
@@ -47,6 +61,7 @@ export class RedisCalls {
 
   /** `work`, or StoreUnavailableError once commandTimeout has passed (the work is not cancelled). */
   async within<T>(op: string, work: Promise<T>): Promise<T> {
+    this.tally?.add(op);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(

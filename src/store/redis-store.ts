@@ -64,7 +64,7 @@ import {
   LOCK_RELEASE_LUA,
   TAKES_LUA,
 } from "./lua-scripts.js";
-import { RedisCalls, unavailable } from "./redis-calls.js";
+import { type CallTally, RedisCalls, unavailable } from "./redis-calls.js";
 import { ttlOf } from "./ttl.js";
 import {
   type BucketResult,
@@ -181,6 +181,8 @@ export interface RedisStoreOptions {
   commandTimeout: number;
   /** Connection errors, for logging (ioredis emits them as "error" events). */
   onError?: (error: Error) => void;
+  /** Counts the round trips per operation (floodgate_store_calls_total). */
+  tally?: CallTally;
 }
 
 export class RedisStore implements Store {
@@ -201,7 +203,7 @@ export class RedisStore implements Store {
     this.client = client;
     this.keyPrefix = options.keyPrefix;
     defineScripts(client);
-    this.calls = new RedisCalls(client, options.commandTimeout, options.onError);
+    this.calls = new RedisCalls(client, options.commandTimeout, options.onError, options.tally);
   }
 
   /** The Redis key of a logical key: its hash tag is the whole logical key. */
@@ -512,12 +514,13 @@ function hostPort(address: string): { host: string; port: number } {
  */
 export function createRedisStore(
   config: StoreConfig,
-  options: { now?: never; onError?: (error: Error) => void } = {},
+  options: { now?: never; onError?: (error: Error) => void; tally?: CallTally } = {},
 ): RedisStore {
   return new RedisStore(createRedisClient(config), {
     keyPrefix: config.keyPrefix,
     commandTimeout: config.commandTimeout,
     ...(options.onError !== undefined ? { onError: options.onError } : {}),
+    ...(options.tally !== undefined ? { tally: options.tally } : {}),
   });
 }
 

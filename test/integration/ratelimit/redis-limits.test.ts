@@ -141,6 +141,40 @@ describe("one tenant, three gateways, one Redis", () => {
     }
   });
 
+  it("concurrent requests on one replica: the limit holds to the request, in no more take calls than requests", async () => {
+    // No jobs: their runner's polls would be script calls too.
+    const gateway = await startGateway(yaml("jobs: { enabled: false }", 1, "10s", { rate: 1, burst: 100 }));
+    gateways = [gateway];
+    // Sixty connections opened and kept (the agent's), so the next sixty arrive together.
+    const warmed = performance.now();
+    const warm = await Promise.all(Array.from({ length: 60 }, () => chat(gateway.url, KEY)));
+    expect(count(warm, 200)).toBe(60);
+    const takes = async () => {
+      const text = await gateway.gateway.metrics.registry.getSingleMetricAsString(
+        "floodgate_store_calls_total",
+      );
+      return Number(/floodgate_store_calls_total\{operation="take"\} (\d+)/.exec(text)?.[1] ?? 0);
+    };
+    const scripts = async () => {
+      const stats = await redis.cli("INFO", "commandstats");
+      const calls = (name: string) =>
+        Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+      return calls("evalsha") + calls("eval");
+    };
+    const [takesBefore, scriptsBefore] = [await takes(), await scripts()];
+    const outcomes = await Promise.all(Array.from({ length: 60 }, () => chat(gateway.url, KEY)));
+    const admitted = count(outcomes, 200);
+    // 40 tokens left after the first sixty, plus what 1/s refilled since.
+    expect(admitted).toBeGreaterThanOrEqual(40);
+    expect(admitted).toBeLessThanOrEqual(40 + Math.ceil((performance.now() - warmed) / 1000));
+    expect(count(outcomes, 429)).toBe(60 - admitted);
+    const takeCalls = (await takes()) - takesBefore;
+    // Each take call floodgate counts is one script call at Redis; requests of one turn share one.
+    expect(takeCalls).toBe((await scripts()) - scriptsBefore);
+    expect(takeCalls).toBeGreaterThanOrEqual(1);
+    expect(takeCalls).toBeLessThanOrEqual(60);
+  });
+
   it("the headers: IETF RateLimit-*, OpenAI x-ratelimit-*-requests, and a 429 with retry-after-ms", async () => {
     const [url] = await three();
     const ok = await chat(url as string, KEY);

@@ -431,11 +431,18 @@ const addedRatio = (t, floor, direct) => {
 };
 /** The requests a fixed-rate round sent, its warm-up included (the counters' window). */
 const latencyRequests = (x, plan, key) => x.sent + x.rate * plan[key === "ttft" ? "sseWarmup" : "latWarmup"];
-/** Redis round trips per request in one round (undefined without counters). */
+/**
+ * Redis round trips per request in one round (NaN without counters): every round trip Redis
+ * counted, less the jobs queue's background calls (floodgate_store_calls_total, operation
+ * "jobs ..."), which come from the runner's timer and the harness's /metrics reads whatever the
+ * load, and are shown beside it.
+ */
+function requestTrips(c) {
+  return c.roundTrips - (c.jobsCalls ?? 0);
+}
 function tripsPerRequest(x, key, plan) {
-  const trips = x.counters?.roundTrips;
-  if (trips === undefined) return Number.NaN;
-  return trips / (key === "saturation" ? x.requests : latencyRequests(x, plan, key));
+  if (x.counters?.roundTrips === undefined) return Number.NaN;
+  return requestTrips(x.counters) / (key === "saturation" ? x.requests : latencyRequests(x, plan, key));
 }
 
 /**
@@ -513,7 +520,8 @@ function targetsSection(p, r) {
   );
   p();
   p(
-    "Redis round trips: every EVALSHA/EVAL plus every command a client sent itself, counted at the variant's redis-server (`INFO commandstats`) around each measurement, over its requests (wrk's completed requests; at the fixed rate every request sent, the warm-up included); not the commands a script runs inside Redis, nor the harness's INFO.",
+    "Redis round trips: every EVALSHA/EVAL plus every command a client sent itself, counted at the variant's redis-server (`INFO commandstats`) around each measurement, over its requests (wrk's completed requests; at the fixed rate every request sent, the warm-up included); not the commands a script runs inside Redis, nor the harness's INFO, nor the jobs queue's calls, which floodgate counts apart (`floodgate_store_calls_total`, operation `jobs ...`): its runner looks for due jobs on a timer and the queue depth is read at each /metrics scrape, whatever the load (the checks below show them). " +
+      "The requests of one event-loop turn share one take call, so under load a call decides many requests.",
   );
   p();
 
@@ -804,13 +812,13 @@ function variantsSection(p, r, present) {
   if (limitsNames.length) {
     p(
       "Per measurement (counters read just before and after it: floodgate's `/metrics`, and Redis's `INFO commandstats`; " +
-        "*Redis scripts* counts EVALSHA + EVAL, *round trips* those plus every command a client sent itself; goal ≤ 1 round trip per request, bold when above):",
+        "*Redis scripts* counts EVALSHA + EVAL, *round trips* those plus every command a client sent itself, less the *jobs queue's calls* (floodgate's count: timer and scrape, not requests); *take calls* are floodgate's count of its limit calls, each deciding the requests of one event-loop turn; goal ≤ 1 round trip per request, bold when above):",
     );
     p();
     p(
-      "| target | measurement | requests | limit decisions | limited | store errors | decided without the store | Redis scripts | scripts per request | round trips per request | failed | redis-server CPU | redis µs/req |",
+      "| target | measurement | requests | limit decisions | limited | store errors | decided without the store | Redis scripts | take calls per request | jobs queue's calls | round trips per request | failed | redis-server CPU | redis µs/req |",
     );
-    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const n of limitsNames) {
       const rows = [];
       const chk = r.checks?.[n]?.counters;
@@ -830,13 +838,15 @@ function variantsSection(p, r, present) {
         const bold = (v) => (v > 0 ? `**${fmtInt(v)}**` : fmtInt(v));
         const isRedis = c.evalsha !== undefined;
         const scripts = isRedis ? c.evalsha + c.eval : undefined;
-        const trips = isRedis ? (c.roundTrips ?? scripts) / requests : undefined;
+        const trips = isRedis ? requestTrips(c) / requests : undefined;
+        const takeCalls = isRedis && c.takeCalls !== undefined ? (c.takeCalls / requests).toFixed(3) : "-";
+        const jobsCalls = isRedis && c.jobsCalls !== undefined ? fmtInt(c.jobsCalls) : "-";
         const tripsText =
           trips === undefined ? "-" : trips > 1 ? `**${trips.toFixed(2)}**` : trips.toFixed(2);
         const redisCpu = cpu?.processes.redis;
         p(
           `| ${n} | ${what} | ${fmtInt(requests)} | ${c.allowed === undefined ? "n/a" : fmtInt(c.allowed + c.limited)} | ${bold(c.limited)} | ${bold(c.storeErrors)} | ${bold(c.withoutStore)} | ` +
-            `${isRedis ? fmtInt(scripts) : "-"} | ${isRedis ? (scripts / requests).toFixed(2) : "-"} | ${tripsText} | ${isRedis ? bold(c.failedScripts) : "-"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} | ${redisCpu ? fmtInt((redisCpu.cpuSeconds / requests) * 1e6) : "-"} |`,
+            `${isRedis ? fmtInt(scripts) : "-"} | ${takeCalls} | ${jobsCalls} | ${tripsText} | ${isRedis ? bold(c.failedScripts) : "-"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} | ${redisCpu ? fmtInt((redisCpu.cpuSeconds / requests) * 1e6) : "-"} |`,
         );
       }
     }
@@ -954,14 +964,14 @@ function slotsSection(p, r, plan, sat, lat, latRequests) {
   p();
   p(
     `One replica with \`store: redis\`, its backend at \`maxConcurrency\` ${slotsConcurrency(r) ?? "?"} (half of wrk's ${plan.connections} connections: at saturation requests wait for a slot). ` +
-      "Round trips are counted at Redis around each measurement (`INFO commandstats`): every EVALSHA/EVAL (one call each, never pipelined) plus every command a client sent itself; the commands the scripts run inside Redis (HGETALL, HSET, TIME, ...) and the harness's INFO are left out. " +
+      "Round trips are counted at Redis around each measurement (`INFO commandstats`): every EVALSHA/EVAL (one call each, never pipelined) plus every command a client sent itself; the commands the scripts run inside Redis (HGETALL, HSET, TIME, ...), the harness's INFO and the jobs queue's calls (floodgate's count, shown apart) are left out. " +
       "The syncs run on a timer, not per request, so the figure per request falls as the load grows.",
   );
   p();
   p(
-    `| measurement | requests | seconds | admitted at once | after a wait | refused | Redis round trips | per request | per second | goal ≤ ${TRIPS_GOAL} per request | failed | redis-server CPU |`,
+    `| measurement | requests | seconds | admitted at once | after a wait | refused | Redis round trips | per request | per second | goal ≤ ${TRIPS_GOAL} per request | jobs queue's calls | failed | redis-server CPU |`,
   );
-  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
+  p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
   const rows = [];
   const s = sat(SLOTS);
   if (s) rows.push([`saturation (wrk ${plan.satSeconds} s; completed)`, s.requests, s.durationUs / 1e6, s]);
@@ -976,11 +986,11 @@ function slotsSection(p, r, plan, sat, lat, latRequests) {
   for (const [what, requests, seconds, d] of rows) {
     const c = d.counters;
     if (!c) continue;
-    const trips = c.roundTrips ?? c.evalsha + c.eval;
+    const trips = requestTrips(c);
     const per = trips / requests;
     const redisCpu = d.cpu?.processes["redis-slots"];
     p(
-      `| ${what} | ${fmtInt(requests)} | ${seconds.toFixed(1)} | ${fmtInt(c.admittedNow)} | ${fmtInt(c.admittedAfterWait)} | ${c.admissionRefused > 0 ? `**${fmtInt(c.admissionRefused)}**` : "0"} | ${fmtInt(trips)} | ${per.toFixed(4)} | ${(trips / seconds).toFixed(1)} | ${per <= TRIPS_GOAL ? "MET" : "**NOT MET**"} | ${c.failedScripts > 0 ? `**${c.failedScripts}**` : "0"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} |`,
+      `| ${what} | ${fmtInt(requests)} | ${seconds.toFixed(1)} | ${fmtInt(c.admittedNow)} | ${fmtInt(c.admittedAfterWait)} | ${c.admissionRefused > 0 ? `**${fmtInt(c.admissionRefused)}**` : "0"} | ${fmtInt(trips)} | ${per.toFixed(4)} | ${(trips / seconds).toFixed(1)} | ${per <= TRIPS_GOAL ? "MET" : "**NOT MET**"} | ${c.jobsCalls === undefined ? "-" : fmtInt(c.jobsCalls)} | ${c.failedScripts > 0 ? `**${c.failedScripts}**` : "0"} | ${redisCpu ? `${redisCpu.cpuPct}%` : "-"} |`,
     );
   }
   p();

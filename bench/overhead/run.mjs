@@ -516,6 +516,10 @@ function decisionCounts(metrics) {
     allowed: sum("floodgate_ratelimit_decisions_total", (l) => l.includes('decision="allowed"')),
     limited: sum("floodgate_ratelimit_decisions_total", (l) => l.includes('decision="limited"')),
     storeErrors: sum("floodgate_store_errors_total"),
+    // Round trips to Redis as floodgate counts them: the request path's takes, and the jobs
+    // queue's, which run on the runner's timer (and the /metrics scrape's depth), not per request.
+    takeCalls: sum("floodgate_store_calls_total", (l) => l.includes('operation="take"')),
+    jobsCalls: sum("floodgate_store_calls_total", (l) => l.includes('operation="jobs ')),
     withoutStore: sum("floodgate_ratelimit_without_store_total"),
     cacheHits: sum("floodgate_cache_requests_total", (l) => l.includes('result="hit"')),
     cacheOther: sum("floodgate_cache_requests_total", (l) => !l.includes('result="hit"')),
@@ -550,7 +554,7 @@ async function variantMetrics(adminUrl) {
   const res = await fetch(`${adminUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
   const text = await res.text();
   const wanted =
-    /^(floodgate_(requests_total|ratelimit_decisions_total|store_errors_total|ratelimit_without_store_total|cache_requests_total|upstream_attempts_total|admission_decisions_total|affinity_decisions_total|fleet_replicas|fleet_store_down|backend_slot_share))(\{[^}]*\})? (\S+)$/;
+    /^(floodgate_(requests_total|ratelimit_decisions_total|store_errors_total|store_calls_total|ratelimit_without_store_total|cache_requests_total|upstream_attempts_total|admission_decisions_total|affinity_decisions_total|fleet_replicas|fleet_store_down|backend_slot_share))(\{[^}]*\})? (\S+)$/;
   const out = [];
   for (const line of text.split("\n")) {
     const m = wanted.exec(line);

@@ -68,7 +68,7 @@ export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
   const stages: GatewayStage[] = [routeStage(deps.upstreams)];
   if (deps.limits.enabled) {
     // The token reservation rides in the limits' store call when the token-budget stage is on.
-    const beside = deps.budgets.any
+    const beside = deps.budgets.enabled
       ? { budgets: deps.budgets, defaultMaxTokens: config.tokens.defaultMaxTokens }
       : undefined;
     stages.push(requestLimitsStage(deps.limits, beside));
@@ -84,8 +84,8 @@ export function openAIPath(deps: PathDeps, forward: Forwarding): GatewayPath {
       }),
     );
   }
-  if (deps.budgets.any) stages.push(tokenBudgetStage(deps.budgets, config.tokens.defaultMaxTokens));
-  if (deps.concurrency.any) stages.push(concurrencyStage(deps.concurrency));
+  if (deps.budgets.enabled) stages.push(tokenBudgetStage(deps.budgets, config.tokens.defaultMaxTokens));
+  if (deps.concurrency.enabled) stages.push(concurrencyStage(deps.concurrency));
   if (Object.values(config.pools).some((p) => p.microBatch.enabled)) {
     stages.push(microBatchStage(forward, deps.metrics.microBatchEvents()));
   }

@@ -252,11 +252,11 @@ export class Admission<B> {
           this.scheduleGrace();
           return ticket;
         }
-        const any = this.take(request.exclude, band, request.tenant, request.affinity);
-        if (any !== undefined) {
+        const picked = this.take(request.exclude, band, request.tenant, request.affinity);
+        if (picked !== undefined) {
           this.decided(band, "immediate");
-          this.source.selected?.(any);
-          return any;
+          this.source.selected?.(picked);
+          return picked;
         }
       }
     }

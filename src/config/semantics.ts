@@ -258,9 +258,9 @@ export function checkSemantics(config: GatewayConfig): ConfigIssue[] {
       zeroPer([...path, "tokens"], tokens);
     }
   }
-  const any = (host: string) => host === "0.0.0.0" || host === "::" || host === "";
+  const wildcard = (host: string) => host === "0.0.0.0" || host === "::" || host === "";
   const sameAddress =
-    config.listen.host === config.admin.host || any(config.listen.host) || any(config.admin.host);
+    config.listen.host === config.admin.host || wildcard(config.listen.host) || wildcard(config.admin.host);
   if (
     config.admin.enabled &&
     config.admin.port !== 0 &&

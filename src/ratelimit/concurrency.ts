@@ -33,7 +33,7 @@ export class ConcurrencyLimits {
   private readonly leaseTtl: number;
 
   /** Some tenant has one: the stage is on. */
-  get any(): boolean {
+  get enabled(): boolean {
     return this.limits.size > 0;
   }
 

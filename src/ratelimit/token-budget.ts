@@ -77,7 +77,7 @@ export class TokenBudgets {
   }
 
   /** Some tenant has one: the stage is on. */
-  get any(): boolean {
+  get enabled(): boolean {
     return this.budgets.size > 0;
   }
 

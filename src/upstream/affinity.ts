@@ -479,7 +479,7 @@ class PrefixHash implements PromptSink {
   /** Characters fed so far. */
   fed = 0;
   /** Some prompt text or token id was fed (roles and separators alone make no key). */
-  any = false;
+  keyed = false;
   constructor(readonly limit: number) {}
 
   get full(): boolean {
@@ -491,18 +491,18 @@ class PrefixHash implements PromptSink {
     if (n <= 0) return;
     this.h = feed(this.h, s, n);
     this.fed += n;
-    if (isPrompt) this.any = true;
+    if (isPrompt) this.keyed = true;
   }
 
   tokenId(id: number): void {
     if (this.full) return;
     this.h = feedTokenId(this.h, id);
     this.fed += CHARS_PER_TOKEN_ID;
-    this.any = true;
+    this.keyed = true;
   }
 
   digest(): number | undefined {
-    return this.any ? fmix32(this.h) : undefined;
+    return this.keyed ? fmix32(this.h) : undefined;
   }
 }
 

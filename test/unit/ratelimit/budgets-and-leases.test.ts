@@ -40,7 +40,7 @@ describe("TokenBudgets", () => {
     const budgets = new TokenBudgets(config, guard(), {
       tokens: (_t, kind, n) => void events.push([kind, n]),
     });
-    expect(budgets.any).toBe(true);
+    expect(budgets.enabled).toBe(true);
     expect(budgets.has(tenant("b"))).toBe(false);
     const r = await budgets.reserve(tenant("a"), 600);
     expect(r?.state.remaining).toBe(400);
@@ -94,7 +94,7 @@ describe("TokenBudgets", () => {
 describe("ConcurrencyLimits", () => {
   it("leases up to the limit, refuses past it, and a release (once) frees a slot", async () => {
     const limits = new ConcurrencyLimits(config, guard());
-    expect(limits.any).toBe(true);
+    expect(limits.enabled).toBe(true);
     const first = await limits.acquire(tenant("a"));
     const second = await limits.acquire(tenant("a"));
     await expect(limits.acquire(tenant("a"))).rejects.toMatchObject({ code: "concurrency_limit_exceeded" });

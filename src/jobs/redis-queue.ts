@@ -398,7 +398,7 @@ export class RedisJobQueue implements JobQueue {
  */
 export function createRedisJobQueue(
   config: StoreConfig,
-  options: { name?: string; expiredTtlMs?: number; onError?: (error: Error) => void; tally?: CallTally } = {},
+  options: Omit<RedisJobQueueOptions, "keyPrefix" | "commandTimeout"> = {},
 ): RedisJobQueue {
   return new RedisJobQueue(createRedisClient(config), {
     keyPrefix: config.keyPrefix,

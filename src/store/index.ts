@@ -7,7 +7,6 @@ import type { Store } from "./types.js";
 
 export { applyBucket, type BucketOp, type BucketState, type BucketStep } from "./bucket.js";
 export { MemoryStore, type MemoryStoreOptions } from "./memory-store.js";
-export { CallTally } from "./redis-calls.js";
 export { createRedisStore, RedisStore, type RedisStoreOptions } from "./redis-store.js";
 export {
   type BucketResult,

@@ -514,13 +514,12 @@ function hostPort(address: string): { host: string; port: number } {
  */
 export function createRedisStore(
   config: StoreConfig,
-  options: { now?: never; onError?: (error: Error) => void; tally?: CallTally } = {},
+  options: Pick<RedisStoreOptions, "onError" | "tally"> & { now?: never } = {},
 ): RedisStore {
   return new RedisStore(createRedisClient(config), {
     keyPrefix: config.keyPrefix,
     commandTimeout: config.commandTimeout,
-    ...(options.onError !== undefined ? { onError: options.onError } : {}),
-    ...(options.tally !== undefined ? { tally: options.tally } : {}),
+    ...options,
   });
 }
 
